@@ -1,0 +1,90 @@
+"""DirectEngine: mlx-lm in this process, with no serving layer. The baseline.
+
+Same async API as :class:`krmlx.engine.Engine`, so a runner can swap them::
+
+    async with DirectEngine("small") as eng:
+        async for chunk in eng.stream(Request("Why is the sky blue?")):
+            print(chunk.text, end="")
+        done = await eng.complete(Request("What is pi?"))
+        print(done.ttft_ms, done.e2e_ms)
+
+Each token is computed inline when the consumer asks for it (no thread hop, no
+queue), so nothing but mlx-lm's own loop stands between caller and model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import gen
+from .models import load, model_bytes, resolve_model
+from .types import Chunk, ChunkStream, Completion, Done, Request, complete_stream
+
+
+class DirectEngine:
+    name = "direct"
+
+    def __init__(self, model: str | Path = "small", *, trust_remote_code: bool = False):
+        self.model_name = str(model)
+        self.trust_remote_code = trust_remote_code
+        self.model = self.tokenizer = None
+        self.path: Path | None = None
+        self.load_ms: float | None = None
+
+    async def start(self) -> "DirectEngine":
+        if self.model is None:
+            self.path = resolve_model(self.model_name)
+            t0 = time.perf_counter()
+            self.model, self.tokenizer = load(self.path, trust_remote_code=self.trust_remote_code)
+            self.load_ms = (time.perf_counter() - t0) * 1e3
+        return self
+
+    async def close(self) -> None:
+        self.model = self.tokenizer = None
+
+    async def __aenter__(self) -> "DirectEngine":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    @property
+    def model_bytes(self) -> int:
+        return model_bytes(self.path) if self.path else 0
+
+    def _require(self):
+        if self.model is None:
+            raise RuntimeError("DirectEngine is not started: use 'async with' or await start()")
+
+    def stream(self, request: Request) -> ChunkStream:
+        """Stream the request's tokens as :class:`Chunk` (timestamps on arrival)."""
+        self._require()
+        return ChunkStream(self._generate(request))
+
+    async def _generate(self, request: Request):
+        prompt_ids = gen.encode_prompt(self.tokenizer, request.to_params())
+        steps = gen.iter_tokens(self.model, self.tokenizer, prompt_ids,
+                                max_tokens=request.max_tokens,
+                                temperature=request.temperature, seed=request.seed)
+        index = 0
+        try:
+            while True:
+                try:
+                    token, text = next(steps)
+                except StopIteration as stop:
+                    finish, tail = stop.value
+                    yield Done(finish, len(prompt_ids), tail)
+                    return
+                yield Chunk(token, text, index, time.perf_counter())
+                index += 1
+        finally:
+            steps.close()
+
+    async def complete(self, request: Request) -> Completion:
+        t0 = time.perf_counter()
+        return await complete_stream(self.stream(request), t0, request.id)
+
+    async def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        self._require()
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))

@@ -1,0 +1,178 @@
+"""The values that flow through krmlx: requests in, chunks and completions out.
+
+Times are ``time.perf_counter()`` seconds (``*_s``) on the caller's clock; derived
+metrics carry their unit in the name (``ttft_ms``, ``e2e_ms``, ``decode_tps``) and
+follow vLLM's bench definitions: TTFT = first token - request start; ITL = each gap
+between consecutive tokens; TPOT = (E2E - TTFT) / (N - 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import BadRequest
+
+DEFAULT_MAX_TOKENS = 50
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation request. ``prompt`` is user text (chat template applied when
+    ``chat`` is true); ``prompt_ids`` bypasses templating and tokenization."""
+
+    prompt: str = ""
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 0.0
+    chat: bool = True
+    system: str | None = None
+    prompt_ids: tuple[int, ...] | None = None
+    model: str | None = None
+    seed: int | None = None
+    id: str = ""
+
+    def __post_init__(self):
+        if self.prompt_ids is None and (not isinstance(self.prompt, str) or not self.prompt.strip()):
+            raise BadRequest("prompt: must be a non-empty string (or give prompt_ids)")
+        if self.prompt_ids is not None:
+            if not self.prompt_ids or not all(isinstance(t, int) and t >= 0 for t in self.prompt_ids):
+                raise BadRequest("prompt_ids: must be a non-empty sequence of non-negative ints")
+            object.__setattr__(self, "prompt_ids", tuple(self.prompt_ids))
+        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens <= 0:
+            raise BadRequest(f"max_tokens: must be a positive int, got {self.max_tokens!r}")
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise BadRequest(f"temperature: must be >= 0, got {self.temperature!r}")
+
+    def to_params(self) -> dict:
+        """The request as plain data for the wire."""
+        params = {
+            "prompt": self.prompt,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "chat": self.chat,
+        }
+        if self.system is not None:
+            params["system"] = self.system
+        if self.prompt_ids is not None:
+            params["prompt_ids"] = list(self.prompt_ids)
+        if self.seed is not None:
+            params["seed"] = self.seed
+        return params
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One streamed token: its id, the new text it adds, and when it arrived."""
+
+    token_id: int
+    text: str
+    index: int
+    t_s: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished request with its timings."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    usage: Usage
+    t_start_s: float
+    token_times_s: tuple[float, ...]
+    t_end_s: float
+    request_id: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return (self.token_times_s[0] - self.t_start_s) * 1e3 if self.token_times_s else None
+
+    @property
+    def e2e_ms(self) -> float:
+        return (self.t_end_s - self.t_start_s) * 1e3
+
+    @property
+    def itl_ms(self) -> list[float]:
+        t = self.token_times_s
+        return [(b - a) * 1e3 for a, b in zip(t, t[1:])]
+
+    @property
+    def tpot_ms(self) -> float | None:
+        n = len(self.token_times_s)
+        if n < 2:
+            return None
+        return (self.e2e_ms - self.ttft_ms) / (n - 1)
+
+    @property
+    def decode_tps(self) -> float | None:
+        """Tokens per second after the first (the first token's time is prefill)."""
+        tpot = self.tpot_ms
+        return 1e3 / tpot if tpot else None
+
+
+@dataclass(frozen=True)
+class Done:
+    """The end of a stream: why it stopped and how long the prompt was."""
+
+    finish_reason: str
+    prompt_tokens: int
+    tail: str = ""  # text released only at the end (the detokenizer's last word)
+
+
+class ChunkStream:
+    """An async iterator of :class:`Chunk` over a source that ends with a :class:`Done`.
+
+    After iteration ends, ``finish_reason`` and ``prompt_tokens`` hold the Done's values.
+    ``aclose()`` closes the source (which cancels the generation where it runs).
+    """
+
+    def __init__(self, source):
+        self._source = source
+        self.finish_reason: str | None = None
+        self.prompt_tokens: int | None = None
+        self.tail = ""
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Chunk:
+        item = await self._source.__anext__()
+        if isinstance(item, Done):
+            self.finish_reason, self.prompt_tokens, self.tail = item.finish_reason, item.prompt_tokens, item.tail
+            await self.aclose()
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        await self._source.aclose()
+
+
+async def complete_stream(stream: ChunkStream, t_start_s: float, request_id: str = "") -> Completion:
+    """Drain ``stream`` into a Completion (the shared body of every engine's complete())."""
+    import time
+
+    chunks = [chunk async for chunk in stream]
+    return collect(chunks, t_start_s=t_start_s, t_end_s=time.perf_counter(),
+                   finish_reason=stream.finish_reason or "error", tail=stream.tail,
+                   prompt_tokens=stream.prompt_tokens or 0, request_id=request_id)
+
+
+def collect(chunks: list[Chunk], *, t_start_s: float, t_end_s: float, finish_reason: str,
+            prompt_tokens: int, request_id: str = "", tail: str = "") -> Completion:
+    """Build a Completion from the chunks of one stream."""
+    return Completion(
+        text="".join(c.text for c in chunks) + tail,
+        token_ids=tuple(c.token_id for c in chunks),
+        finish_reason=finish_reason,
+        usage=Usage(prompt_tokens, len(chunks)),
+        t_start_s=t_start_s,
+        token_times_s=tuple(c.t_s for c in chunks),
+        t_end_s=t_end_s,
+        request_id=request_id,
+    )
