@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 from . import gen
-from .models import load, model_bytes, resolve_model
+from .models import DEFAULT_MODEL, load, model_bytes, resolve_model
 from .types import Chunk, ChunkStream, Completion, Done, Request, complete_stream
 
 
 class DirectEngine:
     name = "direct"
 
-    def __init__(self, model: str | Path = "small", *, trust_remote_code: bool = False):
+    def __init__(self, model: str | Path = DEFAULT_MODEL, *, trust_remote_code: bool = False):
         self.model_name = str(model)
         self.trust_remote_code = trust_remote_code
         self.model = self.tokenizer = None

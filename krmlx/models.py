@@ -30,7 +30,7 @@ from .errors import ModelError, UnknownModel
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 TOKENIZER_DIR = DATA_DIR / "tokenizer"
-DEFAULT_MODEL = "small"
+DEFAULT_MODEL = "mini"
 BUILD_VERSION = 1  # bump when the recipe changes, so cached folders are rebuilt
 _NAME = re.compile(r"^(?P<preset>[a-z0-9.\-]+?)(?P<q>-q4)?(?:@(?P<seed>\d+))?$")
 
@@ -50,7 +50,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(128, 4, 512, 4, 2, description="~1.6M params: tests and smoke runs"),
-    "small": Preset(512, 10, 2048, 8, 4, description="~41M params: the default"),
+    "mini": Preset(384, 8, 1536, 6, 2, description="~19M params: the default (demo in minutes)"),
+    "small": Preset(512, 10, 2048, 8, 4, description="~41M params"),
     "medium": Preset(1024, 12, 3072, 16, 4, description="~148M params"),
     "llama-3.2-1b": Preset(2048, 16, 8192, 32, 8, vocab_size=128256, dtype="bfloat16",
                            linear_scale=1.0, description="Llama-3.2-1B shapes (GPU)"),

@@ -1,0 +1,134 @@
+"""Pure functions from raw records to summaries (vLLM bench definitions, DESIGN.md habit 5).
+
+A record is one request of one trial through one engine: ``engine``, ``trial``,
+``request_id``, ``ok``, ``ttft_ms``, ``e2e_ms``, ``tpot_ms``, ``itl_ms`` (list),
+``output_tokens``, ``prompt_tokens``, ``t_start_s``, ``t_end_s``. Nothing here measures;
+everything here is deterministic given its inputs (bootstraps take a seed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+STATS = ("n", "mean", "p50", "p90", "p95", "max")
+LATENCY_METRICS = ("ttft_ms", "tpot_ms", "e2e_ms")
+
+
+def to_frame(records: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame.from_records(records)
+
+
+def describe(values) -> dict:
+    """n, mean, p50, p90, p95, max of ``values`` (NaN-free), NaN where empty."""
+    a = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
+    if a.size == 0:
+        return {"n": 0, **{k: float("nan") for k in STATS[1:]}}
+    return {"n": int(a.size), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
+            "p90": float(np.percentile(a, 90)), "p95": float(np.percentile(a, 95)),
+            "max": float(a.max())}
+
+
+def trial_totals(df: pd.DataFrame) -> pd.DataFrame:
+    """Per engine and trial: wall time (first start to last end), tokens, throughput."""
+    ok = df[df["ok"]]
+    g = ok.groupby(["engine", "trial"])
+    out = pd.DataFrame({
+        "wall_s": g["t_end_s"].max() - g["t_start_s"].min(),
+        "busy_s": g["e2e_ms"].sum() / 1e3,
+        "output_tokens": g["output_tokens"].sum(),
+        "requests": g.size(),
+    })
+    out["throughput_tps"] = out["output_tokens"] / out["wall_s"]
+    return out.reset_index()
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per engine: latency stats, ITL stats, totals, error count."""
+    rows = []
+    totals = trial_totals(df)
+    for engine, part in df.groupby("engine", sort=False):
+        ok = part[part["ok"]]
+        row = {"engine": engine, "requests": len(part), "errors": int((~part["ok"]).sum())}
+        for metric in LATENCY_METRICS:
+            for stat, value in describe(ok[metric]).items():
+                if stat != "n":
+                    row[f"{metric}_{stat}"] = value
+        itl = [x for gaps in ok["itl_ms"] for x in (gaps or [])]
+        for stat in ("mean", "p50", "p90", "p95", "max"):
+            row[f"itl_ms_{stat}"] = describe(itl)[stat]
+        t = totals[totals["engine"] == engine]
+        row["total_s_mean"] = float(t["busy_s"].mean()) if len(t) else float("nan")
+        row["wall_s_mean"] = float(t["wall_s"].mean()) if len(t) else float("nan")
+        row["throughput_tps_mean"] = float(t["throughput_tps"].mean()) if len(t) else float("nan")
+        row["output_tokens"] = int(ok["output_tokens"].sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def bootstrap_ci(a, b, *, paired: bool, stat=np.mean, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """Point estimate and CI of stat(b) - stat(a) and stat(b) / stat(a)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    rng = np.random.default_rng(seed)
+    if paired:
+        if a.shape != b.shape:
+            raise ValueError("paired bootstrap needs equal-length samples")
+        idx = rng.integers(0, a.size, size=(n_boot, a.size))
+        sa, sb = stat(a[idx], axis=1), stat(b[idx], axis=1)
+    else:
+        sa = stat(a[rng.integers(0, a.size, size=(n_boot, a.size))], axis=1)
+        sb = stat(b[rng.integers(0, b.size, size=(n_boot, b.size))], axis=1)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    diff, ratio = sb - sa, sb / sa
+    return {"a": float(stat(a)), "b": float(stat(b)), "diff": float(stat(b) - stat(a)),
+            "diff_ci_low": float(np.percentile(diff, lo)), "diff_ci_high": float(np.percentile(diff, hi)),
+            "ratio": float(stat(b) / stat(a)), "ratio_ci_low": float(np.percentile(ratio, lo)),
+            "ratio_ci_high": float(np.percentile(ratio, hi))}
+
+
+def compare(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms", *,
+            seed: int = 0) -> dict:
+    """Compare ``metric`` of engine ``other`` against ``base`` with a 95% bootstrap CI.
+
+    Requests are paired by (trial, request_id) when both engines ran the same ones.
+    ``ci_low``/``ci_high`` bound the difference (other - base, in the metric's unit).
+    """
+    ok = df[df["ok"]]
+    a = ok[ok["engine"] == base].set_index(["trial", "request_id"])[metric]
+    b = ok[ok["engine"] == other].set_index(["trial", "request_id"])[metric]
+    common = a.index.intersection(b.index)
+    paired = len(common) >= 2 and len(common) == len(a) == len(b)
+    if paired:
+        a, b = a.loc[common], b.loc[common]
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"compare {base} vs {other}: need >= 2 ok records each for {metric}")
+    r = bootstrap_ci(a.dropna().values if not paired else a.values,
+                     b.dropna().values if not paired else b.values, paired=paired, seed=seed)
+    return {"base": base, "other": other, "metric": metric, "paired": paired, "n": int(len(b)),
+            **r, "ci_low": r["diff_ci_low"], "ci_high": r["diff_ci_high"]}
+
+
+def overhead(df: pd.DataFrame, base: str = "direct", *, seed: int = 0) -> pd.DataFrame:
+    """Overhead of every other engine over ``base``: per request (TTFT, E2E, with CIs) and in
+    total (sum of E2E per trial, as % of base)."""
+    rows = []
+    totals = trial_totals(df).set_index(["engine", "trial"])
+    for engine in [e for e in df["engine"].unique() if e != base]:
+        row = {"engine": engine, "base": base}
+        for metric in ("ttft_ms", "e2e_ms"):
+            c = compare(df, base, engine, metric, seed=seed)
+            row.update({f"{metric}_diff": c["diff"], f"{metric}_ci_low": c["ci_low"],
+                        f"{metric}_ci_high": c["ci_high"], f"{metric}_ratio": c["ratio"]})
+        tb, te = totals.loc[base]["busy_s"], totals.loc[engine]["busy_s"]
+        trials = tb.index.intersection(te.index)
+        c = bootstrap_ci(tb.loc[trials].values, te.loc[trials].values, paired=True, seed=seed) \
+            if len(trials) >= 2 else None
+        row["total_s_base"] = float(tb.loc[trials].mean())
+        row["total_s"] = float(te.loc[trials].mean())
+        row["total_overhead_pct"] = (row["total_s"] / row["total_s_base"] - 1) * 100
+        row["total_overhead_pct_ci_low"] = (c["ratio_ci_low"] - 1) * 100 if c else float("nan")
+        row["total_overhead_pct_ci_high"] = (c["ratio_ci_high"] - 1) * 100 if c else float("nan")
+        row["ci_low"], row["ci_high"] = row["e2e_ms_ci_low"], row["e2e_ms_ci_high"]
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,66 @@
+"""Plain-text tables for the terminal (the CLI's summary and compare output)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from . import metrics
+from .results import records_frame
+
+ENGINE_COLUMNS = {
+    "engine": "engine", "requests": "n", "errors": "err", "ttft_ms_mean": "TTFT mean ms",
+    "ttft_ms_p50": "TTFT p50", "ttft_ms_p90": "TTFT p90", "e2e_ms_mean": "E2E mean ms",
+    "tpot_ms_mean": "TPOT ms", "total_s_mean": "total s", "throughput_tps_mean": "tok/s",
+}
+OVERHEAD_COLUMNS = {
+    "engine": "engine", "ttft_ms_diff": "dTTFT ms", "ttft_ms_ci_low": "lo", "ttft_ms_ci_high": "hi",
+    "e2e_ms_diff": "dE2E ms", "e2e_ms_ci_low": "lo", "e2e_ms_ci_high": "hi",
+    "total_overhead_pct": "total %", "total_overhead_pct_ci_low": "lo",
+    "total_overhead_pct_ci_high": "hi",
+}
+
+
+def _table(rows, columns: dict, floatfmt: str = "{:.3f}") -> str:
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return "(no rows)"
+    df = df[[c for c in columns if c in df]]
+    df.columns = [columns[c] for c in df.columns]
+    return df.to_string(index=False, float_format=lambda x: floatfmt.format(x))
+
+
+def format_summary(doc: dict) -> str:
+    env, cfg, summary = doc["env"], doc["config"], doc["summary"]
+    blas = env.get("blas", {})
+    head = (f"{cfg.get('workload')} · model {cfg.get('model')} · {cfg.get('questions')} requests × "
+            f"{cfg.get('trials')} trial(s) · {env.get('device')} · BLAS {blas.get('kind')} · "
+            f"{env.get('cores')} cores")
+    parts = [head, "", _table(summary.get("engines", []), ENGINE_COLUMNS, "{:.2f}")]
+    if summary.get("overhead") is not None and len(summary.get("overhead", [])):
+        parts += ["", "overhead vs direct (95% bootstrap CI)",
+                  _table(summary["overhead"], OVERHEAD_COLUMNS, "{:.3f}")]
+    if summary.get("outputs_match"):
+        parts += ["", "greedy outputs identical to direct: " + ", ".join(
+            f"{r['engine']} {r['identical_outputs']}/{r['requests']}" for r in summary["outputs_match"])]
+    if env.get("blas_warning"):
+        parts += ["", "WARNING: " + env["blas_warning"]]
+    return "\n".join(parts)
+
+
+def format_compare(a: dict, b: dict) -> str:
+    """Engines present in both files: mean E2E and TTFT of B vs A with bootstrap CIs."""
+    da, db = records_frame(a), records_frame(b)
+    rows = []
+    for engine in sorted(set(da["engine"]) & set(db["engine"])):
+        row = {"engine": engine}
+        for metric in ("ttft_ms", "e2e_ms"):
+            xa = da[(da["engine"] == engine) & da["ok"]][metric].dropna().values
+            xb = db[(db["engine"] == engine) & db["ok"]][metric].dropna().values
+            if len(xa) >= 2 and len(xb) >= 2:
+                r = metrics.bootstrap_ci(xa, xb, paired=False)
+                row.update({f"{metric} A": r["a"], f"{metric} B": r["b"], f"{metric} B/A": r["ratio"],
+                            "lo": r["ratio_ci_low"], "hi": r["ratio_ci_high"]})
+        rows.append(row)
+    if not rows:
+        return "no engine appears in both files"
+    return pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.3f}")

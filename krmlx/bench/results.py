@@ -1,0 +1,103 @@
+"""Versioned results files: one JSON document per run, written atomically.
+
+Top-level keys: ``schema`` ({"name": "krmlx.results", "version": N}), ``env`` (the
+doctor's output plus the question-set hash and model details), ``config`` (what ran),
+``records`` (one per request per trial, each naming its configuration in ``engine``)
+and ``summary`` (tables; comparisons carry ``ci_low`` / ``ci_high``). A run that is
+interrupted still leaves a readable file, marked ``"complete": false``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import ResultsError
+
+SCHEMA = {"name": "krmlx.results", "version": 1}
+REQUIRED = ("schema", "env", "config", "records", "summary")
+
+
+def _clean(obj):
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python, DataFrames -> records."""
+    if isinstance(obj, pd.DataFrame):
+        return [_clean(r) for r in obj.to_dict(orient="records")]
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_results(path: str | os.PathLike, *, env: dict, config: dict, records: list[dict],
+                  summary: dict, complete: bool = True) -> Path:
+    """Write a results file atomically (temp file + rename): readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = _clean({"schema": SCHEMA, "complete": complete, "env": env, "config": config,
+                  "records": records, "summary": summary})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_results(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such results file") from None
+    except ValueError as e:
+        raise ResultsError(f"{path}: not valid JSON, perhaps truncated ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("schema"), dict):
+        raise ResultsError(f"{path}: not a krmlx results file (no schema)")
+    schema = doc["schema"]
+    if schema.get("name") != SCHEMA["name"]:
+        raise ResultsError(f"{path}: schema {schema.get('name')!r} is not {SCHEMA['name']!r}")
+    if schema.get("version") != SCHEMA["version"]:
+        raise ResultsError(f"{path}: schema version {schema.get('version')} is not supported "
+                           f"(this krmlx reads version {SCHEMA['version']})")
+    missing = [k for k in REQUIRED if k not in doc]
+    if missing:
+        raise ResultsError(f"{path}: missing keys {missing}")
+    return doc
+
+
+def records_frame(doc: dict) -> pd.DataFrame:
+    return pd.DataFrame.from_records(doc["records"])
+
+
+def export_csv(doc: dict, out_dir: str | os.PathLike, stem: str = "results") -> list[Path]:
+    """records.csv plus one CSV per summary table; returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    recs = records_frame(doc)
+    if len(recs):
+        recs = recs.drop(columns=[c for c in ("output_ids", "itl_ms", "stage_stats") if c in recs])
+    p = out / f"{stem}_records.csv"
+    recs.to_csv(p, index=False)
+    written.append(p)
+    for name, table in doc["summary"].items():
+        if isinstance(table, list) and table and isinstance(table[0], dict):
+            p = out / f"{stem}_{name}.csv"
+            pd.DataFrame(table).to_csv(p, index=False)
+            written.append(p)
+    return written

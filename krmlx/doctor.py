@@ -1,0 +1,98 @@
+"""The environment a measurement depends on: what ``krmlx doctor`` prints and every
+results file records under ``env``."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from .blas import detect_blas, slow_blas_warning
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_sha() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return (sha + ("-dirty" if dirty else "")) if out.returncode == 0 else None
+
+
+def foreign_cpu_load(interval_s: float = 0.2) -> float:
+    """CPU use (in cores) by processes other than this one and its children."""
+    import psutil
+
+    me = psutil.Process()
+    mine = [me, *me.children(recursive=True)]
+
+    def own_cpu() -> float:
+        total = 0.0
+        for p in mine:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    t0, c0, own0 = time.perf_counter(), psutil.cpu_times(), own_cpu()
+    time.sleep(interval_s)
+    t1, c1, own1 = time.perf_counter(), psutil.cpu_times(), own_cpu()
+    busy = (c1.user + c1.system + c1.nice) - (c0.user + c0.system + c0.nice)
+    return max(0.0, (busy - (own1 - own0)) / (t1 - t0))
+
+
+def collect_env(*, load_interval_s: float = 0.2) -> dict:
+    import mlx.core as mx
+    import psutil
+
+    blas = detect_blas()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "mlx": _version("mlx"),
+        "mlx_lm": _version("mlx-lm"),
+        "krmlx": _version("krmlx"),
+        "device": str(mx.default_device()),
+        "blas": blas.to_dict(),
+        "blas_warning": slow_blas_warning(blas),
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "foreign_cpu_load_cores": round(foreign_cpu_load(load_interval_s), 2),
+        "git_sha": git_sha(),
+        "argv": sys.argv[:],
+    }
+
+
+def format_env(env: dict) -> str:
+    blas = env["blas"]
+    lines = [
+        f"python      {env['python']} ({env['machine']})",
+        f"mlx         {env['mlx']}   mlx-lm {env['mlx_lm']}   krmlx {env['krmlx']}",
+        f"device      {env['device']}",
+        f"blas        {blas['kind']} ({blas['library']})",
+        f"openblas    {blas['openblas_available'] or 'not found'}",
+        f"cores       {env['cores']}   memory {env['memory_gib']} GiB",
+        f"cpu load    {env['foreign_cpu_load_cores']} cores used by other processes",
+        f"git         {env['git_sha']}",
+    ]
+    if env.get("blas_warning"):
+        lines.append(f"WARNING     {env['blas_warning']}")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""Engine: the served path. A worker process behind the stage stack, with the same async
+API as :class:`krmlx.direct.DirectEngine` (``stream``, ``complete``, ``tokenize``)::
+
+    async with Engine("small", StackConfig.all()) as eng:
+        done = await eng.complete(Request("Why is the sky blue?"))
+
+With ``StackConfig()`` (no phases) it is "phase 0": the plain serving layer.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .models import DEFAULT_MODEL, model_bytes, resolve_model
+from .service import Call, unary
+from .stack import StackConfig, build_stack
+from .types import ChunkStream, Completion, Request, complete_stream
+from .worker.client import WorkerClient
+from .worker.faults import FaultPlan
+from .worker.scheduler import StreamOptions
+
+
+class Engine:
+    def __init__(self, model: str | Path = DEFAULT_MODEL, config: StackConfig | None = None, *,
+                 env: dict | None = None, ready_timeout_s: float = 120.0):
+        self.model_name = str(model)
+        self.config = config or StackConfig()
+        self.name = self.config.label
+        self.env = env
+        self.ready_timeout_s = ready_timeout_s
+        self.client: WorkerClient | None = None
+        self.service = None
+        self.stages: list = []
+        self.path: Path | None = None
+        self.load_ms: float | None = None
+
+    async def start(self) -> Engine:
+        if self.client is not None:
+            return self
+        cfg = self.config
+        self.path = resolve_model(self.model_name)  # build synthetic presets here, not in the worker
+        self.client = WorkerClient(
+            codec=cfg.wire_codec,
+            stream=cfg.framer.stream_options() if cfg.framer else StreamOptions(),
+            faults=FaultPlan.from_dict(cfg.faults), timeout_s=cfg.timeout_s, env=self.env,
+            ready_timeout_s=self.ready_timeout_s)
+        await self.client.start()
+        self.service, self.stages = build_stack(cfg, self.client)
+        t0 = time.perf_counter()
+        await unary(self.service, Call("load_model", {}, self.model_name))
+        self.load_ms = (time.perf_counter() - t0) * 1e3
+        return self
+
+    async def close(self) -> None:
+        if self.service is not None:
+            await self.service.aclose()
+        elif self.client is not None:
+            await self.client.aclose()
+        self.client = self.service = None
+
+    async def __aenter__(self) -> Engine:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    @property
+    def model_bytes(self) -> int:
+        return model_bytes(self.path) if self.path else 0
+
+    def _require(self):
+        if self.service is None:
+            raise RuntimeError("Engine is not started: use 'async with' or await start()")
+
+    def stream(self, request: Request) -> ChunkStream:
+        self._require()
+        call = Call("generate", request.to_params(), request.model or self.model_name)
+        return ChunkStream(self.service.call(call))
+
+    async def complete(self, request: Request) -> Completion:
+        t0 = time.perf_counter()
+        return await complete_stream(self.stream(request), t0, request.id)
+
+    async def tokenize(self, text: str, *, add_special_tokens: bool = False,
+                       model: str | None = None) -> list[int]:
+        self._require()
+        return await unary(self.service, Call("tokenize", {"text": text, "add_special_tokens": add_special_tokens},
+                                              model or self.model_name))
+
+    async def call(self, method: str, params: dict | None = None, model: str | None = None):
+        """Any unary worker method through the stack (e.g. ``check_draft``, ``list_models``)."""
+        self._require()
+        return await unary(self.service, Call(method, params or {}, model))
+
+    def stats(self) -> dict:
+        """Each stage's stats (top first) and the client's."""
+        out = {s.name: dict(s.stats) for s in self.stages}
+        if self.client is not None:
+            out["client"] = dict(self.client.stats)
+        return out

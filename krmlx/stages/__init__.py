@@ -1,0 +1,1 @@
+"""Serving stages; see krmlx.stack for their order."""

@@ -1,0 +1,305 @@
+"""WorkerClient: spawns the worker and speaks its protocol; implements the Service protocol.
+
+- spawns ``python -m krmlx.worker`` under the BLAS environment (:func:`krmlx.blas.blas_env`)
+  and waits for its ``ready`` frame;
+- routes reply frames to callers by request id; ``generate`` streams
+  :class:`~krmlx.types.Chunk` items then a :class:`~krmlx.types.Done`;
+- a consumer that stops early (``aclose()``) makes the client send ``cancel``;
+- ``timeout_s`` (per call, or the client default) bounds the whole call: on expiry the
+  call is cancelled in the worker and :class:`~krmlx.errors.CallTimeout` is raised;
+- when the worker dies, every pending call fails at once with one
+  :class:`~krmlx.errors.WorkerCrashed`; the next call restarts it (``auto_restart``) and
+  reloads the models that were resident;
+- ``aclose()`` always kills and reaps the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..blas import blas_env
+from ..errors import CallTimeout, FrameTooLarge, ProtocolError, WorkerCrashed, error_from_code
+from ..service import Call
+from ..types import Chunk, Done
+from .faults import FaultPlan
+from .protocol import call_frame, make_codec
+from .scheduler import StreamOptions
+
+log = logging.getLogger("krmlx.client")
+_CLOSED = object()
+
+
+class WorkerClient:
+    name = "worker"
+
+    def __init__(self, *, codec: str = "json", faults: FaultPlan | dict | None = None,
+                 stream: StreamOptions = StreamOptions(), max_frame_bytes: int | None = None,
+                 timeout_s: float | None = None, ready_timeout_s: float = 120.0,
+                 auto_restart: bool = True, reload_on_restart: bool = True,
+                 env: dict | None = None, python: str = sys.executable):
+        make_codec(codec)  # validate early
+        self.codec_name = codec
+        self.faults = FaultPlan.from_dict(faults) if isinstance(faults, dict) else faults
+        self.stream_opts = stream
+        self.max_frame_bytes = max_frame_bytes
+        self.timeout_s = timeout_s
+        self.ready_timeout_s = ready_timeout_s
+        self.auto_restart = auto_restart
+        self.reload_on_restart = reload_on_restart
+        self.env = env
+        self.python = python
+        self.proc: asyncio.subprocess.Process | None = None
+        self.pid: int | None = None
+        self.ready: dict = {}
+        self.resident: dict[str, dict] = {}  # model -> load params, replayed after a restart
+        self.stats: dict[str, Any] = {"calls": 0, "restarts": 0, "crashes": 0, "protocol_errors": 0}
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._pending: dict[int, asyncio.Queue] = {}
+        self._next_id = 1
+        self._reader: asyncio.Task | None = None
+        self._stderr_task: asyncio.Task | None = None
+        self._dead: WorkerCrashed | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _argv(self) -> list[str]:
+        argv = [self.python, "-m", "krmlx.worker", "--codec", self.codec_name]
+        if self.max_frame_bytes:
+            argv += ["--max-frame-bytes", str(self.max_frame_bytes)]
+        if self.faults:
+            argv += ["--faults", json.dumps(self.faults.to_dict())]
+        if self.stream_opts != StreamOptions():
+            o = self.stream_opts
+            argv += ["--stream", json.dumps({"coalesce_tokens": o.coalesce_tokens,
+                                             "coalesce_ms": o.coalesce_ms, "window": o.window})]
+        return argv
+
+    async def start(self) -> WorkerClient:
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self.proc is not None and self._dead is None:
+                return self
+            if self.proc is not None:  # a dead worker: reap it, then start anew
+                await self._kill()
+                self.stats["restarts"] += 1
+            await self._spawn()
+            if self.reload_on_restart and self.resident:
+                for model, params in list(self.resident.items()):
+                    await self._unary(Call("load_model", params, model))
+        return self
+
+    async def _spawn(self) -> None:
+        env = blas_env(self.env)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self.codec = make_codec(self.codec_name, *( [self.max_frame_bytes] if self.max_frame_bytes else []))
+        self.proc = await asyncio.create_subprocess_exec(
+            *self._argv(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, limit=1 << 20)
+        self.pid = self.proc.pid
+        self._dead = None
+        ready = asyncio.get_running_loop().create_future()
+        self._pending[0] = ready  # the handshake frame has id 0
+        self._reader = asyncio.create_task(self._read_loop())
+        self._stderr_task = asyncio.create_task(self._drain_stderr())
+        try:
+            self.ready = await asyncio.wait_for(ready, self.ready_timeout_s)
+        except (asyncio.TimeoutError, WorkerCrashed) as e:
+            await self._kill()
+            raise WorkerCrashed(f"worker did not become ready: {e or 'timeout'}; "
+                                f"stderr: {' | '.join(self.stderr_tail)}") from None
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self.proc is None:
+            return
+        if self._dead is None and self.proc.returncode is None:
+            try:
+                await asyncio.wait_for(self._unary(Call("shutdown")), 1.0)
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
+        await self._kill()
+
+    async def _kill(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), 0.5)
+            except asyncio.TimeoutError:
+                proc.kill()
+        await proc.wait()
+        for task in (self._reader, self._stderr_task):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                    pass
+        if proc.stdin is not None:
+            proc.stdin.close()
+        self._fail_all(WorkerCrashed("worker was closed"))
+
+    async def __aenter__(self) -> WorkerClient:
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    # -- reading ---------------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        stdout = self.proc.stdout
+        while True:
+            data = await stdout.read(1 << 16)
+            if not data:
+                break
+            for frame in self.codec.feed(data):
+                if isinstance(frame, ProtocolError):
+                    self.stats["protocol_errors"] += 1
+                    log.warning("bad frame from worker: %s", frame)
+                    continue
+                target = self._pending.get(frame["id"])
+                if target is None:
+                    if frame["kind"] == "error" and frame["id"] == -1:
+                        self.stats["protocol_errors"] += 1
+                    continue  # a late frame of a call the caller abandoned
+                if isinstance(target, asyncio.Future):
+                    del self._pending[0]
+                    if not target.done():
+                        target.set_result(frame)
+                else:
+                    target.put_nowait(frame)
+        code = await self.proc.wait()
+        self.stats["crashes"] += not self._closed
+        self._dead = WorkerCrashed(
+            f"worker pid {self.pid} exited with code {code}"
+            + (f"; stderr: {' | '.join(list(self.stderr_tail)[-5:])}" if self.stderr_tail else ""))
+        self._fail_all(self._dead)
+
+    def _fail_all(self, exc: WorkerCrashed) -> None:
+        for fid, target in list(self._pending.items()):
+            if isinstance(target, asyncio.Future):
+                if not target.done():
+                    target.set_exception(exc)
+            else:
+                target.put_nowait(exc)
+        self._pending.clear()
+
+    async def _drain_stderr(self) -> None:
+        async for line in self.proc.stderr:
+            text = line.decode(errors="replace").rstrip()
+            self.stderr_tail.append(text)
+            if os.environ.get("KRMLX_WORKER_STDERR"):
+                print(text, file=sys.stderr)
+
+    # -- calling ---------------------------------------------------------------------------
+    async def _ensure(self) -> None:
+        if self._closed:
+            raise WorkerCrashed("client is closed")
+        if self.proc is None or self._dead is not None:
+            if self.proc is not None and not self.auto_restart:
+                raise self._dead
+            await self.start()
+
+    def _send(self, frame: dict) -> None:
+        data = self.codec.encode(frame)
+        if len(data) > self.codec.max_frame_bytes:
+            raise FrameTooLarge(f"{frame.get('method', frame['kind'])}: frame of {len(data)} bytes "
+                                f"exceeds the limit of {self.codec.max_frame_bytes}")
+        self.proc.stdin.write(data)
+
+    def call(self, call: Call) -> AsyncIterator[Any]:
+        return self._call(call)
+
+    async def _call(self, call: Call):
+        await self._ensure()
+        fid = self._next_id
+        self._next_id += 1
+        queue: asyncio.Queue = asyncio.Queue()
+        self._pending[fid] = queue
+        self.stats["calls"] += 1
+        timeout = call.timeout_s if call.timeout_s is not None else self.timeout_s
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        finished = False
+        try:
+            self._send(call_frame(fid, call.method, call.params, call.model))
+            await self.proc.stdin.drain()
+            index = consumed = 0
+            window = self.stream_opts.window
+            while True:
+                frame = await self._next(queue, deadline, call)
+                kind = frame["kind"]
+                if kind == "token":
+                    for token, text in frame["tokens"]:
+                        yield Chunk(token, text, index, time.perf_counter())
+                        index += 1
+                    if window:
+                        consumed += 1
+                        if consumed >= max(1, window // 2):
+                            self._send({"v": 1, "id": fid, "kind": "ack", "n": consumed})
+                            consumed = 0
+                elif kind == "done":
+                    finished = True
+                    yield Done(frame["finish_reason"], frame["prompt_tokens"], frame.get("tail", ""))
+                    return
+                elif kind == "result":
+                    finished = True
+                    self._track(call)
+                    yield frame["value"]
+                    return
+                elif kind == "error":
+                    finished = True
+                    raise error_from_code(frame["code"], frame["message"])
+        finally:
+            self._pending.pop(fid, None)
+            if not finished and call.streaming and self._dead is None and self.proc is not None:
+                self._cancel(fid)
+
+    async def _next(self, queue: asyncio.Queue, deadline: float | None, call: Call) -> dict:
+        if deadline is None:
+            item = await queue.get()
+        else:
+            try:
+                item = await asyncio.wait_for(queue.get(), max(0.0, deadline - time.perf_counter()))
+            except asyncio.TimeoutError:
+                raise CallTimeout(f"{call.method} timed out after {call.timeout_s or self.timeout_s} s") from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _cancel(self, target: int) -> None:
+        """Tell the worker to stop a stream; the reply is not awaited (nobody waits for it)."""
+        fid = self._next_id
+        self._next_id += 1
+        try:
+            self._send(call_frame(fid, "cancel", {"target": target}))
+        except (ConnectionError, RuntimeError):
+            pass
+
+    def _track(self, call: Call) -> None:
+        if call.method == "load_model":
+            self.resident[call.model] = call.params
+        elif call.method == "unload_model":
+            self.resident.pop(call.model, None)
+
+    async def _unary(self, call: Call):
+        async for value in self._call(call):
+            return value
+
+    async def ping(self) -> dict:
+        return await self._unary(Call("ping"))
+
+    async def worker_stats(self) -> dict:
+        return await self._unary(Call("stats"))

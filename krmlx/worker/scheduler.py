@@ -1,0 +1,177 @@
+"""Where generation runs: one compute thread that owns all MLX work.
+
+:class:`SerialScheduler` runs one ``generate`` at a time, in arrival order, token by
+token; model loads and unloads queue on the same thread (MLX work is never spread over
+threads). Each stream's tokens go out through :class:`StreamOut`, which applies the
+stream options (coalescing, backpressure window) and honours cancel between tokens.
+A batched scheduler (continuous batching) implements the same ``submit``/``run``/
+``stop`` and reuses StreamOut.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from .. import gen
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How token frames leave the worker (the StreamFramer stage sets these).
+
+    coalesce_tokens / coalesce_ms: after the first token (never held), tokens are
+    gathered into one frame until ``coalesce_tokens`` are held or ``coalesce_ms`` has
+    passed since the first held one (1 / 0 = a frame per token).
+    window: at most this many token frames unacknowledged per stream; generation of
+    that stream pauses until the client acks (0 = no backpressure).
+    """
+
+    coalesce_tokens: int = 1
+    coalesce_ms: float = 0.0
+    window: int = 0
+
+    def __post_init__(self):
+        if self.coalesce_tokens < 1 or self.coalesce_ms < 0 or self.window < 0:
+            raise ValueError("stream options: coalesce_tokens >= 1, coalesce_ms >= 0, window >= 0")
+
+
+class StreamOut:
+    """One stream's outbound side: coalescing, backpressure, cancel."""
+
+    def __init__(self, fid: int, send, options: StreamOptions, crash_after: int | None, crash):
+        self.id = fid
+        self._send = send
+        self.opts = options
+        self.cancelled = threading.Event()
+        self._cond = threading.Condition()
+        self._unacked = 0
+        self._held: list = []
+        self._held_since = 0.0
+        self.tokens = 0
+        self.frames = 0
+        self._crash_after = crash_after
+        self._crash = crash
+
+    def ack(self, n: int) -> None:
+        with self._cond:
+            self._unacked = max(0, self._unacked - n)
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def put(self, token: int, text: str) -> None:
+        if self._crash_after is not None and self.tokens >= self._crash_after:
+            self._crash()
+        self.tokens += 1
+        self._held.append((token, text))
+        now = time.perf_counter()
+        if len(self._held) == 1:
+            self._held_since = now
+        if (self.tokens == 1 or len(self._held) >= self.opts.coalesce_tokens
+                or (now - self._held_since) * 1e3 >= self.opts.coalesce_ms > 0):
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._held:
+            return
+        if self.opts.window:
+            with self._cond:
+                while self._unacked >= self.opts.window and not self.cancelled.is_set():
+                    self._cond.wait(0.05)
+                self._unacked += 1
+        self._send({"v": 1, "id": self.id, "kind": "token", "tokens": self._held})
+        self._held = []
+        self.frames += 1
+
+    def finish(self, finish_reason: str, prompt_tokens: int, tail: str = "") -> None:
+        self.flush()
+        self._send({"v": 1, "id": self.id, "kind": "done", "finish_reason": finish_reason,
+                    "prompt_tokens": prompt_tokens, "tail": tail, "tokens": self.tokens})
+
+
+@dataclass
+class GenerateJob:
+    out: StreamOut
+    entry: object  # the worker's ModelEntry
+    params: dict
+    delay_s: float = 0.0  # injected latency before the job starts
+
+
+class SerialScheduler:
+    """Run jobs one at a time on the compute thread. A job is a GenerateJob or a callable."""
+
+    name = "serial"
+
+    def __init__(self, on_error):
+        self._jobs: queue.Queue = queue.Queue()
+        self._on_error = on_error  # (job, exc) -> None: reports a failed job
+        self.active = 0
+
+    def submit(self, job) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                if isinstance(job, GenerateJob):
+                    self.active += 1
+                    try:
+                        run_generate(job)
+                    finally:
+                        self.active -= 1
+                else:
+                    job()
+            except Exception as e:  # noqa: BLE001 - reported to the caller, worker keeps serving
+                self._on_error(job, e)
+
+
+def run_generate(job: GenerateJob) -> None:
+    out, entry, params = job.out, job.entry, job.params
+    if job.delay_s:
+        time.sleep(job.delay_s)
+    if out.cancelled.is_set():
+        out.finish("cancelled", 0)
+        return
+    if entry.unloaded:
+        from ..errors import UnknownModel
+
+        raise UnknownModel(f"model {entry.id!r} was unloaded before this request ran")
+    if entry.id == "null":  # the null model: synthetic tokens, no MLX (stream cost benchmarks)
+        n = params["max_tokens"]
+        for i in range(n):
+            if out.cancelled.is_set():
+                out.finish("cancelled", 0)
+                return
+            out.put(i % 1000, "tok ")
+        out.finish("length", 0)
+        return
+    prompt_ids = gen.encode_prompt(entry.tokenizer, params)
+    steps = gen.iter_tokens(entry.model, entry.tokenizer, prompt_ids,
+                            max_tokens=params["max_tokens"],
+                            temperature=params.get("temperature", 0.0), seed=params.get("seed"))
+    entry.refs += 1
+    try:
+        while True:
+            if out.cancelled.is_set():
+                out.finish("cancelled", len(prompt_ids))
+                return
+            try:
+                token, text = next(steps)
+            except StopIteration as stop:
+                finish, tail = stop.value
+                out.finish(finish, len(prompt_ids), tail)
+                return
+            out.put(token, text)
+    finally:
+        steps.close()
+        entry.refs -= 1
+        entry.last_used = time.monotonic()

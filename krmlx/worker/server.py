@@ -1,0 +1,406 @@
+"""The worker process: an MLX model host speaking frames over stdio.
+
+Threads: the main thread reads and decodes stdin and never waits on a handler;
+``ping``, ``stats``, ``cancel``, ``list_models`` and stream acks are answered right there.
+Tokenizer work (``tokenize``, ``detokenize``, ``batch_tokenize``, ``check_draft``,
+``batch_check_draft``) runs on an aux thread; everything that touches MLX (``load_model``,
+``unload_model``, ``generate``) runs on the single compute thread, through the scheduler.
+Replies may therefore come back out of order: the client routes them by id.
+
+stdout carries frames only: at start the real fd 1 is moved aside and ``sys.stdout``
+points at stderr, so a stray print from any library can't corrupt the stream. Logs go
+to stderr. Every error is an ``error`` frame with a code; the worker keeps serving.
+The worker opens no network port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..errors import BadRequest, KrmlxError, ModelError, ProtocolError, UnknownModel
+from .faults import FaultInjector, FaultPlan, crash_now
+from .protocol import VERSION, error_frame, make_codec
+from .scheduler import GenerateJob, SerialScheduler, StreamOptions, StreamOut
+
+log = logging.getLogger("krmlx.worker")
+NULL_MODEL = "null"  # always resident: synthetic tokens without MLX, for stream-cost benchmarks
+
+# method -> {param: (type(s), required)}
+SCHEMA: dict[str, dict[str, tuple]] = {
+    "ping": {},
+    "stats": {},
+    "shutdown": {},
+    "list_models": {},
+    "cancel": {"target": (int, True)},
+    "load_model": {"trust_remote_code": (bool, False)},
+    "unload_model": {},
+    "tokenize": {"text": (str, True), "add_special_tokens": (bool, False)},
+    "detokenize": {"ids": (list, True)},
+    "batch_tokenize": {"texts": (list, True), "add_special_tokens": (bool, False)},
+    "check_draft": {"draft": (str, True)},
+    "batch_check_draft": {"drafts": (list, True)},
+    "generate": {"prompt": (str, False), "prompt_ids": (list, False), "max_tokens": (int, True),
+                 "temperature": ((int, float), False), "chat": (bool, False),
+                 "system": (str, False), "seed": (int, False)},
+}
+NEEDS_MODEL = {"unload_model", "tokenize", "detokenize", "batch_tokenize", "check_draft",
+               "batch_check_draft", "generate", "load_model"}
+AUX_METHODS = {"tokenize", "detokenize", "batch_tokenize", "check_draft", "batch_check_draft"}
+
+
+def check_params(method: str, params) -> dict:
+    if not isinstance(params, dict):
+        raise BadRequest(f"{method}: params must be a map, got {type(params).__name__}")
+    schema = SCHEMA[method]
+    extra = set(params) - set(schema) - {"faults"}
+    if extra:
+        raise BadRequest(f"{method}: unknown params {sorted(extra)}")
+    for name, (types, required) in schema.items():
+        if name not in params:
+            if required:
+                raise BadRequest(f"{method}: missing param {name!r}")
+            continue
+        value = params[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and types is int):
+            raise BadRequest(f"{method}: param {name!r} has type {type(value).__name__}")
+    if method == "generate":
+        if params["max_tokens"] <= 0:
+            raise BadRequest(f"generate: max_tokens must be positive, got {params['max_tokens']}")
+        if not params.get("prompt_ids") and not str(params.get("prompt", "")).strip():
+            raise BadRequest("generate: prompt must be a non-empty string (or give prompt_ids)")
+    return params
+
+
+@dataclass
+class ModelEntry:
+    id: str
+    model: object = None
+    tokenizer: object = None
+    path: str = ""
+    bytes: int = 0
+    load_ms: float = 0.0
+    refs: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    vocab_hash: str = ""
+    unloaded: bool = False  # set when an unload ran; jobs queued before it then fail cleanly
+
+
+class Worker:
+    def __init__(self, out_fd: int, codec: str = "json", *, max_frame_bytes: int | None = None,
+                 faults: FaultPlan | None = None, stream: StreamOptions = StreamOptions()):
+        kw = {"max_frame_bytes": max_frame_bytes} if max_frame_bytes else {}
+        self.codec = make_codec(codec, **kw)
+        self.out_fd = out_fd
+        self.stream_opts = stream
+        self.faults = FaultInjector(faults)
+        self._write_lock = threading.Lock()
+        self.models: dict[str, ModelEntry] = {NULL_MODEL: ModelEntry(NULL_MODEL)}
+        self.streams: dict[int, StreamOut] = {}
+        self.scheduler = SerialScheduler(on_error=self._job_failed)
+        self._aux: queue.Queue = queue.Queue()
+        self.counters = {"frames_in": 0, "frames_out": 0, "bad_frames": 0, "calls": 0,
+                         "errors": 0, "tokens_out": 0, "streams_done": 0}
+        self._stopping = False
+
+    # -- output -------------------------------------------------------------------------
+    def send(self, frame: dict) -> None:
+        data = self.codec.encode(frame)
+        if len(data) > self.codec.max_frame_bytes:  # never send what the client must drop
+            data = self.codec.encode(error_frame(frame["id"], "frame_too_large",
+                                                 f"reply of {len(data)} bytes exceeds the frame limit "
+                                                 f"of {self.codec.max_frame_bytes}"))
+        with self._write_lock:
+            self.counters["frames_out"] += 1
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.out_fd, view):]
+
+    def reply(self, fid: int, value) -> None:
+        self.send({"v": VERSION, "id": fid, "kind": "result", "value": value})
+
+    def fail(self, fid: int, exc: BaseException) -> None:
+        self.counters["errors"] += 1
+        self.send(error_frame(fid, error_code(exc), str(exc) or type(exc).__name__))
+
+    # -- input --------------------------------------------------------------------------
+    def serve(self, in_fd: int = 0) -> None:
+        threading.Thread(target=self.scheduler.run, name="compute", daemon=True).start()
+        threading.Thread(target=self._aux_loop, name="aux", daemon=True).start()
+        self.send({"v": VERSION, "id": 0, "kind": "ready", "pid": os.getpid(),
+                   "codec": self.codec.name, "scheduler": self.scheduler.name})
+        while not self._stopping:
+            data = os.read(in_fd, 1 << 16)
+            if not data:
+                break
+            for item in self.codec.feed(data):
+                self.counters["frames_in"] += 1
+                if isinstance(item, ProtocolError):
+                    self.counters["bad_frames"] += 1
+                    self.fail(getattr(item, "frame_id", -1), item)
+                else:
+                    self.dispatch(item)
+        self.scheduler.stop()
+
+    def dispatch(self, frame: dict) -> None:
+        fid = frame["id"]
+        try:
+            if frame["kind"] == "ack":
+                st = self.streams.get(fid)
+                if st is not None:
+                    st.ack(int(frame.get("n", 1)))
+                return
+            if frame["kind"] != "call":
+                raise ProtocolError(f"a worker accepts call and ack frames, not {frame['kind']!r}")
+            method = frame.get("method")
+            if method not in SCHEMA:
+                raise KrmlxError(f"unknown method {method!r}")
+            params = check_params(method, frame.get("params", {}))
+            self.counters["calls"] += 1
+            model_id = frame.get("model")
+            if method in NEEDS_MODEL and not isinstance(model_id, str):
+                raise BadRequest(f"{method}: needs a model id (string)")
+            override = FaultPlan.from_dict(params.pop("faults", None))
+            faults = self.faults.draw(method, override)
+            if faults.crash_now:
+                crash_now()
+            if faults.error:
+                raise InjectedFault(f"injected transient fault in {method}")
+            self._route(fid, method, params, model_id, faults)
+        except Exception as e:  # noqa: BLE001 - every failure becomes an error frame
+            self.fail(fid, e)
+
+    def _route(self, fid, method, params, model_id, faults) -> None:
+        # Injected latency applies where a method runs (aux or compute thread); the
+        # methods answered inline by the read loop take none, so it never blocks reading.
+        delay = faults.latency_s
+        if method == "ping":
+            self.reply(fid, {"pid": os.getpid(), "t": time.time()})
+        elif method == "stats":
+            self.reply(fid, self.stats())
+        elif method == "list_models":
+            self.reply(fid, self.list_models())
+        elif method == "cancel":
+            st = self.streams.get(params["target"])
+            if st is None:
+                raise NotFound(f"cancel: no active stream with id {params['target']}")
+            st.cancel()
+            self.reply(fid, {"cancelled": params["target"]})
+        elif method == "shutdown":
+            self.reply(fid, {"bye": os.getpid()})
+            self._stopping = True
+            for st in list(self.streams.values()):
+                st.cancel()
+        elif method == "load_model":
+            self.scheduler.submit(_Job(fid, lambda: self.load_model(model_id, params), delay, self.reply))
+        elif method == "unload_model":
+            self.scheduler.submit(_Job(fid, lambda: self.unload_model(model_id), delay, self.reply))
+        elif method in AUX_METHODS:
+            entry = self.entry(model_id)
+            handler = getattr(self, "do_" + method)
+            self._aux.put(_Job(fid, lambda: handler(entry, params), delay, self.reply))
+        elif method == "generate":
+            entry = self.entry(model_id)
+            if fid in self.streams:
+                raise BadRequest(f"generate: id {fid} is already streaming")
+            out = StreamOut(fid, self._stream_send, self.stream_opts, faults.crash_after_tokens,
+                            crash_now)
+            self.streams[fid] = out
+            self.scheduler.submit(GenerateJob(out, entry, params, delay))
+
+    def _stream_send(self, frame: dict) -> None:
+        if frame["kind"] == "token":
+            self.counters["tokens_out"] += len(frame["tokens"])
+        elif frame["kind"] == "done":
+            self.streams.pop(frame["id"], None)
+            self.counters["streams_done"] += 1
+        self.send(frame)
+
+    def _job_failed(self, job, exc: BaseException) -> None:
+        if isinstance(job, GenerateJob):
+            self.streams.pop(job.out.id, None)
+            self.fail(job.out.id, exc)
+        else:
+            self.fail(job.fid, exc)
+
+    def _aux_loop(self) -> None:
+        while True:
+            job = self._aux.get()
+            try:
+                job()
+            except Exception as e:  # noqa: BLE001
+                self.fail(job.fid, e)
+
+    # -- models -------------------------------------------------------------------------
+    def entry(self, model_id: str) -> ModelEntry:
+        entry = self.models.get(model_id)
+        if entry is None:
+            raise UnknownModel(f"model {model_id!r} is not loaded (resident: {sorted(self.models)})")
+        return entry
+
+    def load_model(self, model_id: str, params: dict) -> dict:
+        from mlx.utils import tree_flatten
+
+        from ..models import load, resolve_model
+
+        if model_id in self.models:
+            e = self.models[model_id]
+            return {"model": model_id, "cached": True, "bytes": e.bytes, "load_ms": 0.0}
+        t0 = time.perf_counter()
+        path = resolve_model(model_id)
+        model, tokenizer = load(path, trust_remote_code=params.get("trust_remote_code", False))
+        nbytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+        vocab = sorted(tokenizer.get_vocab().items()) if hasattr(tokenizer, "get_vocab") else []
+        entry = ModelEntry(model_id, model, tokenizer, str(path), nbytes,
+                           (time.perf_counter() - t0) * 1e3,
+                           vocab_hash=hashlib.sha1(repr(vocab).encode()).hexdigest())
+        self.models[model_id] = entry
+        return {"model": model_id, "cached": False, "bytes": nbytes, "load_ms": entry.load_ms,
+                "path": str(path)}
+
+    def unload_model(self, model_id: str) -> dict:
+        import mlx.core as mx
+
+        entry = self.entry(model_id)
+        if model_id == NULL_MODEL:
+            raise BadRequest("unload_model: the null model can't be unloaded")
+        if entry.refs:
+            raise BadRequest(f"unload_model: {model_id!r} has {entry.refs} requests in flight")
+        del self.models[model_id]
+        entry.unloaded = True
+        entry.model = entry.tokenizer = None
+        mx.clear_cache()
+        return {"model": model_id, "freed_bytes": entry.bytes}
+
+    def list_models(self) -> list[dict]:
+        return [{"model": e.id, "bytes": e.bytes, "path": e.path, "load_ms": e.load_ms,
+                 "in_flight": e.refs} for e in list(self.models.values()) if e.id != NULL_MODEL]
+
+    def stats(self) -> dict:
+        import resource
+
+        return {**self.counters, "active_streams": len(self.streams), "pid": os.getpid(),
+                "models": len(self.models) - 1,
+                "resident_bytes": sum(e.bytes for e in list(self.models.values())),
+                "rss_max_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "injected": dict(self.faults.injected), "scheduler": self.scheduler.name}
+
+    # -- tokenizer methods (aux thread) ---------------------------------------------------
+    @staticmethod
+    def _hf(entry: ModelEntry):
+        if entry.unloaded:
+            raise UnknownModel(f"model {entry.id!r} was unloaded")
+        if entry.tokenizer is None:
+            raise BadRequest(f"model {entry.id!r} has no tokenizer")
+        return getattr(entry.tokenizer, "_tokenizer", entry.tokenizer)
+
+    def do_tokenize(self, entry, params) -> list[int]:
+        return self._hf(entry).encode(params["text"], add_special_tokens=params.get("add_special_tokens", False))
+
+    def do_batch_tokenize(self, entry, params) -> list[list[int]]:
+        texts = params["texts"]
+        if not all(isinstance(t, str) for t in texts):
+            raise BadRequest("batch_tokenize: texts must all be strings")
+        if not texts:
+            return []
+        # One call into the fast tokenizer's batch encoder (Rust, parallel), not a loop.
+        return self._hf(entry)(texts, add_special_tokens=params.get("add_special_tokens", False))["input_ids"]
+
+    def do_detokenize(self, entry, params) -> str:
+        ids = params["ids"]
+        if not all(isinstance(i, int) and i >= 0 for i in ids):
+            raise BadRequest("detokenize: ids must be non-negative ints")
+        return self._hf(entry).decode(ids)
+
+    def _draft_report(self, target: ModelEntry, draft_id: str) -> dict:
+        draft = self.models.get(draft_id)
+        if draft is None:
+            return {"draft": draft_id, "compatible": False, "reason": "draft model not loaded"}
+        same = draft.vocab_hash == target.vocab_hash and draft.vocab_hash != ""
+        return {"draft": draft_id, "compatible": same,
+                "reason": "same vocabulary" if same else "vocabularies differ"}
+
+    def do_check_draft(self, entry, params) -> dict:
+        return self._draft_report(entry, params["draft"])
+
+    def do_batch_check_draft(self, entry, params) -> list[dict]:
+        drafts = params["drafts"]
+        if not all(isinstance(d, str) for d in drafts):
+            raise BadRequest("batch_check_draft: drafts must all be strings")
+        return [self._draft_report(entry, d) for d in drafts]
+
+
+class _Job:
+    """A unary job: runs ``fn`` (after an injected delay) and replies with its value."""
+
+    def __init__(self, fid: int, fn, delay: float, reply):
+        self.fid, self.fn, self.delay, self.reply = fid, fn, delay, reply
+
+    def __call__(self):
+        if self.delay:
+            time.sleep(self.delay)
+        self.reply(self.fid, self.fn())
+
+
+class InjectedFault(KrmlxError):
+    pass
+
+
+class NotFound(KrmlxError):
+    pass
+
+
+def error_code(exc: BaseException) -> str:
+    from ..errors import FrameTooLarge
+
+    if isinstance(exc, InjectedFault):
+        return "transient"
+    if isinstance(exc, FrameTooLarge):
+        return "frame_too_large"
+    if isinstance(exc, ProtocolError):
+        return "protocol_error"
+    if isinstance(exc, BadRequest):
+        return "bad_request"
+    if isinstance(exc, UnknownModel):
+        return "unknown_model"
+    if isinstance(exc, ModelError):
+        return "model_error"
+    if isinstance(exc, NotFound):
+        return "not_found"
+    if isinstance(exc, KrmlxError) and str(exc).startswith("unknown method"):
+        return "unknown_method"
+    return "internal"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+
+    # Move the real stdout aside first: from here on only frames reach fd `out`.
+    out = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    parser = argparse.ArgumentParser(prog="python -m krmlx.worker")
+    parser.add_argument("--codec", default="json", choices=["json", "msgpack"])
+    parser.add_argument("--max-frame-bytes", type=int, default=None)
+    parser.add_argument("--faults", default=None, help="fault plan as JSON")
+    parser.add_argument("--stream", default=None, help="stream options as JSON")
+    parser.add_argument("--log-level", default=os.environ.get("KRMLX_WORKER_LOG", "WARNING"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="[worker %(process)d] %(levelname)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import mlx.core  # noqa: F401 - import before 'ready', so ready means ready
+
+    faults = FaultPlan.from_dict(json.loads(args.faults)) if args.faults else None
+    stream = StreamOptions(**json.loads(args.stream)) if args.stream else StreamOptions()
+    worker = Worker(out, args.codec, max_frame_bytes=args.max_frame_bytes, faults=faults,
+                    stream=stream)
+    worker.serve(0)
+    os._exit(0)

@@ -1,0 +1,46 @@
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+import krmlx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _norm(req: str) -> str:
+    return re.sub(r"\s+", "", req).lower()
+
+
+def test_environment_yml_pins_match_pyproject():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_norm(r) for r in pyproject["dependencies"] + pyproject["optional-dependencies"]["dev"]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    got = {_norm(r) for r in pip if not r.startswith("-e")}
+    assert got == wanted
+
+
+def test_core_pins_are_exact():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "mlx[cpu]==0.32.4;sys_platform=='linux'" in {_norm(d) for d in deps}
+    assert "mlx-lm==0.32.2" in {_norm(d) for d in deps}
+    assert all("==" in d for d in deps), "every dependency is pinned exactly"
+
+
+def test_public_api_is_small_and_sorted():
+    assert krmlx.__all__ == sorted(krmlx.__all__)
+    assert len(krmlx.__all__) <= 14
+    for name in krmlx.__all__:
+        assert getattr(krmlx, name) is not None
+
+
+def test_top_level_layout():
+    for d in ("krmlx", "notebooks", "data", "tests"):
+        assert (ROOT / d).is_dir(), d
+    assert (ROOT / "environment.yml").is_file()
+    assert (ROOT / ".ci" / "run").is_file()
+    readme = (ROOT / "README.md").read_text()
+    assert "./dev demo" in readme and "./dev test" in readme
+    assert "./dev test" in (ROOT / ".ci" / "run").read_text()
