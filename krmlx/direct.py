@@ -32,7 +32,7 @@ class DirectEngine:
         self.path: Path | None = None
         self.load_ms: float | None = None
 
-    async def start(self) -> "DirectEngine":
+    async def start(self) -> DirectEngine:
         if self.model is None:
             self.path = resolve_model(self.model_name)
             t0 = time.perf_counter()
@@ -43,7 +43,7 @@ class DirectEngine:
     async def close(self) -> None:
         self.model = self.tokenizer = None
 
-    async def __aenter__(self) -> "DirectEngine":
+    async def __aenter__(self) -> DirectEngine:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:

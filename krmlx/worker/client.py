@@ -115,7 +115,7 @@ class WorkerClient:
         self._stderr_task = asyncio.create_task(self._drain_stderr())
         try:
             self.ready = await asyncio.wait_for(ready, self.ready_timeout_s)
-        except (asyncio.TimeoutError, WorkerCrashed) as e:
+        except (TimeoutError, WorkerCrashed) as e:
             await self._kill()
             raise WorkerCrashed(f"worker did not become ready: {e or 'timeout'}; "
                                 f"stderr: {' | '.join(self.stderr_tail)}") from None
@@ -138,7 +138,7 @@ class WorkerClient:
         if proc.returncode is None:
             try:
                 await asyncio.wait_for(proc.wait(), 0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
         await proc.wait()
         for task in (self._reader, self._stderr_task):
@@ -273,7 +273,7 @@ class WorkerClient:
         else:
             try:
                 item = await asyncio.wait_for(queue.get(), max(0.0, deadline - time.perf_counter()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise CallTimeout(f"{call.method} timed out after {call.timeout_s or self.timeout_s} s") from None
         if isinstance(item, BaseException):
             raise item
