@@ -4,6 +4,7 @@
     python -m krmlx models make PRESET [--rebuild] | models list
     python -m krmlx bench baseline [--model M] [--phases none|all|each|LIST] [--trials N] [--smoke] [--out DIR]
     python -m krmlx compare A.json B.json
+    python -m krmlx report RESULTS... [--out DIR]
 
 Model code runs under the fastest BLAS available: on Linux the command re-executes
 itself with OpenBLAS preloaded when it is installed (KRMLX_BLAS=reference opts out).
@@ -103,6 +104,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report.export import build_report
+
+    written = build_report(args.results, args.out, title=args.title)
+    print(f"html: {written['html']}\nmarkdown: {written['markdown']}\n"
+          f"{len(written['png'])} plots, {len(written['csv'])} CSVs in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="krmlx", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -125,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare two results files")
     c.add_argument("a")
     c.add_argument("b")
+    r = sub.add_parser("report", help="write an offline HTML/Markdown/CSV report of results files")
+    r.add_argument("results", nargs="+", help="results files or folders of them")
+    r.add_argument("--out", default="report", help="output folder")
+    r.add_argument("--title", default="krmlx report")
     return p
 
 
@@ -134,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         reexec_under_blas()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handler = {"doctor": cmd_doctor, "models": cmd_models, "bench": cmd_bench,
-               "compare": cmd_compare}[args.cmd]
+               "compare": cmd_compare, "report": cmd_report}[args.cmd]
     return handler(args)
 
 

@@ -1,6 +1,7 @@
 """WorkerClient: spawns the worker and speaks its protocol; implements the Service protocol.
 
-- spawns ``python -m krmlx.worker`` under the BLAS environment (:func:`krmlx.blas.blas_env`)
+- spawns ``python -m krmlx.worker`` (asyncio subprocess protocol: frames are decoded and
+  routed in the event loop's read callback) under the BLAS environment (:func:`krmlx.blas.blas_env`)
   and waits for its ``ready`` frame;
 - routes reply frames to callers by request id; ``generate`` streams
   :class:`~krmlx.types.Chunk` items then a :class:`~krmlx.types.Done`;
@@ -20,6 +21,7 @@ import collections
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +36,77 @@ from .protocol import call_frame, make_codec
 from .scheduler import StreamOptions
 
 log = logging.getLogger("krmlx.client")
-_CLOSED = object()
+
+
+class _Inbox:
+    """One call's incoming frames: a deque plus a future to wake its (single) reader.
+
+    Lighter than asyncio.Queue on the per-token path: no wakeup when nobody waits."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self):
+        self.items: collections.deque = collections.deque()
+        self.waiter: asyncio.Future | None = None
+
+    def put(self, item) -> None:
+        self.items.append(item)
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def get(self):
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.popleft()
+
+
+class _OneShot:
+    """The async iterator of a unary call: yields the coroutine's value once."""
+
+    __slots__ = ("_coro", "_done")
+
+    def __init__(self, coro):
+        self._coro = coro
+        self._done = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self._done:
+            raise StopAsyncIteration
+        self._done = True
+        return await self._coro
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            self._coro.close()
+
+
+class _Protocol(asyncio.SubprocessProtocol):
+    """Routes the worker's stdout straight from the event loop's read callback (no reader
+    task, no StreamReader: one task wakeup per reply instead of two)."""
+
+    def __init__(self, client: WorkerClient):
+        self.client = client
+        self.exited = asyncio.get_running_loop().create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 1:
+            self.client._on_stdout(data)
+        else:
+            self.client._on_stderr(data)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+        self.client._on_exit()
 
 
 class WorkerClient:
@@ -56,16 +128,17 @@ class WorkerClient:
         self.reload_on_restart = reload_on_restart
         self.env = env
         self.python = python
-        self.proc: asyncio.subprocess.Process | None = None
+        self.transport: asyncio.SubprocessTransport | None = None
+        self._protocol: _Protocol | None = None
+        self._stdin = None
         self.pid: int | None = None
         self.ready: dict = {}
         self.resident: dict[str, dict] = {}  # model -> load params, replayed after a restart
         self.stats: dict[str, Any] = {"calls": 0, "restarts": 0, "crashes": 0, "protocol_errors": 0}
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
-        self._pending: dict[int, asyncio.Queue] = {}
+        self._stderr_buf = b""
+        self._pending: dict[int, _Inbox] = {}
         self._next_id = 1
-        self._reader: asyncio.Task | None = None
-        self._stderr_task: asyncio.Task | None = None
         self._dead: WorkerCrashed | None = None
         self._start_lock: asyncio.Lock | None = None
         self._closed = False
@@ -83,15 +156,20 @@ class WorkerClient:
                                              "coalesce_ms": o.coalesce_ms, "window": o.window})]
         return argv
 
+    @property
+    def alive(self) -> bool:
+        return self.transport is not None and self._dead is None
+
     async def start(self) -> WorkerClient:
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
-            if self.proc is not None and self._dead is None:
+            if self.alive:
                 return self
-            if self.proc is not None:  # a dead worker: reap it, then start anew
+            if self.transport is not None:  # a dead worker: reap it, then start anew
                 await self._kill()
                 self.stats["restarts"] += 1
+            self._closed = False
             await self._spawn()
             if self.reload_on_restart and self.resident:
                 for model, params in list(self.resident.items()):
@@ -103,28 +181,33 @@ class WorkerClient:
         env.setdefault("HF_HUB_OFFLINE", "1")
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.codec = make_codec(self.codec_name, *( [self.max_frame_bytes] if self.max_frame_bytes else []))
-        self.proc = await asyncio.create_subprocess_exec(
-            *self._argv(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, limit=1 << 20)
-        self.pid = self.proc.pid
+        self.codec = make_codec(self.codec_name, *([self.max_frame_bytes] if self.max_frame_bytes else []))
         self._dead = None
-        ready = asyncio.get_running_loop().create_future()
+        ready = _Inbox()
         self._pending[0] = ready  # the handshake frame has id 0
-        self._reader = asyncio.create_task(self._read_loop())
-        self._stderr_task = asyncio.create_task(self._drain_stderr())
+        loop = asyncio.get_running_loop()
+        self.transport, self._protocol = await loop.subprocess_exec(
+            lambda: _Protocol(self), *self._argv(), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        self._stdin = self.transport.get_pipe_transport(0)
+        self.pid = self.transport.get_pid()
         try:
-            self.ready = await asyncio.wait_for(ready, self.ready_timeout_s)
+            frame = await asyncio.wait_for(ready.get(), self.ready_timeout_s)
+            if isinstance(frame, BaseException):
+                raise frame
+            self.ready = frame
         except (TimeoutError, WorkerCrashed) as e:
             await self._kill()
             raise WorkerCrashed(f"worker did not become ready: {e or 'timeout'}; "
                                 f"stderr: {' | '.join(self.stderr_tail)}") from None
+        finally:
+            self._pending.pop(0, None)
 
     async def aclose(self) -> None:
         self._closed = True
-        if self.proc is None:
+        if self.transport is None:
             return
-        if self._dead is None and self.proc.returncode is None:
+        if self.alive:
             try:
                 await asyncio.wait_for(self._unary(Call("shutdown")), 1.0)
             except Exception:  # noqa: BLE001 - shutting down anyway
@@ -132,24 +215,17 @@ class WorkerClient:
         await self._kill()
 
     async def _kill(self) -> None:
-        proc = self.proc
-        if proc is None:
+        """Make sure the process is gone and reaped; fail whatever is still pending."""
+        transport, protocol = self.transport, self._protocol
+        if transport is None:
             return
-        if proc.returncode is None:
+        if transport.get_returncode() is None:
             try:
-                await asyncio.wait_for(proc.wait(), 0.5)
+                await asyncio.wait_for(asyncio.shield(protocol.exited), 0.5)
             except TimeoutError:
-                proc.kill()
-        await proc.wait()
-        for task in (self._reader, self._stderr_task):
-            if task is not None and not task.done():
-                task.cancel()
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                    pass
-        if proc.stdin is not None:
-            proc.stdin.close()
+                transport.kill()
+        await protocol.exited
+        transport.close()
         self._fail_all(WorkerCrashed("worker was closed"))
 
     async def __aenter__(self) -> WorkerClient:
@@ -158,30 +234,31 @@ class WorkerClient:
     async def __aexit__(self, *exc) -> None:
         await self.aclose()
 
-    # -- reading ---------------------------------------------------------------------------
-    async def _read_loop(self) -> None:
-        stdout = self.proc.stdout
-        while True:
-            data = await stdout.read(1 << 16)
-            if not data:
-                break
-            for frame in self.codec.feed(data):
-                if isinstance(frame, ProtocolError):
-                    self.stats["protocol_errors"] += 1
-                    log.warning("bad frame from worker: %s", frame)
-                    continue
-                target = self._pending.get(frame["id"])
-                if target is None:
-                    if frame["kind"] == "error" and frame["id"] == -1:
-                        self.stats["protocol_errors"] += 1
-                    continue  # a late frame of a call the caller abandoned
-                if isinstance(target, asyncio.Future):
-                    del self._pending[0]
-                    if not target.done():
-                        target.set_result(frame)
-                else:
-                    target.put_nowait(frame)
-        code = await self.proc.wait()
+    # -- from the worker (event loop callbacks) -------------------------------------------
+    def _on_stdout(self, data: bytes) -> None:
+        for frame in self.codec.feed(data):
+            if isinstance(frame, ProtocolError):
+                self.stats["protocol_errors"] += 1
+                log.warning("bad frame from worker: %s", frame)
+                continue
+            inbox = self._pending.get(frame["id"])
+            if inbox is not None:
+                inbox.put(frame)
+            elif frame["kind"] == "error" and frame["id"] == -1:
+                self.stats["protocol_errors"] += 1
+            # else: a late frame of a call its caller abandoned
+
+    def _on_stderr(self, data: bytes) -> None:
+        lines = (self._stderr_buf + data).split(b"\n")
+        self._stderr_buf = lines.pop()[-4096:]
+        for line in lines:
+            text = line.decode(errors="replace").rstrip()
+            self.stderr_tail.append(text)
+            if os.environ.get("KRMLX_WORKER_STDERR"):
+                print(text, file=sys.stderr)
+
+    def _on_exit(self) -> None:
+        code = self.transport.get_returncode() if self.transport else None
         self.stats["crashes"] += not self._closed
         self._dead = WorkerCrashed(
             f"worker pid {self.pid} exited with code {code}"
@@ -189,27 +266,16 @@ class WorkerClient:
         self._fail_all(self._dead)
 
     def _fail_all(self, exc: WorkerCrashed) -> None:
-        for fid, target in list(self._pending.items()):
-            if isinstance(target, asyncio.Future):
-                if not target.done():
-                    target.set_exception(exc)
-            else:
-                target.put_nowait(exc)
+        for inbox in self._pending.values():
+            inbox.put(exc)
         self._pending.clear()
-
-    async def _drain_stderr(self) -> None:
-        async for line in self.proc.stderr:
-            text = line.decode(errors="replace").rstrip()
-            self.stderr_tail.append(text)
-            if os.environ.get("KRMLX_WORKER_STDERR"):
-                print(text, file=sys.stderr)
 
     # -- calling ---------------------------------------------------------------------------
     async def _ensure(self) -> None:
         if self._closed:
             raise WorkerCrashed("client is closed")
-        if self.proc is None or self._dead is not None:
-            if self.proc is not None and not self.auto_restart:
+        if not self.alive:
+            if self.transport is not None and not self.auto_restart:
                 raise self._dead
             await self.start()
 
@@ -218,28 +284,49 @@ class WorkerClient:
         if len(data) > self.codec.max_frame_bytes:
             raise FrameTooLarge(f"{frame.get('method', frame['kind'])}: frame of {len(data)} bytes "
                                 f"exceeds the limit of {self.codec.max_frame_bytes}")
-        self.proc.stdin.write(data)
+        self._stdin.write(data)
 
     def call(self, call: Call) -> AsyncIterator[Any]:
-        return self._call(call)
+        return self._call(call) if call.streaming else _OneShot(self._unary(call))
+
+    async def _unary(self, call: Call):
+        """A unary call as a plain coroutine (the hot path for ping/tokenize: no generator)."""
+        if not self.alive or self._closed:
+            await self._ensure()
+        fid = self._next_id
+        self._next_id += 1
+        inbox = _Inbox()
+        self._pending[fid] = inbox
+        self.stats["calls"] += 1
+        timeout = call.timeout_s if call.timeout_s is not None else self.timeout_s
+        try:
+            self._send(call_frame(fid, call.method, call.params, call.model))
+            frame = await self._next(inbox, None if timeout is None else time.perf_counter() + timeout, call)
+        finally:
+            self._pending.pop(fid, None)
+        if frame["kind"] == "result":
+            self._track(call)
+            return frame["value"]
+        if frame["kind"] == "error":
+            raise error_from_code(frame["code"], frame["message"])
+        raise ProtocolError(f"{call.method}: unexpected {frame['kind']!r} frame for a unary call")
 
     async def _call(self, call: Call):
         await self._ensure()
         fid = self._next_id
         self._next_id += 1
-        queue: asyncio.Queue = asyncio.Queue()
-        self._pending[fid] = queue
+        inbox = _Inbox()
+        self._pending[fid] = inbox
         self.stats["calls"] += 1
         timeout = call.timeout_s if call.timeout_s is not None else self.timeout_s
         deadline = None if timeout is None else time.perf_counter() + timeout
         finished = False
         try:
             self._send(call_frame(fid, call.method, call.params, call.model))
-            await self.proc.stdin.drain()
             index = consumed = 0
             window = self.stream_opts.window
             while True:
-                frame = await self._next(queue, deadline, call)
+                frame = await self._next(inbox, deadline, call)
                 kind = frame["kind"]
                 if kind == "token":
                     for token, text in frame["tokens"]:
@@ -264,15 +351,15 @@ class WorkerClient:
                     raise error_from_code(frame["code"], frame["message"])
         finally:
             self._pending.pop(fid, None)
-            if not finished and call.streaming and self._dead is None and self.proc is not None:
+            if not finished and call.streaming and self.alive:
                 self._cancel(fid)
 
-    async def _next(self, queue: asyncio.Queue, deadline: float | None, call: Call) -> dict:
+    async def _next(self, inbox: _Inbox, deadline: float | None, call: Call) -> dict:
         if deadline is None:
-            item = await queue.get()
+            item = await inbox.get()
         else:
             try:
-                item = await asyncio.wait_for(queue.get(), max(0.0, deadline - time.perf_counter()))
+                item = await asyncio.wait_for(inbox.get(), max(0.0, deadline - time.perf_counter()))
             except TimeoutError:
                 raise CallTimeout(f"{call.method} timed out after {call.timeout_s or self.timeout_s} s") from None
         if isinstance(item, BaseException):
@@ -293,10 +380,6 @@ class WorkerClient:
             self.resident[call.model] = call.params
         elif call.method == "unload_model":
             self.resident.pop(call.model, None)
-
-    async def _unary(self, call: Call):
-        async for value in self._call(call):
-            return value
 
     async def ping(self) -> dict:
         return await self._unary(Call("ping"))

@@ -37,6 +37,9 @@ _LEN = struct.Struct(">I")
 def validate_frame(frame) -> dict:
     """Check the envelope; raise ProtocolError naming what is wrong (with ``frame_id``
     set when the frame had a usable id, so the error can be routed back)."""
+    if (type(frame) is dict and frame.get("v") == VERSION and type(frame.get("id")) is int
+            and frame.get("kind") in KINDS):
+        return frame  # the fast path: a well-formed envelope
     try:
         return _check_envelope(frame)
     except ProtocolError as e:
@@ -72,31 +75,27 @@ class JsonCodec:
 
     def feed(self, data: bytes) -> list:
         """Frames (dicts) and errors (ProtocolError instances) decoded from ``data``."""
+        if self._buf:
+            data = bytes(self._buf) + data
+            self._buf.clear()
+        lines = data.split(b"\n")
+        rest = lines.pop()
         out: list = []
-        buf = self._buf
-        buf += data
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
-            if nl < 0:
-                break
-            line = bytes(buf[start:nl])
-            start = nl + 1
-            if self._skipping:
+        limit = self.max_frame_bytes
+        for line in lines:
+            if self._skipping:  # the tail of an oversized line
                 self._skipping = False
                 continue
-            if len(line) > self.max_frame_bytes:
-                out.append(FrameTooLarge(f"frame of {len(line)} bytes exceeds the limit of {self.max_frame_bytes}"))
-                continue
-            if not line.strip():
-                continue
-            out.append(self._decode(line))
-        del buf[:start]
-        if len(buf) > self.max_frame_bytes:
+            if len(line) > limit:
+                out.append(FrameTooLarge(f"frame of {len(line)} bytes exceeds the limit of {limit}"))
+            elif line and not line.isspace():
+                out.append(self._decode(line))
+        if self._skipping or len(rest) > limit:
             if not self._skipping:
-                out.append(FrameTooLarge(f"frame exceeds the limit of {self.max_frame_bytes} bytes"))
+                out.append(FrameTooLarge(f"frame exceeds the limit of {limit} bytes"))
             self._skipping = True
-            buf.clear()
+        else:
+            self._buf += rest
         return out
 
     @staticmethod
@@ -116,42 +115,40 @@ class MsgpackCodec:
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
         self._skip = 0  # bytes of an oversized frame still to drop
+        self._packer = msgpack.Packer()  # reused: much cheaper than packb per frame
 
-    @staticmethod
-    def encode(frame: dict) -> bytes:
-        body = msgpack.packb(frame)
+    def encode(self, frame: dict) -> bytes:
+        body = self._packer.pack(frame)
         return _LEN.pack(len(body)) + body
 
     def feed(self, data: bytes) -> list:
         out: list = []
-        buf = self._buf
         if self._skip:
             dropped = min(self._skip, len(data))
             self._skip -= dropped
             data = data[dropped:]
-        buf += data
-        pos = 0
-        while len(buf) - pos >= 4:
+        buf = bytes(self._buf) + data if self._buf else data
+        view = memoryview(buf)  # of immutable bytes: slices copy nothing and lock nothing
+        pos, end, limit = 0, len(buf), self.max_frame_bytes
+        while end - pos >= 4:
             (n,) = _LEN.unpack_from(buf, pos)
-            if n > self.max_frame_bytes:
-                out.append(FrameTooLarge(f"frame of {n} bytes exceeds the limit of {self.max_frame_bytes}"))
-                available = len(buf) - pos - 4
-                if available >= n:
+            if n > limit:
+                out.append(FrameTooLarge(f"frame of {n} bytes exceeds the limit of {limit}"))
+                if end - pos - 4 >= n:
                     pos += 4 + n
                     continue
-                self._skip = n - available
-                pos = len(buf)
+                self._skip = n - (end - pos - 4)
+                pos = end
                 break
-            if len(buf) - pos - 4 < n:
+            if end - pos - 4 < n:
                 break
-            body = bytes(buf[pos + 4:pos + 4 + n])
+            out.append(self._decode(view[pos + 4:pos + 4 + n]))
             pos += 4 + n
-            out.append(self._decode(body))
-        del buf[:pos]
+        self._buf = bytearray(view[pos:])
         return out
 
     @staticmethod
-    def _decode(body: bytes):
+    def _decode(body) -> dict | ProtocolError:
         try:
             return validate_frame(msgpack.unpackb(body, strict_map_key=False))
         except ProtocolError as e:

@@ -46,8 +46,9 @@ class StreamOut:
         self._send = send
         self.opts = options
         self.cancelled = threading.Event()
-        self._cond = threading.Condition()
-        self._unacked = 0
+        self._acked_event = threading.Event()
+        self._sent = 0  # token frames sent (compute thread)
+        self._acked = 0  # token frames the client acknowledged (read thread)
         self._held: list = []
         self._held_since = 0.0
         self.tokens = 0
@@ -56,14 +57,12 @@ class StreamOut:
         self._crash = crash
 
     def ack(self, n: int) -> None:
-        with self._cond:
-            self._unacked = max(0, self._unacked - n)
-            self._cond.notify_all()
+        self._acked += n
+        self._acked_event.set()
 
     def cancel(self) -> None:
         self.cancelled.set()
-        with self._cond:
-            self._cond.notify_all()
+        self._acked_event.set()
 
     def put(self, token: int, text: str) -> None:
         if self._crash_after is not None and self.tokens >= self._crash_after:
@@ -80,11 +79,13 @@ class StreamOut:
     def flush(self) -> None:
         if not self._held:
             return
-        if self.opts.window:
-            with self._cond:
-                while self._unacked >= self.opts.window and not self.cancelled.is_set():
-                    self._cond.wait(0.05)
-                self._unacked += 1
+        window = self.opts.window
+        if window:  # backpressure: wait (without spinning) while the window is full
+            while self._sent - self._acked >= window and not self.cancelled.is_set():
+                self._acked_event.clear()
+                if self._sent - self._acked >= window:
+                    self._acked_event.wait(0.05)
+            self._sent += 1
         self._send({"v": 1, "id": self.id, "kind": "token", "tokens": self._held})
         self._held = []
         self.frames += 1

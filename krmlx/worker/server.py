@@ -111,16 +111,17 @@ class Worker:
 
     # -- output -------------------------------------------------------------------------
     def send(self, frame: dict) -> None:
-        data = self.codec.encode(frame)
-        if len(data) > self.codec.max_frame_bytes:  # never send what the client must drop
-            data = self.codec.encode(error_frame(frame["id"], "frame_too_large",
-                                                 f"reply of {len(data)} bytes exceeds the frame limit "
-                                                 f"of {self.codec.max_frame_bytes}"))
-        with self._write_lock:
+        with self._write_lock:  # one writer at a time; the codec's packer is not thread-safe
+            data = self.codec.encode(frame)
+            if len(data) > self.codec.max_frame_bytes:  # never send what the client must drop
+                data = self.codec.encode(error_frame(
+                    frame["id"], "frame_too_large",
+                    f"reply of {len(data)} bytes exceeds the frame limit of {self.codec.max_frame_bytes}"))
             self.counters["frames_out"] += 1
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.out_fd, view):]
+            n = os.write(self.out_fd, data)
+            while n < len(data):  # a full pipe takes part of it: write the rest
+                data = data[n:]
+                n = os.write(self.out_fd, data)
 
     def reply(self, fid: int, value) -> None:
         self.send({"v": VERSION, "id": fid, "kind": "result", "value": value})

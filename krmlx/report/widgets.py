@@ -1,0 +1,227 @@
+"""An ipywidgets panel: switch phases, set key knobs, pick a workload, run, watch, plot.
+
+    panel = make_panel(model="tiny")      # shows itself when it is a cell's last value
+    panel.phase["batching"].value = True   # or click
+    doc = await panel.run()                # or press Run
+
+The panel only edits a :class:`~krmlx.stack.StackConfig` (``dataclasses.replace`` on the
+stage configs) and hands it to the runner: :func:`krmlx.bench.baseline.run_baseline`, or
+a workload of :mod:`krmlx.bench.workloads` when that module exists. There is no
+measurement logic here. Each run writes its results file under ``out_dir`` and keeps
+the document in ``panel.doc`` (its path in ``panel.path``); ``on_done(doc)`` is called
+after the plot updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ..stack import PHASES, FramerConfig, StackConfig
+from ..worker.protocol import CODECS
+
+GIB = 2**30
+
+
+class WidgetProgress:
+    """The runner's progress protocol (``total`` attribute, ``update(n)``) on an IntProgress."""
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.n = 0
+        bar.value, bar.max = 0, 1
+
+    @property
+    def total(self) -> int:
+        return self.bar.max
+
+    @total.setter
+    def total(self, value) -> None:
+        self.bar.max = max(1, int(value or 1))
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.bar.value = min(self.n, self.bar.max)
+
+
+def available_workloads() -> list[str]:
+    """``baseline`` plus the workloads :mod:`krmlx.bench.workloads` offers, if importable."""
+    names = ["baseline"]
+    try:
+        from ..bench import workloads
+    except ImportError:
+        return names
+    listed = getattr(workloads, "WORKLOADS", None)
+    listed = list(listed) if listed is not None else [
+        n for n, f in vars(workloads).items()
+        if inspect.iscoroutinefunction(f) and not n.startswith("_") and f.__module__ == workloads.__name__]
+    return names + [n for n in listed if n != "baseline"]
+
+
+async def run_workload(name: str, model: str, configs: dict[str, StackConfig], *, progress=None,
+                       **options) -> dict:
+    """Run workload ``name`` for ``configs`` (label -> StackConfig) and return its results
+    document. ``options`` (smoke, trials, max_tokens, ...) are passed on where the workload
+    function takes them."""
+    if name == "baseline":
+        try:
+            from ..bench.workloads import baseline as fn
+        except ImportError:
+            from ..bench.baseline import run_baseline as fn
+    else:
+        from ..bench import workloads
+
+        workload = getattr(workloads, "WORKLOADS", {}).get(name) if isinstance(
+            getattr(workloads, "WORKLOADS", None), dict) else None
+        fn = workload or getattr(workloads, name)
+    params = inspect.signature(fn).parameters
+    kwargs = {k: v for k, v in {**options, "progress": progress, "configs": configs}.items()
+              if k in params or any(p.kind is p.VAR_KEYWORD for p in params.values())}
+    return await fn(model, **kwargs)
+
+
+class Panel:
+    """Phase checkboxes, key settings, workload picker, Run button, progress bar, plot.
+
+    ``config()`` is the StackConfig for the current widget state; ``await run()`` runs it
+    without clicking. ``base`` supplies every setting the panel does not show.
+    """
+
+    def __init__(self, model: str = "mini", *, base: StackConfig | None = None,
+                 smoke: bool = False, trials: int = 1, max_tokens: int = 50,
+                 out_dir: str | Path = "runs", on_done=None):
+        import ipywidgets as W
+
+        from ..stages.batcher import BatcherConfig
+        from ..stages.breaker import BreakerPolicy
+        from ..stages.model_cache import ModelCacheConfig
+        from ..stages.retry import RetryPolicy
+
+        self.model, self.max_tokens, self.out_dir, self.on_done = model, max_tokens, Path(out_dir), on_done
+        b = base or StackConfig()
+        self.base = b
+        self.defaults = {"batcher": b.batcher or BatcherConfig(),
+                         "model_cache": b.model_cache or ModelCacheConfig(),
+                         "retry": b.retry or RetryPolicy(), "breaker": b.breaker or BreakerPolicy(),
+                         "framer": b.framer or FramerConfig()}
+        d = self.defaults
+        style = {"description_width": "150px"}
+        self.phase = {p: W.Checkbox(value=p in b.enabled, description=p, indent=False) for p in PHASES}
+        self.batch_window_ms = W.FloatSlider(value=d["batcher"].window_ms, min=0, max=10, step=0.5,
+                                             description="batch window ms", style=style)
+        self.cache_max_models = W.IntSlider(value=d["model_cache"].max_models, min=1, max=16,
+                                            description="cache max models", style=style)
+        budget = d["model_cache"].budget_bytes
+        self.cache_budget_gib = W.FloatText(value=budget / GIB if budget else 0.0,
+                                            description="cache budget GiB (0: none)", style=style)
+        self.retry_attempts = W.IntSlider(value=d["retry"].attempts, min=1, max=10,
+                                          description="retry attempts", style=style)
+        self.codec = W.Dropdown(options=list(CODECS), value=d["framer"].codec, description="codec",
+                                style=style)
+        self.coalesce_tokens = W.IntSlider(value=d["framer"].coalesce_tokens, min=1, max=32,
+                                           description="coalesce tokens", style=style)
+        self.workload = W.Dropdown(options=available_workloads(), value="baseline",
+                                   description="workload", style=style)
+        self.smoke = W.Checkbox(value=smoke, description="smoke (few requests)", indent=False)
+        self.trials = W.IntSlider(value=trials, min=1, max=10, description="trials", style=style)
+        self.run_button = W.Button(description="Run", button_style="primary", icon="play")
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="progress", style=style)
+        self.status = W.HTML(value="")
+        self.output = W.Output()
+        self.settings = {"batching": [self.batch_window_ms],
+                         "caching": [self.cache_max_models, self.cache_budget_gib],
+                         "retry": [self.retry_attempts],
+                         "framing": [self.codec, self.coalesce_tokens]}
+        for p, box in self.phase.items():
+            box.observe(lambda _change, p=p: self._sync_enabled(p), names="value")
+            self._sync_enabled(p)
+        self.run_button.on_click(self._on_click)
+        self.doc: dict | None = None
+        self.path: Path | None = None
+        self.task: asyncio.Task | None = None
+        self.widget = W.VBox([
+            W.HTML(f"<b>krmlx</b> · model <code>{model}</code>"),
+            W.HBox(list(self.phase.values())),
+            W.HBox([W.VBox([self.batch_window_ms, self.cache_max_models, self.cache_budget_gib]),
+                    W.VBox([self.retry_attempts, self.codec, self.coalesce_tokens])]),
+            W.HBox([self.workload, self.trials, self.smoke]),
+            W.HBox([self.run_button, self.progress]), self.status, self.output])
+
+    def _sync_enabled(self, phase: str) -> None:
+        for w in self.settings[phase]:
+            w.disabled = not self.phase[phase].value
+
+    def config(self) -> StackConfig:
+        """The StackConfig the widgets describe: checked phases on, with the shown settings
+        replaced into ``base``'s stage configs (or the defaults)."""
+        d, on = self.defaults, {p for p, box in self.phase.items() if box.value}
+        budget = self.cache_budget_gib.value
+        return replace(
+            self.base,
+            batcher=replace(d["batcher"], window_ms=float(self.batch_window_ms.value)) if "batching" in on else None,
+            model_cache=replace(d["model_cache"], max_models=int(self.cache_max_models.value),
+                                budget_bytes=int(budget * GIB) if budget > 0 else None) if "caching" in on else None,
+            retry=replace(d["retry"], attempts=int(self.retry_attempts.value)) if "retry" in on else None,
+            breaker=d["breaker"] if "retry" in on else None,
+            framer=replace(d["framer"], codec=self.codec.value,
+                           coalesce_tokens=int(self.coalesce_tokens.value)) if "framing" in on else None)
+
+    async def run(self) -> dict:
+        """Run the selected workload on ``config()`` (the direct baseline beside it where the
+        workload has one), write the results file, update the plot, call ``on_done``."""
+        cfg, name = self.config(), self.workload.value
+        self.run_button.disabled = True
+        self.status.value = f"running <b>{name}</b> with <code>{cfg.label}</code> ..."
+        t0 = time.perf_counter()
+        try:
+            doc = await run_workload(name, self.model, {cfg.label: cfg}, progress=WidgetProgress(self.progress),
+                                     smoke=self.smoke.value, trials=int(self.trials.value),
+                                     max_tokens=self.max_tokens)
+        except Exception as e:
+            self.status.value = f"<span style='color:#b02a37'>failed: {type(e).__name__}: {e}</span>"
+            raise
+        finally:
+            self.run_button.disabled = False
+        from . import save_results
+
+        self.doc = doc
+        self.path = save_results(doc, self.out_dir, f"panel-{name}")
+        self.show_result(doc)
+        self.status.value = f"done in {time.perf_counter() - t0:.1f} s · {self.path}"
+        if self.on_done is not None:
+            self.on_done(doc)
+        return doc
+
+    def show_result(self, doc: dict) -> None:
+        """Replace the output area's plot with this document's (overhead if it has one)."""
+        from IPython.display import display
+
+        from . import plots
+
+        fig = (plots.overhead(doc) if plots.summary_of(doc).get("overhead")
+               else plots.latency_distributions(doc))
+        self.output.clear_output(wait=True)
+        with self.output:
+            display(fig)
+
+    def _on_click(self, _button) -> None:
+        async def guarded():
+            try:
+                await self.run()
+            except Exception:  # noqa: BLE001 - shown in the status line; a click has no caller
+                pass
+
+        self.task = asyncio.ensure_future(guarded())
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def make_panel(model: str = "mini", on_done=None, **options) -> Panel:
+    """A :class:`Panel` for ``model``; ``options`` as for Panel (base, smoke, trials, ...)."""
+    return Panel(model, on_done=on_done, **options)
