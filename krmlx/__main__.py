@@ -105,9 +105,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .errors import ResultsError
     from .report.export import build_report
 
-    written = build_report(args.results, args.out, title=args.title)
+    try:
+        written = build_report(args.results, args.out, title=args.title)
+    except (ResultsError, ValueError) as e:
+        print(f"krmlx report: {e}", file=sys.stderr)
+        return 2
     print(f"html: {written['html']}\nmarkdown: {written['markdown']}\n"
           f"{len(written['png'])} plots, {len(written['csv'])} CSVs in {args.out}")
     return 0

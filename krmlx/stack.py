@@ -7,8 +7,9 @@ The stack, top to bottom (a call enters at the top)::
     ModelCache       phase "caching"  keeps several models resident, LRU under a budget
       or SingleModel (caching off)    one resident model; a switch unloads and loads
     Batcher          phase "batching" groups concurrent tokenize / check_draft calls
-    WorkerClient                      the worker process; the "framing" phase sets its codec,
-                                      token coalescing and backpressure window at spawn
+    StreamFramer     phase "framing"  observes streams; its codec, token coalescing and
+                                      backpressure window are applied by the worker at spawn
+    WorkerClient                      the worker process
 
 Retry sits above the breaker so an open breaker's fast rejection is not retried; the
 cache sits above the batcher so batches only ever hold calls for resident models.
@@ -137,11 +138,15 @@ def build_stack(config: StackConfig, client: Service) -> tuple[Service, list]:
     """Wrap ``client`` in the stages ``config`` switches on; returns (top, stages top-first)."""
     from .stages.batcher import Batcher
     from .stages.breaker import CircuitBreaker
+    from .stages.framer import StreamFramer
     from .stages.model_cache import ModelCache, SingleModel
     from .stages.retry import Retry
 
     service: Service = client
     stages: list = []
+    if config.framer is not None:
+        service = StreamFramer(service, config.framer)
+        stages.append(service)
     if config.batcher is not None:
         service = Batcher(service, config.batcher)
         stages.append(service)

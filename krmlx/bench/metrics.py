@@ -145,3 +145,74 @@ def overhead(df: pd.DataFrame, base: str = "direct", *, seed: int = 0) -> pd.Dat
         row["ci_low"], row["ci_high"] = row["e2e_ms_ci_low"], row["e2e_ms_ci_high"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# -- helpers for the workloads (krmlx.bench.workloads*) ------------------------------------------
+
+def percentiles(values, qs=(50, 90, 99)) -> dict:
+    """``{"p50": ..., "p90": ..., "p99": ...}`` of ``values`` (None/NaN dropped; NaN if empty)."""
+    a = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
+    return {f"p{q:g}": float(np.percentile(a, q)) if a.size else float("nan") for q in qs}
+
+
+def mean_ci(values, *, seed: int = 0, n_boot: int = 2000, level: float = 0.95) -> dict:
+    """Mean of ``values`` with a bootstrap CI: n, mean, ci_low, ci_high (NaN CI below 2 values)."""
+    a = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
+    if a.size == 0:
+        return {"n": 0, "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    if a.size < 2:
+        return {"n": 1, "mean": float(a[0]), "ci_low": float("nan"), "ci_high": float("nan")}
+    rng = np.random.default_rng(seed)
+    means = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {"n": int(a.size), "mean": float(a.mean()), "ci_low": float(np.percentile(means, lo)),
+            "ci_high": float(np.percentile(means, hi))}
+
+
+def summarize_by(df: pd.DataFrame, by: str) -> pd.DataFrame:
+    """:func:`summarize` within each value of column ``by`` (first column of the result)."""
+    if by not in df:
+        return summarize(df)
+    parts = []
+    for key, part in df.groupby(by, sort=False):
+        table = summarize(part)
+        table.insert(0, by, key)
+        parts.append(table)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def paired_totals(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms", *,
+                  seed: int = 0) -> dict | None:
+    """Sum of ``metric`` for ``other`` vs ``base`` over the requests both completed (paired by
+    trial and request_id), with paired bootstrap CIs: total_base, total_other, diff (other -
+    base; ci_low/ci_high bound it), ratio (other / base) and speedup_x (base / other) with
+    their CIs. None when fewer than 2 requests pair up."""
+    pairs = _paired(df, base, other, metric)
+    if pairs is None:
+        return None
+    r = bootstrap_ci(*pairs, paired=True, stat=np.sum, seed=seed)
+    inv = (lambda x: 1.0 / x if x else float("nan"))
+    return {"base": base, "other": other, "metric": metric, "n": int(len(pairs[0])),
+            "total_base": r["a"], "total_other": r["b"], "diff": r["diff"],
+            "ci_low": r["diff_ci_low"], "ci_high": r["diff_ci_high"], "ratio": r["ratio"],
+            "ratio_ci_low": r["ratio_ci_low"], "ratio_ci_high": r["ratio_ci_high"],
+            "speedup_x": inv(r["ratio"]), "speedup_ci_low": inv(r["ratio_ci_high"]),
+            "speedup_ci_high": inv(r["ratio_ci_low"])}
+
+
+def wall_speedup(df: pd.DataFrame, base: str, other: str, *, seed: int = 0) -> dict | None:
+    """Wall time (first start to last end, per trial) of ``base`` over ``other``: wall_s_base,
+    wall_s_other (means over trials), speedup_x = their ratio, with a bootstrap CI over trials
+    (NaN with fewer than 2 trials each). None if either engine has no completed request."""
+    totals = trial_totals(df)
+    a = totals[totals["engine"] == other]["wall_s"].values
+    b = totals[totals["engine"] == base]["wall_s"].values
+    if len(a) == 0 or len(b) == 0:
+        return None
+    row = {"base": base, "other": other, "trials": int(min(len(a), len(b))),
+           "wall_s_base": float(b.mean()), "wall_s_other": float(a.mean()),
+           "speedup_x": float(b.mean() / a.mean()), "ci_low": float("nan"), "ci_high": float("nan")}
+    if len(a) >= 2 and len(b) >= 2:
+        r = bootstrap_ci(a, b, paired=False, seed=seed)
+        row["ci_low"], row["ci_high"] = r["ratio_ci_low"], r["ratio_ci_high"]
+    return row

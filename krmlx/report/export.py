@@ -37,6 +37,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1150px;
 color:#212529;line-height:1.4;padding:0 1em}
 h1{border-bottom:2px solid #264653}h2{margin-top:2em;border-bottom:1px solid #dee2e6}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:13px}
 th,td{border:1px solid #dee2e6;padding:3px 8px;text-align:right}
 th{background:#f1f3f5}td:first-child,th:first-child{text-align:left}
@@ -100,7 +101,18 @@ def estimate_tables(rows: list[dict], estimates: dict | None = None, *,
 def inconsistencies(estimates: dict | None = None) -> pd.DataFrame:
     """The seed's own arithmetic that does not add up (check_consistency, inconsistent rows)."""
     checks = E.check_consistency(estimates)
-    return checks[~checks["consistent"]].reset_index(drop=True)
+    return checks[~checks["consistent"]].drop(columns="consistent").reset_index(drop=True)
+
+
+def environment_tables(docs: list[dict], names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fields equal in every document as field/value rows, a row per document with the
+    fields that differ plus workload, model, trials, smoke and complete)."""
+    values = {label: [_get(d, key) for d in docs] for label, key in ENV_FIELDS}
+    always = ("workload", "model", "trials", "smoke", "complete")
+    same = {k: v[0] for k, v in values.items() if k not in always and all(x == v[0] for x in v)}
+    common = pd.DataFrame({"field": list(same), "value": [fmt(v) for v in same.values()]})
+    per_doc = pd.DataFrame({"results": names, **{k: v for k, v in values.items() if k not in same}})
+    return common, per_doc
 
 
 def display_table(name: str, rows) -> pd.DataFrame:
@@ -161,7 +173,8 @@ def html_table(df: pd.DataFrame) -> str:
         return '<p class="note">(no rows)</p>'
     body = df.to_html(index=False, border=0, na_rep="", escape=True,
                       formatters={c: fmt for c in df.columns})
-    return re.sub(r"<td>(confirmed|better|worse)</td>", r'<td class="\1">\1</td>', body)
+    body = re.sub(r"<td>(confirmed|better|worse)</td>", r'<td class="\1">\1</td>', body)
+    return f'<div class="scroll">{body}</div>'
 
 
 def md_table(df: pd.DataFrame) -> str:
@@ -247,9 +260,9 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
            f"document(s). Comparisons carry 95% bootstrap confidence intervals.", "note")
     stems = [_stem(d, i, seen) for i, d in enumerate(docs)]
     r.heading("Environment")
-    env = pd.DataFrame({"field": [f for f, _ in ENV_FIELDS],
-                        **{s: [_get(d, k) for _, k in ENV_FIELDS] for s, d in zip(stems, docs, strict=True)}})
-    r.table(env)
+    common, per_doc = environment_tables(docs, stems)
+    r.table(common, "shared by every results file")
+    r.table(per_doc, "per results file")
     for stem, d in zip(stems, docs, strict=True):
         if _get(d, "env.blas_warning"):
             r.para(f"{stem}: {d['env']['blas_warning']}", "warn")

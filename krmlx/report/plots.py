@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..bench import metrics
 
@@ -183,11 +184,14 @@ def estimates_vs_measured(tables, title: str | None = None, *, measured_only: bo
     lo, hi = (min(0.5, finite.min() / 1.5), max(2.0, finite.max() * 1.5)) if finite.size else (0.5, 2)
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("measured / estimate (log; shaded: within ±25%)")
     handles = [ax.scatter([], [], c=c, label=v) for v, c in VERDICT_COLORS.items()]
-    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.set_title(title or "Seed estimates vs measured")
     return fig
 

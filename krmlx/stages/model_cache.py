@@ -67,10 +67,14 @@ UNMANAGED_MODELS = frozenset({"null"})  # the worker's always-resident synthetic
 
 
 def model_size_estimate(model: str) -> int:
-    """Bytes of the model's safetensors on disk (may build a synthetic model first)."""
+    """Bytes of the model's safetensors on disk (may build a synthetic model first); 0 for a
+    name krmlx can't resolve (a user's own service's model): its load reply then tells."""
     from ..models import model_bytes, resolve_model
 
-    return model_bytes(resolve_model(model))
+    try:
+        return model_bytes(resolve_model(model))
+    except ModelError:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -333,6 +337,9 @@ class SingleModel(Stage):
                 await self._release()
 
     async def _acquire(self, model: str, params: dict) -> dict:
+        if self.current == model and not self._lock.locked():  # the common case: no switch
+            self._refs += 1
+            return {"model": model, "cached": True, "bytes": self._bytes, "load_ms": 0.0}
         async with self._lock:
             reply = {"model": model, "cached": True, "bytes": self._bytes, "load_ms": 0.0}
             if self.current != model:

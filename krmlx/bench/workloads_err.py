@@ -1,0 +1,201 @@
+"""``error_rates``: transient faults injected on ``generate`` at several rates.
+
+For each rate the compared configurations run in their own worker processes, started with
+the fault plan ``{"error_rate": {"generate": rate}, "seed": seed}`` (engine names
+``phase0@err10``, ``retry@err10`` ...; rate 0 injects nothing). The workload plays the
+user: a request that fails is re-sent ``user_retries`` times (once, as the seed modelled),
+after ``user_retry_delay_s``. Phase 0 shows those failures to the user; the retry phase
+retries inside the stack. Each record carries ``attempts``, ``user_visible_failures`` and
+``failed_ms`` (time spent in failed attempts); TTFT and E2E run from the first attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..types import Request
+from . import metrics
+from .baseline import make_configs
+from .runner import record_of
+from .workloads_core import (
+    BASE,
+    Workload,
+    check_positive,
+    engine_tables,
+    est,
+    frame,
+    keep,
+    measurement_means,
+    outputs_match,
+    pct_less,
+    pick,
+    rotate,
+    stage_stats,
+    stats_delta,
+    warm,
+)
+
+
+def rate_tag(rate: float) -> str:
+    """10 for 0.1, 2.5 for 0.025: the rate in percent, as engine names and series use it."""
+    pct = round(rate * 100, 6)
+    return f"{pct:g}"
+
+
+async def user_request(name, engine, req: Request, trial: int, ctx, *, retries: int,
+                       delay_s: float, **extra) -> dict:
+    """Send ``req``; on an error send it again, up to ``retries`` times (the user's retry)."""
+    t_first = time.perf_counter()
+    failed_ms, last = 0.0, None
+    for attempt in range(retries + 1):
+        t0 = time.perf_counter()
+        try:
+            done = await engine.complete(req)
+        except Exception as e:  # noqa: BLE001 - the user sees it and retries
+            failed_ms += (time.perf_counter() - t0) * 1e3
+            last = e
+            if attempt < retries and delay_s:
+                await asyncio.sleep(delay_s)
+            continue
+        ttft = (done.token_times_s[0] - t_first) * 1e3 if done.token_times_s else None
+        return record_of(name, trial, req, done, t_start_s=t_first, workload=ctx.workload, extra={
+            "kind": "generate", "attempts": attempt + 1, "user_visible_failures": attempt,
+            "failed_ms": failed_ms, "ttft_ms": ttft, "e2e_ms": (done.t_end_s - t_first) * 1e3, **extra})
+    return record_of(name, trial, req, error=last, t_start_s=t_first, workload=ctx.workload, extra={
+        "kind": "generate", "attempts": retries + 1, "user_visible_failures": retries + 1,
+        "failed_ms": failed_ms, **extra})
+
+
+@dataclass(frozen=True)
+class ErrorRates(Workload):
+    """The questions at each fault rate in ``rates``: phase0 (the user retries) vs retry
+    (the stack retries). Smoke: rates 0 and 10%, 10 questions of 8 tokens."""
+
+    name = "error_rates"
+    default_phases = "retry"
+    SMOKE = {"rates": (0.0, 0.1), "questions": 10, "max_tokens": 8}
+
+    rates: tuple[float, ...] = (0.0, 0.05, 0.10, 0.20)
+    questions: int | None = None
+    max_tokens: int = 50
+    user_retries: int = 1
+    user_retry_delay_s: float = 0.0
+
+    def validate(self, model):
+        if not self.rates or not all(isinstance(r, (int, float)) and 0 <= r < 1 for r in self.rates):
+            raise ConfigError(f"{self.name}: rates must be fault probabilities in [0, 1), got {self.rates!r}")
+        check_positive(self.name, max_tokens=self.max_tokens)
+        if not isinstance(self.user_retries, int) or self.user_retries < 0:
+            raise ConfigError(f"{self.name}: user_retries must be an int >= 0, got {self.user_retries!r}")
+
+    def engine_groups(self, model, phases):
+        configs = self.adjust_configs(make_configs(phases or self.default_phases))
+        groups = []
+        for rate in self.rates:
+            faults = {"error_rate": {"generate": float(rate)}, "seed": self.seed} if rate > 0 else None
+            groups.append({f"{name}@err{rate_tag(rate)}": cfg.replace(faults=faults)
+                           for name, cfg in configs.items()})
+        return groups
+
+    def requests(self) -> list[Request]:
+        from ..questions import load_questions
+
+        return [Request(q.question, max_tokens=self.max_tokens, id=q.id)
+                for q in load_questions()[0][: self.questions]]
+
+    def planned_records(self, n_engines):
+        return len(self.requests()) * n_engines  # per group
+
+    async def run(self, engines, ctx, group=0):
+        rate = self.rates[group]
+        series = f"error_rate_{rate_tag(rate)}"
+        reqs, names = self.requests(), list(engines)
+        for engine in engines.values():
+            await warm(engine, [Request("warmup", max_tokens=4)])
+
+        async def body(trial):
+            before = {name: stage_stats(e) for name, e in engines.items()}
+            for i, req in enumerate(reqs):
+                for name in rotate(names, i + trial):
+                    ctx.add(await user_request(name, engines[name], req, trial, ctx,
+                                               retries=self.user_retries,
+                                               delay_s=self.user_retry_delay_s,
+                                               series=series, error_rate=float(rate)))
+            for name, e in engines.items():
+                ctx.measurements.append({"trial": trial, "series": series, "engine": name,
+                                         **stats_delta(before[name], stage_stats(e))})
+
+        await ctx.trials(body, group=series)
+
+    def summarize(self, records, config):
+        df = frame(records)
+        labels = list(dict.fromkeys(e.split("@err")[0] for e in df["engine"]))
+        table, matches, rows = [], [], []
+        for rate in self.rates:
+            tag = rate_tag(rate)
+            series = f"error_rate_{tag}"
+            part = df[df["series"] == series]
+            if part.empty:
+                continue
+            base = f"{BASE}@err{tag}"
+            table += [self.row(part, config, series, f"{label}@err{tag}", base, rate) for label in labels
+                      if f"{label}@err{tag}" in set(part["engine"])]
+            matches += outputs_match(part, base, [f"{x}@err{tag}" for x in labels if x != BASE])
+            if rate > 0:
+                rows += self.estimates(df, table, labels, tag)
+        return {"engines": engine_tables(df, "series"), "errors": table, "headline": table,
+                "outputs_match": matches, "estimates": keep(rows)}
+
+    @staticmethod
+    def row(part, config, series, engine, base, rate) -> dict:
+        mine = part[part["engine"] == engine]
+        trials = max(1, mine["trial"].nunique())
+        m = measurement_means(config, series, engine)
+        get = (lambda col: float(mine[col].fillna(0).sum()) / trials if col in mine else 0.0)
+        row = {"series": series, "engine": engine, "error_rate": rate,
+               "requests": int(len(mine) / trials), "user_visible_failures": get("user_visible_failures"),
+               "failed_requests": float((~mine["ok"]).sum()) / trials,
+               "failed_attempt_s": get("failed_ms") / 1e3, "total_s": get("e2e_ms") / 1e3,
+               "retries": m.get("retry.retries", math.nan), "gave_up": m.get("retry.gave_up", math.nan),
+               "retry_wait_s": m.get("retry.retry_wait_s", math.nan),
+               "breaker_opened": m.get("breaker.opened", math.nan),
+               "breaker_rejected": m.get("breaker.rejected", math.nan)}
+        if engine != base:
+            t = metrics.paired_totals(part, base, engine)
+            if t:
+                row.update({"speedup_x": t["speedup_x"], "ci_low": t["speedup_ci_low"],
+                            "ci_high": t["speedup_ci_high"]})
+        return row
+
+    def estimates(self, df, table, labels, tag) -> list[dict]:
+        """Seed rows of phase3 (error_rate_5/10/20) for one rate."""
+        w, opt = f"error_rate_{tag}", pick(labels, "retry", "all")
+        base, other = f"{BASE}@err{tag}", f"{opt}@err{tag}"
+        rows = []
+        t = metrics.paired_totals(df, base, other) if opt else None
+        if t:
+            rows.append(est(w, "speedup_x", t["speedup_x"], t["speedup_ci_low"], t["speedup_ci_high"],
+                            f"{base} total / {other} total (requests ok in both)"))
+        pen = {}
+        for label in (BASE, opt):
+            p = metrics.paired_totals(df, f"{label}@err0", f"{label}@err{tag}") if label else None
+            if p:
+                pen[label] = p
+        name = {BASE: "error_penalty_s", opt: "error_penalty_s_optimized"}
+        for label, p in pen.items():
+            rows.append(est(w, name[label], p["diff"] / 1e3, p["ci_low"] / 1e3, p["ci_high"] / 1e3,
+                            f"{label} total at {tag}% - at 0% (same requests)"))
+        if BASE in pen and opt in pen:
+            b, o = pen[BASE]["diff"], pen[opt]["diff"]
+            rows.append(est(w, "error_penalty_reduction_pct", pct_less(o, b),
+                            source="1 - optimized penalty / phase0 penalty"))
+            fails = next((r["user_visible_failures"] for r in table if r["engine"] == base), 0)
+            if fails:
+                rows.append(est(w, "retry_savings_ms_per_failure", (b - o) / fails,
+                                source="(phase0 penalty - optimized penalty) / phase0 user-visible failures"))
+        return rows
+

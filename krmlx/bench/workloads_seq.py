@@ -1,0 +1,437 @@
+"""Sequential workloads: one request at a time, every request through every engine in
+turn (the engine order rotates per request), so drift hits all configurations alike.
+
+``baseline`` (the 50 questions), ``model_switching`` (each request on the next of N model
+variants), ``multi_tenant`` (the questions, round robin over N tenants' models),
+``long_form`` (long generations: per-token stream cost). ``error_rates`` is in
+:mod:`krmlx.bench.workloads_err`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..types import Request
+from . import metrics
+from .baseline import summary_tables
+from .runner import record_of, run_interleaved
+from .workloads_core import (
+    BASE,
+    DIRECT,
+    Workload,
+    check_positive,
+    comparisons,
+    engine_tables,
+    est,
+    frame,
+    gain_pct,
+    generate_record,
+    has_stage,
+    keep,
+    measurement_means,
+    model_variants,
+    outputs_match,
+    pct_less,
+    pick,
+    questions_text,
+    rotate,
+    stage_stats,
+    stats_delta,
+    warm,
+    with_framer,
+)
+
+GAIN_METRICS = {"batching": "batching_gain_pct", "caching": "caching_gain_pct",
+                "retry": "retry_gain_pct", "framing": "streaming_gain_pct", "all": "gain_pct"}
+
+
+async def run_sequence(engines: dict, requests: list[Request], ctx, trial: int, **extra) -> None:
+    """Each request through every engine (order rotated per request and trial)."""
+    names = list(engines)
+    for i, req in enumerate(requests):
+        for name in rotate(names, i + trial):
+            ctx.add(await generate_record(name, engines[name], req, trial, ctx.workload, **extra))
+
+
+@dataclass(frozen=True)
+class Baseline(Workload):
+    """The 50-question generation run (krmlx.bench.baseline's questions and runner): direct
+    vs phase0 vs the chosen phases. Smoke: 6 questions."""
+
+    name = "baseline"
+    default_phases = "all"
+    uses_direct = True
+    SMOKE = {"questions": 6, "warmup": 0}
+
+    questions: int | None = None  # None: all 50
+    max_tokens: int = 50
+    warmup: int = 2
+
+    def validate(self, model):
+        check_positive(self.name, max_tokens=self.max_tokens)
+        if self.questions is not None:
+            check_positive(self.name, questions=self.questions)
+
+    def requests(self) -> list[Request]:
+        from ..questions import load_questions
+
+        qs = load_questions()[0][: self.questions]
+        return [Request(q.question, max_tokens=self.max_tokens, id=q.id) for q in qs]
+
+    def planned_records(self, n_engines):
+        return len(self.requests()) * n_engines
+
+    async def run(self, engines, ctx, group=0):
+        plan = ctx.plan
+        saved = plan.warmup
+        plan.warmup = self.warmup
+        start = len(ctx.sink)
+        try:
+            await run_interleaved(engines, self.requests(), plan, ctx.sink, workload=self.name,
+                                  progress=ctx.progress)
+        finally:
+            plan.warmup = saved
+            for rec in ctx.sink[start:]:
+                rec.setdefault("kind", "generate")
+
+    def summarize(self, records, config):
+        df = frame(records)
+        out = summary_tables(records) if DIRECT in set(df["engine"]) else {"engines": engine_tables(df)}
+        others = [e for e in df["engine"].unique() if e not in (BASE, DIRECT)]
+        out["comparisons"] = comparisons(df, BASE, others)
+        out["outputs_match_phase0"] = outputs_match(df, BASE, others)
+        out["estimates"] = self.estimates(df)
+        return out
+
+    def estimates(self, df) -> list[dict]:
+        w, engines = self.name, set(df["engine"])
+        if BASE not in engines:
+            return []
+        ok = df[(df["engine"] == BASE) & df["ok"]]
+        totals = metrics.trial_totals(df)
+        p0 = totals[totals["engine"] == BASE]
+        total_s = float(p0["busy_s"].mean())
+        e2e, ttft = metrics.mean_ci(ok["e2e_ms"]), metrics.mean_ci(ok["ttft_ms"])
+        rows = [est(w, "total_s", total_s, source="phase0: sum of E2E over the questions"),
+                est(w, "per_question_s", total_s / max(1, ok["request_id"].nunique()),
+                    source="phase0 total / questions"),
+                est(w, "e2e_ms_mean", e2e["mean"], e2e["ci_low"], e2e["ci_high"], "phase0 mean E2E"),
+                est(w, "ttft_ms_mean", ttft["mean"], ttft["ci_low"], ttft["ci_high"], "phase0 mean TTFT"),
+                est(w, "throughput_tok_s", float(p0["throughput_tps"].mean()),
+                    source="phase0 output tokens / sum of E2E")]
+        if DIRECT in engines:
+            c = metrics.compare(df, DIRECT, BASE, "e2e_ms")
+            rows.append(est(w, "overhead_pct", (c["ratio"] - 1) * 100, (c["ratio_ci_low"] - 1) * 100,
+                            (c["ratio_ci_high"] - 1) * 100, "phase0 mean E2E / direct - 1"))
+            t = metrics.paired_totals(df, DIRECT, BASE)
+            if t:
+                rows.append(est(w, "total_overhead_s", t["diff"] / 1e3, t["ci_low"] / 1e3,
+                                t["ci_high"] / 1e3, "phase0 total - direct total"))
+        for engine, metric in GAIN_METRICS.items():
+            if engine in engines:
+                rows.append(est(w, metric, *gain_pct(metrics.paired_totals(df, BASE, engine)),
+                                source=f"phase0 total / {engine} total - 1"))
+        best = pick(engines, "all")
+        t = metrics.paired_totals(df, BASE, best) if best else None
+        if t:
+            rows.append(est(w, "speedup_x", t["speedup_x"], t["speedup_ci_low"], t["speedup_ci_high"],
+                            f"phase0 total / {best} total"))
+        if "retry" in engines:
+            c = metrics.compare(df, BASE, "retry", "e2e_ms")
+            rows.append(est(w, "retry_overhead_ms_mean", c["diff"], c["ci_low"], c["ci_high"],
+                            "retry mean E2E - phase0 mean E2E"))
+        return keep(rows)
+
+
+@dataclass(frozen=True)
+class ModelSwitching(Workload):
+    """Each request is one short generate on the next of ``n_models`` variants
+    (``{model}@1..@N``), for each count in ``switches``; phase0 (SingleModel: every request
+    unloads and loads) vs caching (ModelCache, 5 models). With ``warm_cache`` every engine
+    first runs each model once, unrecorded (the seed's "all cached" case). After the runs,
+    ``load_model`` of each model is timed on engines with a cache (the cache-hit cost).
+    Smoke: 6 switches."""
+
+    name = "model_switching"
+    default_phases = "caching"
+    SMOKE = {"switches": (6,), "max_tokens": 8}
+
+    switches: tuple[int, ...] = (10, 100)
+    n_models: int = 5
+    max_tokens: int = 8
+    warm_cache: bool = True
+
+    def models(self, model):
+        return model_variants(self.name, model, self.n_models)
+
+    def validate(self, model):
+        self.models(model)
+        if not self.switches:
+            raise ConfigError(f"{self.name}: switches must name at least one count")
+        check_positive(self.name, max_tokens=self.max_tokens, **{f"switches[{i}]": n for i, n in
+                                                                 enumerate(self.switches)})
+
+    def planned_records(self, n_engines):
+        return sum(self.switches) * n_engines
+
+    def series_requests(self, model: str, n: int, texts: list[str]) -> list[Request]:
+        models = self.models(model)
+        return [Request(texts[i % len(texts)], max_tokens=self.max_tokens, model=models[i % len(models)],
+                        id=f"sw{n}-{i:03d}") for i in range(n)]
+
+    async def run(self, engines, ctx, group=0):
+        model = ctx.model
+        texts = questions_text()
+        if self.warm_cache:
+            for engine in engines.values():
+                await warm(engine, [Request("warmup", max_tokens=2, model=m) for m in self.models(model)])
+
+        async def body(trial):
+            for n in self.switches:
+                series = f"switches_{n}"
+                before = {name: stage_stats(e) for name, e in engines.items()}
+                await run_sequence(engines, self.series_requests(model, n, texts), ctx, trial,
+                                   series=series, switch=True)
+                for name, e in engines.items():
+                    ctx.measurements.append({"trial": trial, "series": series, "engine": name,
+                                             **stats_delta(before[name], stage_stats(e))})
+            await probe_loads(engines, self.models(model), ctx, trial)
+
+        await ctx.trials(body)
+
+    def summarize(self, records, config):
+        df = frame(records)
+        out = {"engines": engine_tables(df, "series"), "comparisons": [], "totals": [],
+               "outputs_match": [], "estimates": []}
+        probe = df[df["kind"] == "load_model"]
+        for n in self.switches:
+            part = df[df["series"] == f"switches_{n}"]
+            if part.empty:
+                continue
+            others = [e for e in part["engine"].unique() if e != BASE]
+            out["comparisons"] += comparisons(part, BASE, others, ("e2e_ms",))
+            out["outputs_match"] += outputs_match(part, BASE, others)
+            out["totals"] += switch_totals(part, others, config, f"switches_{n}")
+            out["estimates"] += switch_estimates(f"model_switching_{n}", part, probe, config,
+                                                 f"switches_{n}")
+        out["headline"] = out["totals"]
+        return out
+
+
+async def probe_loads(engines: dict, models: list[str], ctx, trial: int) -> None:
+    """Time ``load_model`` of each (resident) model on engines that have a model cache."""
+    for name, engine in engines.items():
+        if not has_stage(engine, "model_cache"):
+            continue
+        for m in models:
+            req = Request("load_model", max_tokens=1, model=m, id=f"probe-{m}")
+            t0 = time.perf_counter()
+            try:
+                reply = await engine.call("load_model", {}, m)
+                t1 = time.perf_counter()
+                ctx.add(record_of(name, trial, req, t_start_s=t0, workload=ctx.workload, extra={
+                    "kind": "load_model", "series": "load_probe", "e2e_ms": (t1 - t0) * 1e3,
+                    "t_end_s": t1, "finish_reason": "loaded", "cached": bool(reply.get("cached"))}))
+            except Exception as e:  # noqa: BLE001
+                ctx.add(record_of(name, trial, req, error=e, t_start_s=t0, workload=ctx.workload,
+                                  extra={"kind": "load_model", "series": "load_probe"}))
+
+
+def switch_totals(part, others: list[str], config: dict, series: str) -> list[dict]:
+    """Per engine: total (sum of E2E), switches/loads from stage stats, speedup over phase0."""
+    rows = []
+    for engine in [BASE, *others]:
+        m = measurement_means(config, series, engine)
+        ok = part[(part["engine"] == engine) & part["ok"]]
+        row = {"series": series, "engine": engine, "requests": int((part["engine"] == engine).sum()),
+               "errors": int(((part["engine"] == engine) & ~part["ok"]).sum()),
+               "total_s": float(ok["e2e_ms"].sum() / 1e3 / max(1, part["trial"].nunique())),
+               "loads": m.get("single_model.switches", m.get("model_cache.loads", 0.0)),
+               "load_s": (m.get("single_model.load_ms_total", 0.0) + m.get("model_cache.load_ms_total", 0.0)
+                          + m.get("model_cache.warmup_ms_total", 0.0)) / 1e3,
+               "cache_hits": m.get("model_cache.hits", math.nan)}
+        t = metrics.paired_totals(part, BASE, engine) if engine != BASE else None
+        if t:
+            row.update({"speedup_x": t["speedup_x"], "ci_low": t["speedup_ci_low"],
+                        "ci_high": t["speedup_ci_high"]})
+        rows.append(row)
+    return rows
+
+
+def switch_estimates(w: str, part, probe, config: dict, series: str) -> list[dict]:
+    """Seed rows of phase2 (model loads, caching) for one switching series."""
+    engines = set(part["engine"])
+    opt = pick(engines, "caching", "all")
+    if BASE not in engines:
+        return []
+    base_m = measurement_means(config, series, BASE)
+    loads = base_m.get("single_model.switches", 0)
+    base_load_s = base_m.get("single_model.load_ms_total", math.nan) / 1e3
+    totals = metrics.trial_totals(part).set_index("engine")["busy_s"].groupby(level=0).mean()
+    rows = [est(w, "total_s", totals.get(BASE), source="phase0 sum of E2E"),
+            est(w, "switch_overhead_s", base_load_s,
+                source="phase0 single_model.load_ms_total (model loads; unloads not timed)"),
+            est(w, "model_load_s", base_load_s / loads if loads else math.nan,
+                source="phase0 load time / loads")]
+    if opt:
+        m = measurement_means(config, series, opt)
+        opt_load_s = (m.get("model_cache.load_ms_total", 0.0) + m.get("model_cache.warmup_ms_total", 0.0)) / 1e3
+        t = metrics.paired_totals(part, BASE, opt)
+        hits = probe[(probe["engine"] == opt) & probe["ok"]]["e2e_ms"]
+        ci = metrics.mean_ci(hits)
+        rows += [est(w, "total_s_optimized", totals.get(opt), source=f"{opt} sum of E2E"),
+                 est(w, "switch_overhead_s_optimized", opt_load_s,
+                     source=f"{opt} model_cache load + warmup ms during the series"),
+                 est(w, "switch_overhead_reduction_pct", pct_less(opt_load_s, base_load_s),
+                     source=f"1 - {opt} load time / phase0 load time"),
+                 est(w, "cached_load_ms", ci["mean"], ci["ci_low"], ci["ci_high"],
+                     f"{opt}: load_model of a resident model (probe)")]
+        if t:
+            rows.append(est(w, "speedup_x", t["speedup_x"], t["speedup_ci_low"], t["speedup_ci_high"],
+                            f"phase0 total / {opt} total"))
+    return keep(rows)
+
+
+@dataclass(frozen=True)
+class MultiTenant(Workload):
+    """The questions round robin over ``n_models`` tenants' models (``{model}@1..@N``),
+    one at a time: phase0 (SingleModel) vs caching. Smoke: 6 questions, 16 tokens."""
+
+    name = "multi_tenant"
+    default_phases = "caching"
+    SMOKE = {"questions": 6, "max_tokens": 16}
+
+    questions: int | None = None
+    max_tokens: int = 50
+    n_models: int = 5
+    warm_cache: bool = True
+
+    def models(self, model):
+        return model_variants(self.name, model, self.n_models)
+
+    def validate(self, model):
+        self.models(model)
+        check_positive(self.name, max_tokens=self.max_tokens)
+
+    def requests(self, model) -> list[Request]:
+        from ..questions import load_questions
+
+        models = self.models(model)
+        return [Request(q.question, max_tokens=self.max_tokens, model=models[i % len(models)], id=q.id)
+                for i, q in enumerate(load_questions()[0][: self.questions])]
+
+    async def run(self, engines, ctx, group=0):
+        model = ctx.model
+        if self.warm_cache:
+            for engine in engines.values():
+                await warm(engine, [Request("warmup", max_tokens=2, model=m) for m in self.models(model)])
+
+        async def body(trial):
+            before = {name: stage_stats(e) for name, e in engines.items()}
+            await run_sequence(engines, self.requests(model), ctx, trial, series="tenants")
+            for name, e in engines.items():
+                ctx.measurements.append({"trial": trial, "series": "tenants", "engine": name,
+                                         **stats_delta(before[name], stage_stats(e))})
+
+        await ctx.trials(body)
+
+    def summarize(self, records, config):
+        df = frame(records)
+        others = [e for e in df["engine"].unique() if e != BASE]
+        totals = switch_totals(df, others, config, "tenants") if BASE in set(df["engine"]) else []
+        opt = next((r for r in totals if r["engine"] == pick(df["engine"].unique(), "caching", "all")), None)
+        rows = []
+        if opt and "speedup_x" in opt:
+            base = next(r for r in totals if r["engine"] == BASE)
+            rows = keep([est(self.name, "speedup_x", opt["speedup_x"], opt["ci_low"], opt["ci_high"],
+                             f"phase0 total / {opt['engine']} total"),
+                         est(self.name, "total_s", base["total_s"], source="phase0 sum of E2E"),
+                         est(self.name, "total_s_optimized", opt["total_s"],
+                             source=f"{opt['engine']} sum of E2E")])
+        return {"engines": engine_tables(df), "comparisons": comparisons(df, BASE, others),
+                "outputs_match": outputs_match(df, BASE, others), "totals": totals,
+                "headline": totals, "estimates": rows}
+
+
+@dataclass(frozen=True)
+class LongForm(Workload):
+    """A few long generations (``max_tokens`` >= 1000; smoke 200): direct vs phase0 (json,
+    a frame per token) vs framing (msgpack, ``coalesce_tokens`` per frame). Reports the
+    per-token stream cost: engine TPOT - direct TPOT. Smoke: 2 requests of 200 tokens."""
+
+    name = "long_form"
+    default_phases = "framing"
+    uses_direct = True
+    SMOKE = {"requests": 2, "max_tokens": 200}
+
+    requests: int = 3
+    max_tokens: int = 1000
+    coalesce_tokens: int = 4
+    coalesce_ms: float = 0.0
+
+    def validate(self, model):
+        check_positive(self.name, requests=self.requests, max_tokens=self.max_tokens,
+                       coalesce_tokens=self.coalesce_tokens)
+
+    def engine_groups(self, model, phases):
+        return [{name: with_framer(spec, self.coalesce_tokens, self.coalesce_ms)
+                 for name, spec in group.items()} for group in super().engine_groups(model, phases)]
+
+    def planned_records(self, n_engines):
+        return self.requests * n_engines
+
+    async def run(self, engines, ctx, group=0):
+        texts = questions_text()
+        reqs = [Request(texts[i % len(texts)], max_tokens=self.max_tokens, id=f"long-{i:02d}")
+                for i in range(self.requests)]
+        for engine in engines.values():
+            await warm(engine, [Request("warmup", max_tokens=8)])
+        await ctx.trials(lambda trial: run_sequence(engines, reqs, ctx, trial, series="long"))
+
+    def summarize(self, records, config):
+        df = frame(records)
+        engines = set(df["engine"])
+        others = [e for e in df["engine"].unique() if e not in (BASE, DIRECT)]
+        out = {"engines": engine_tables(df),
+               "comparisons": comparisons(df, BASE, others, ("ttft_ms", "tpot_ms", "e2e_ms")),
+               "outputs_match": outputs_match(df, BASE, others), "stream_cost": [], "estimates": []}
+        if DIRECT in engines:
+            for engine in [e for e in (BASE, *others) if e in engines]:
+                c = safe_compare(df, DIRECT, engine, "tpot_ms")
+                if c:
+                    out["stream_cost"].append({"engine": engine, "tpot_ms_direct": c["a"],
+                                               "tpot_ms": c["b"], "per_token_cost_ms": c["diff"],
+                                               "ci_low": c["ci_low"], "ci_high": c["ci_high"]})
+        out["headline"] = out["stream_cost"]
+        cost = {r["engine"]: r for r in out["stream_cost"]}
+        opt = pick(others, "framing", "all")
+        rows = []
+        if BASE in cost:
+            b = cost[BASE]
+            rows.append(est("stream_per_token", "chunk_ms_per_token", b["per_token_cost_ms"], b["ci_low"],
+                            b["ci_high"], "phase0 TPOT - direct TPOT (long generations)"))
+        if opt in cost:
+            o = cost[opt]
+            rows.append(est("stream_per_token", "chunk_ms_per_token_optimized", o["per_token_cost_ms"],
+                            o["ci_low"], o["ci_high"], f"{opt} TPOT - direct TPOT"))
+            if BASE in cost:
+                rows.append(est("stream_per_token", "stream_overhead_reduction_pct",
+                                pct_less(o["per_token_cost_ms"], cost[BASE]["per_token_cost_ms"]),
+                                source=f"1 - {opt} per-token cost / phase0 per-token cost"))
+        if opt and BASE in engines:
+            rows.append(est(self.name, "streaming_gain_pct",
+                            *gain_pct(metrics.paired_totals(df, BASE, opt)),
+                            source=f"phase0 total / {opt} total - 1"))
+        out["estimates"] = keep(rows)
+        return out
+
+
+def safe_compare(df, base: str, other: str, metric: str) -> dict | None:
+    try:
+        return metrics.compare(df, base, other, metric)
+    except (ValueError, KeyError):
+        return None
+

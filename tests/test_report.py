@@ -1,0 +1,199 @@
+"""krmlx.report: plots return Figures, the report is one offline HTML file (checked in a
+real headless chromium), the CLI works, the widget panel edits a StackConfig and runs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from krmlx.report import export, load_results, plots, save_results
+
+EXTERNAL_REF = re.compile(r"""(?:src|href|action|url)\s*[=(]\s*["']?\s*(?!data:|#)[a-z][a-z0-9+.-]*:""", re.I)
+
+
+@pytest.fixture(scope="session")
+def doc(tiny_path):
+    """A real smoke baseline on the tiny model (direct, phase0, all), plus seed measurements
+    in the ``estimates`` format workloads use."""
+    from krmlx.bench.baseline import make_configs, run_baseline
+
+    d = asyncio.run(run_baseline("tiny", make_configs("all"), smoke=True, max_tokens=8, warmup=0))
+    eng = {r["engine"]: r for r in d["summary"]["engines"].to_dict(orient="records")}
+    d["estimates"] = [
+        {"workload": "baseline", "metric": "ttft_ms_mean", "measured": eng["phase0"]["ttft_ms_mean"],
+         "ci_low": None, "ci_high": None},
+        {"workload": "baseline", "metric": "e2e_ms_mean", "measured": eng["phase0"]["e2e_ms_mean"]},
+        {"workload": "baseline", "metric": "throughput_tok_s", "measured": eng["phase0"]["throughput_tps_mean"]},
+    ]
+    return d
+
+
+@pytest.fixture(scope="session")
+def results_file(doc, tmp_path_factory):
+    return save_results(doc, tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="session")
+def report(results_file, tmp_path_factory):
+    return export.build_report([results_file], tmp_path_factory.mktemp("report"))
+
+
+def test_saved_file_keeps_estimates(results_file):
+    loaded = load_results(results_file)[0]
+    assert loaded["_source"] == str(results_file)
+    assert len(export.measured_rows(loaded)) == 3
+
+
+def test_plots_return_figures(doc, results_file):
+    loaded = load_results(results_file)[0]
+    tables = export.estimate_tables(export.measured_rows(loaded))
+    assert set(tables) == {"baseline"}
+    figs = [plots.latency_distributions(doc), plots.latency_distributions(plots.records_of(loaded)),
+            plots.throughput(loaded), plots.overhead(doc), plots.overhead(loaded["summary"]["overhead"]),
+            plots.estimates_vs_measured(tables), plots.estimates_vs_measured(tables["baseline"])]
+    for fig in figs:
+        assert isinstance(fig, Figure) and fig.axes
+        assert export.png_bytes(fig).startswith(b"\x89PNG")
+    engines = {t.get_text() for t in figs[0].axes[0].get_xticklabels()}
+    assert engines == {"direct", "phase0", "all"}
+    assert [t.get_text() for t in figs[3].axes[0].get_yticklabels()] == ["phase0", "all"]
+
+
+def test_sweep_from_records_and_summary_rows(doc):
+    recs = plots.records_of(doc).assign(concurrency=lambda d: 1 + d.index % 2)
+    df, key = plots.sweep_frame(recs)
+    assert key == "concurrency" and set(df["concurrency"]) == {1, 2} and df["throughput"].gt(0).all()
+    rows = [{"engine": "all", "rate": r, "wall_throughput_tps": 10 * r, "ttft_ms_mean": 5 + r} for r in (1, 2, 4)]
+    fig = plots.sweep({"summary": {"rate_sweep": rows}, "records": []})
+    assert isinstance(fig, Figure) and list(fig.axes[0].lines[0].get_xdata()) == [1, 2, 4]
+    assert plots.has_sweep(recs) and not plots.has_sweep(doc)
+
+
+def test_plots_of_nothing_say_so():
+    for fig in (plots.latency_distributions([]), plots.throughput([]), plots.overhead([]),
+                plots.estimates_vs_measured({}), plots.sweep([])):
+        assert isinstance(fig, Figure)
+        assert any(t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+def test_report_files(report):
+    assert report["html"].name == "report.html" and report["markdown"].exists()
+    assert {p.stem.rsplit("_", 1)[-1] for p in report["png"]} >= {"latency", "throughput", "overhead", "estimates"}
+    names = {p.name for p in report["csv"]}
+    assert any(n.endswith("_records.csv") for n in names) and "seed_inconsistencies.csv" in names
+    assert "estimates_vs_measured.csv" in names
+    est = pd.read_csv(next(p for p in report["csv"] if p.name == "estimates_vs_measured.csv"))
+    assert {"table", "row", "estimate", "measured", "ratio", "verdict"} <= set(est.columns)
+    md = report["markdown"].read_text()
+    for img in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
+        assert (report["markdown"].parent / img).exists()
+
+
+def test_html_is_self_contained(report):
+    html = report["html"].read_text()
+    assert "http://" not in html and "https://" not in html
+    assert not EXTERNAL_REF.findall(html), EXTERNAL_REF.findall(html)[:3]
+    assert "<script" not in html.lower() and "@import" not in html and "@font-face" not in html
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == len(report["png"]) and len(images) >= 5
+    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+
+
+def test_html_has_the_tables(report):
+    html = report["html"].read_text()
+    for text in ("Environment", "engines", "overhead vs direct (95% CI in brackets)",
+                 "seed estimate vs measured: baseline", "internal inconsistencies", "openblas",
+                 "TTFT (mean)", "ΔTTFT ms"):
+        assert text in html, text
+    assert html.count("<table") >= 7
+    bad = export.inconsistencies()
+    assert len(bad) and bad["check"].iloc[0].split(":")[0] in html
+
+
+def test_report_cli(results_file, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "krmlx", "report", str(results_file), "--out",
+                          str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "r" / "report.html").exists() and "report.html" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "krmlx", "report", str(tmp_path / "nope.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no such results file" in bad.stderr
+
+
+def page_requests(netlog: Path) -> list[str]:
+    """URLs the page (not the browser's own services) asked for, from a chromium net log."""
+    log = json.loads(netlog.read_text())
+    types = {v: k for k, v in log["constants"]["logEventTypes"].items()}
+    return [e["params"]["url"] for e in log["events"]
+            if types.get(e["type"]) == "URL_REQUEST_START_JOB"
+            and "file://" in str(e.get("params", {}).get("network_isolation_key", ""))]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_report_renders_offline_in_chromium(report):
+    shot, netlog = report["html"].parent / "screenshot.png", report["html"].parent / "netlog.json"
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                        "--disable-background-networking", "--disable-component-update",
+                        "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                        f"--log-net-log={netlog}", f"--screenshot={shot}", "--window-size=1200,3000",
+                        report["html"].as_uri()], capture_output=True, timeout=120, check=True)
+    assert page_requests(netlog) == [], "the report made requests"
+    import matplotlib.image
+
+    img = matplotlib.image.imread(shot)
+    assert img.shape[:2] == (3000, 1200)
+    ink = (img[..., :3].mean(axis=2) < 0.9).mean()  # share of non-white pixels
+    assert ink > 0.03, f"the page looks blank ({ink:.3f} inked)"
+
+
+def test_panel_builds_stack_configs():
+    from krmlx.report.widgets import Panel, WidgetProgress
+    from krmlx.stack import PHASES, StackConfig
+
+    p = Panel("tiny")
+    assert p.config() == StackConfig()
+    for name in PHASES:
+        p.phase[name].value = True
+    p.batch_window_ms.value, p.cache_max_models.value, p.cache_budget_gib.value = 4.0, 2, 0
+    p.retry_attempts.value, p.codec.value, p.coalesce_tokens.value = 5, "json", 4
+    cfg = p.config()
+    assert cfg.label == "all" and cfg.batcher.window_ms == 4.0 and cfg.batcher.max_batch == 10
+    assert cfg.model_cache.max_models == 2 and cfg.model_cache.budget_bytes is None
+    assert cfg.retry.attempts == 5 and cfg.breaker is not None
+    assert cfg.framer.codec == "json" and cfg.framer.coalesce_tokens == 4
+    p.phase["batching"].value = False
+    assert p.config().batcher is None and p.batch_window_ms.disabled
+    bar = WidgetProgress(p.progress)
+    bar.total = 4
+    bar.update(1)
+    bar.total += 2
+    assert (p.progress.value, p.progress.max) == (1, 6)
+
+
+@pytest.mark.slow
+def test_panel_runs(tiny_path, tmp_path):
+    from krmlx.report.widgets import make_panel
+
+    seen = []
+    p = make_panel("tiny", on_done=seen.append, smoke=True, max_tokens=4, out_dir=tmp_path)
+    p.phase["framing"].value = True
+    doc = asyncio.run(p.run())
+    assert seen == [doc] and p.path.exists() and p.path.parent == tmp_path
+    assert set(r["engine"] for r in doc["records"]) == {"direct", "framing"}
+    assert p.progress.value == p.progress.max > 1 and not p.run_button.disabled
+    assert "done in" in p.status.value
