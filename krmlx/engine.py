@@ -44,7 +44,7 @@ class Engine:
             codec=cfg.wire_codec,
             stream=cfg.framer.stream_options() if cfg.framer else StreamOptions(),
             faults=FaultPlan.from_dict(cfg.faults), timeout_s=cfg.timeout_s, env=self.env,
-            ready_timeout_s=self.ready_timeout_s)
+            ready_timeout_s=self.ready_timeout_s, scheduler=cfg.scheduler)
         await self.client.start()
         self.service, self.stages = build_stack(cfg, self.client)
         t0 = time.perf_counter()

@@ -116,8 +116,9 @@ class WorkerClient:
                  stream: StreamOptions = StreamOptions(), max_frame_bytes: int | None = None,
                  timeout_s: float | None = None, ready_timeout_s: float = 120.0,
                  auto_restart: bool = True, reload_on_restart: bool = True,
-                 env: dict | None = None, python: str = sys.executable):
+                 env: dict | None = None, python: str = sys.executable, scheduler: str = "serial"):
         make_codec(codec)  # validate early
+        self.scheduler = scheduler
         self.codec_name = codec
         self.faults = FaultPlan.from_dict(faults) if isinstance(faults, dict) else faults
         self.stream_opts = stream
@@ -145,7 +146,8 @@ class WorkerClient:
 
     # -- lifecycle -------------------------------------------------------------------------
     def _argv(self) -> list[str]:
-        argv = [self.python, "-m", "krmlx.worker", "--codec", self.codec_name]
+        argv = [self.python, "-m", "krmlx.worker", "--codec", self.codec_name,
+                "--scheduler", self.scheduler]
         if self.max_frame_bytes:
             argv += ["--max-frame-bytes", str(self.max_frame_bytes)]
         if self.faults:

@@ -55,6 +55,7 @@ class StreamOut:
         self.frames = 0
         self._crash_after = crash_after
         self._crash = crash
+        self.nonblocking = False  # batched mode: a full window holds frames, never blocks
 
     def ack(self, n: int) -> None:
         self._acked += n
@@ -76,22 +77,25 @@ class StreamOut:
                 or (now - self._held_since) * 1e3 >= self.opts.coalesce_ms > 0):
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, force: bool = False) -> None:
         if not self._held:
             return
         window = self.opts.window
-        if window:  # backpressure: wait (without spinning) while the window is full
+        if window and not force and self._sent - self._acked >= window:
+            if self.nonblocking:
+                return  # batched mode: keep holding (coalesced into the next frame)
             while self._sent - self._acked >= window and not self.cancelled.is_set():
-                self._acked_event.clear()
+                self._acked_event.clear()  # backpressure: wait, without spinning, for an ack
                 if self._sent - self._acked >= window:
                     self._acked_event.wait(0.05)
+        if window:
             self._sent += 1
         self._send({"v": 1, "id": self.id, "kind": "token", "tokens": self._held})
         self._held = []
         self.frames += 1
 
     def finish(self, finish_reason: str, prompt_tokens: int, tail: str = "") -> None:
-        self.flush()
+        self.flush(force=True)  # the last frame goes out whatever the window says
         self._send({"v": 1, "id": self.id, "kind": "done", "finish_reason": finish_reason,
                     "prompt_tokens": prompt_tokens, "tail": tail, "tokens": self.tokens})
 
@@ -176,3 +180,150 @@ def run_generate(job: GenerateJob) -> None:
         steps.close()
         entry.refs -= 1
         entry.last_used = time.monotonic()
+
+
+@dataclass
+class _Active:
+    out: StreamOut
+    entry: object
+    detok: object
+    prompt_tokens: int
+
+
+class BatchScheduler:
+    """Continuous batching: concurrent ``generate`` jobs share one mlx-lm BatchGenerator per
+    model. New jobs are admitted between decode steps (the job queue is drained before
+    every step: no fixed admission budget); each request keeps its own ``max_tokens``,
+    sampler and cancel; tokens stream per request as each step produces them.
+
+    Backpressure in this mode never blocks the shared step: a stream whose window is full
+    keeps its tokens in its StreamOut (coalesced into its next frame) instead of pausing
+    the batch. The null model is served serially, as in :class:`SerialScheduler`.
+    """
+
+    name = "batched"
+
+    def __init__(self, on_error, *, completion_batch_size: int = 64, prefill_batch_size: int = 8):
+        self._jobs: queue.Queue = queue.Queue()
+        self._on_error = on_error
+        self.completion_batch_size = completion_batch_size
+        self.prefill_batch_size = prefill_batch_size
+        self._gens: dict[str, object] = {}  # model id -> BatchGenerator
+        self._active: dict[tuple[str, int], _Active] = {}
+        self.steps = 0
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def submit(self, job) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def run(self) -> None:
+        while True:
+            try:
+                while True:  # admit everything that arrived, blocking only when idle
+                    job = self._jobs.get(block=not self._active)
+                    if job is None:
+                        return
+                    self._handle(job)
+            except queue.Empty:
+                pass
+            if self._active:
+                self._step()
+
+    def _handle(self, job) -> None:
+        try:
+            if isinstance(job, GenerateJob):
+                if job.entry.id == "null" or job.entry.unloaded:
+                    run_generate(job)
+                else:
+                    self._admit(job)
+            else:
+                job()
+        except Exception as e:  # noqa: BLE001 - reported to the caller; the batch goes on
+            self._on_error(job, e)
+        for model_id in [m for m, (_, entry) in self._gens.items() if entry.unloaded]:
+            del self._gens[model_id]  # an unloaded model's generator goes with it
+
+    def _generator(self, entry):
+        if entry.id not in self._gens:
+            from mlx_lm.generate import BatchGenerator
+
+            eos = sorted(entry.tokenizer.eos_token_ids)
+            batch = BatchGenerator(entry.model, stop_tokens=[[t] for t in eos],
+                                   completion_batch_size=self.completion_batch_size,
+                                   prefill_batch_size=self.prefill_batch_size)
+            self._gens[entry.id] = (batch, entry)
+        return self._gens[entry.id][0]
+
+    def _admit(self, job: GenerateJob) -> None:
+        out, entry, params = job.out, job.entry, job.params
+        if job.delay_s:
+            time.sleep(job.delay_s)
+        if out.cancelled.is_set():
+            out.finish("cancelled", 0)
+            return
+        prompt_ids = gen.encode_prompt(entry.tokenizer, params)
+        sampler = gen.make_sampler(params.get("temperature", 0.0), params.get("seed"))
+        (uid,) = self._generator(entry).insert([prompt_ids], max_tokens=[params["max_tokens"]],
+                                               samplers=[sampler])
+        out.nonblocking = True
+        entry.refs += 1
+        self._active[(entry.id, uid)] = _Active(out, entry, entry.tokenizer.detokenizer, len(prompt_ids))
+
+    def _finish(self, key, reason: str, tail: str = "") -> None:
+        a = self._active.pop(key)
+        a.entry.refs -= 1
+        a.entry.last_used = time.monotonic()
+        a.out.finish(reason, a.prompt_tokens, tail)
+
+    def _step(self) -> None:
+        for model_id, (batch, _) in list(self._gens.items()):
+            keys = [k for k in self._active if k[0] == model_id]
+            if not keys:
+                continue
+            cancelled = [k for k in keys if self._active[k].out.cancelled.is_set()]
+            if cancelled:
+                batch.remove([uid for _, uid in cancelled])
+                for k in cancelled:
+                    self._finish(k, "cancelled")
+                if len(cancelled) == len(keys):
+                    continue
+            try:
+                _, responses = batch.next()
+            except Exception as e:  # noqa: BLE001 - fail this model's requests, keep serving
+                for k in [k for k in self._active if k[0] == model_id]:
+                    a = self._active.pop(k)
+                    a.entry.refs -= 1
+                    self._on_error(GenerateJob(a.out, a.entry, {}), e)
+                self._gens.pop(model_id, None)
+                continue
+            self.steps += 1
+            for r in responses:
+                key = (model_id, r.uid)
+                a = self._active.get(key)
+                if a is None:
+                    continue
+                if r.finish_reason == "stop":  # an EOS: not yielded, as in serial mode
+                    a.detok.finalize()
+                    self._finish(key, "stop", a.detok.last_segment)
+                    continue
+                a.detok.add_token(r.token)
+                if r.finish_reason == "length":
+                    a.detok.finalize()
+                    a.out.put(r.token, a.detok.last_segment)
+                    self._finish(key, "length")
+                else:
+                    a.out.put(r.token, a.detok.last_segment)
+
+
+def make_scheduler(name: str, on_error):
+    if name == "serial":
+        return SerialScheduler(on_error)
+    if name == "batched":
+        return BatchScheduler(on_error)
+    raise ValueError(f"scheduler: must be serial or batched, got {name!r}")

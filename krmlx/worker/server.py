@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from ..errors import BadRequest, KrmlxError, ModelError, ProtocolError, UnknownModel
 from .faults import FaultInjector, FaultPlan, crash_now
 from .protocol import VERSION, error_frame, make_codec
-from .scheduler import GenerateJob, SerialScheduler, StreamOptions, StreamOut
+from .scheduler import GenerateJob, StreamOptions, StreamOut, make_scheduler
 
 log = logging.getLogger("krmlx.worker")
 NULL_MODEL = "null"  # always resident: synthetic tokens without MLX, for stream-cost benchmarks
@@ -94,7 +94,8 @@ class ModelEntry:
 
 class Worker:
     def __init__(self, out_fd: int, codec: str = "json", *, max_frame_bytes: int | None = None,
-                 faults: FaultPlan | None = None, stream: StreamOptions = StreamOptions()):
+                 faults: FaultPlan | None = None, stream: StreamOptions = StreamOptions(),
+                 scheduler: str = "serial"):
         kw = {"max_frame_bytes": max_frame_bytes} if max_frame_bytes else {}
         self.codec = make_codec(codec, **kw)
         self.out_fd = out_fd
@@ -103,7 +104,7 @@ class Worker:
         self._write_lock = threading.Lock()
         self.models: dict[str, ModelEntry] = {NULL_MODEL: ModelEntry(NULL_MODEL)}
         self.streams: dict[int, StreamOut] = {}
-        self.scheduler = SerialScheduler(on_error=self._job_failed)
+        self.scheduler = make_scheduler(scheduler, self._job_failed)
         self._aux: queue.Queue = queue.Queue()
         self.counters = {"frames_in": 0, "frames_out": 0, "bad_frames": 0, "calls": 0,
                          "errors": 0, "tokens_out": 0, "streams_done": 0}
@@ -271,7 +272,7 @@ class Worker:
         entry = self.entry(model_id)
         if model_id == NULL_MODEL:
             raise BadRequest("unload_model: the null model can't be unloaded")
-        if entry.refs:
+        if entry.refs:  # possible with continuous batching: requests are in the batch
             raise BadRequest(f"unload_model: {model_id!r} has {entry.refs} requests in flight")
         del self.models[model_id]
         entry.unloaded = True
@@ -392,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-frame-bytes", type=int, default=None)
     parser.add_argument("--faults", default=None, help="fault plan as JSON")
     parser.add_argument("--stream", default=None, help="stream options as JSON")
+    parser.add_argument("--scheduler", default="serial", choices=["serial", "batched"])
     parser.add_argument("--log-level", default=os.environ.get("KRMLX_WORKER_LOG", "WARNING"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -402,6 +404,6 @@ def main(argv: list[str] | None = None) -> None:
     faults = FaultPlan.from_dict(json.loads(args.faults)) if args.faults else None
     stream = StreamOptions(**json.loads(args.stream)) if args.stream else StreamOptions()
     worker = Worker(out, args.codec, max_frame_bytes=args.max_frame_bytes, faults=faults,
-                    stream=stream)
+                    stream=stream, scheduler=args.scheduler)
     worker.serve(0)
     os._exit(0)
