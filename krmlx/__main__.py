@@ -2,7 +2,9 @@
 
     python -m krmlx doctor [--json]
     python -m krmlx models make PRESET [--rebuild] | models list
-    python -m krmlx bench baseline [--model M] [--phases none|all|each|LIST] [--trials N] [--smoke] [--out DIR]
+    python -m krmlx bench WORKLOAD|suite [--model M] [--phases none|all|each|LIST] [--trials N]
+        [--smoke] [--out DIR] [--requests N] [--concurrency C] [--rate R[,R...]] [--duration-s S]
+        [--max-tokens N] [--seed S]
     python -m krmlx compare A.json B.json
     python -m krmlx report RESULTS... [--out DIR]
 
@@ -61,38 +63,110 @@ def default_out(out: str, workload: str) -> Path:
     return Path(out) / f"{workload}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
-def cmd_bench(args) -> int:
+# --bench options -> the workload parameter each sets (the first one the workload takes)
+BENCH_OPTIONS = {
+    "max_tokens": ("max_tokens",), "concurrency": ("concurrency",),
+    "duration_s": ("duration_s",), "requests": ("requests", "questions", "max_requests"),
+    "rate": ("rates", "rate"), "seed": ("seed",),
+}
+
+
+def workload_name(text: str) -> str:
+    """argparse type: a workload name or 'suite'; a clear error listing them otherwise."""
+    from .bench.workloads import WORKLOADS
+
+    if text != "suite" and text not in WORKLOADS:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload {text!r}; workloads: {', '.join(WORKLOADS)}, suite")
+    return text
+
+
+def rate_list(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        rates = ()
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError(f"--rate: positive requests/s, comma separated; got {text!r}")
+    return rates
+
+
+def workload_params(name: str, args, *, note: bool) -> dict:
+    """The workload parameters the bench options given set for workload ``name``."""
+    from .bench.workloads import WORKLOADS
+
+    cls, params = WORKLOADS[name], {}
+    for option, targets in BENCH_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        target = next((t for t in targets if cls.accepts(t)), None)
+        if target is None:
+            if note:
+                print(f"note: --{option.replace('_', '-')} does not apply to {name}", file=sys.stderr)
+            continue
+        params[target] = value[0] if target == "rate" else value
+    return params
+
+
+def run_bench_one(workload, args) -> tuple[int, dict | None]:
+    """Run one workload, write its results file (a partial one on Ctrl-C), print its summary."""
     from tqdm import tqdm
 
-    from .bench.baseline import make_configs, run_baseline
     from .bench.report_text import format_summary
     from .bench.results import write_results
+    from .bench.workloads import run_workload, summarize_partial
+    from .errors import KrmlxError
 
-    if args.workload != "baseline":
-        print(f"unknown workload {args.workload!r}", file=sys.stderr)
-        return 2
-    configs = make_configs(args.phases)
-    path = default_out(args.out, args.workload)
-    records: list = []
-    doc = None
-    with tqdm(desc=f"{args.workload} on {args.model}", unit="req", disable=args.quiet) as bar:
+    path = default_out(args.out, workload.name)
+    records, config = [], {}
+    with tqdm(desc=f"{workload.name} on {args.model}", unit="req", disable=args.quiet) as bar:
         try:
-            doc = asyncio.run(run_baseline(args.model, configs, trials=args.trials, smoke=args.smoke,
-                                           max_tokens=args.max_tokens, records=records, progress=bar))
+            doc = asyncio.run(run_workload(workload, args.model, phases=args.phases, trials=args.trials,
+                                           records=records, config=config, progress=bar))
         except KeyboardInterrupt:
-            from .bench.baseline import summary_tables
             from .doctor import collect_env
 
             print(f"\ninterrupted: writing the {len(records)} records completed so far", file=sys.stderr)
-            write_results(path, env=collect_env(load_interval_s=0.05),
-                          config={"workload": args.workload, "interrupted": True},
-                          records=records, summary=summary_tables(records) if records else {},
-                          complete=False)
-            print(f"results: {path}")
-            return 130
+            config.update({"workload": workload.name, "interrupted": True})
+            write_results(path, env=collect_env(load_interval_s=0.05), config=config, records=records,
+                          summary=summarize_partial(workload, records, config), complete=False)
+            print(f"results (partial): {path}")
+            return 130, None
+        except KrmlxError as e:
+            print(f"error: {workload.name}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1, None
+    config["interrupted"] = False
     write_results(path, **doc)
     print(format_summary(doc))
-    print(f"results: {path}")
+    print(f"results: {path}\n")
+    return 0, doc
+
+
+def cmd_bench(args) -> int:
+    from .bench.report_text import format_estimates
+    from .bench.workloads import SUITE, estimate_tables, make_workload, prepare
+    from .errors import ConfigError, ModelError
+
+    names = list(SUITE) if args.workload == "suite" else [args.workload]
+    try:  # every workload is checked before any engine starts
+        workloads = [make_workload(n, smoke=args.smoke, **workload_params(n, args, note=len(names) == 1))
+                     for n in names]
+        for w in workloads:
+            prepare(w, args.model, args.phases)
+    except (ConfigError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    docs = []
+    for w in workloads:
+        code, doc = run_bench_one(w, args)
+        if code:
+            return code
+        docs.append(doc)
+    if len(docs) > 1:
+        print("estimate vs measured, all workloads" + (" (SMOKE sizes: not the seed's workloads)"
+                                                        if args.smoke else ""))
+        print(format_estimates(estimate_tables(docs, measured_only=True)))
     return 0
 
 
@@ -127,13 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("action", choices=["make", "list"])
     m.add_argument("preset", nargs="?", default="small")
     m.add_argument("--rebuild", action="store_true")
-    b = sub.add_parser("bench", help="run a workload and write a results file")
-    b.add_argument("workload")
+    b = sub.add_parser("bench", help="run a workload (or the suite) and write results files")
+    b.add_argument("workload", type=workload_name, help="baseline, tokenize_flood, model_switching, "
+                   "multi_tenant, mixed, error_rates, long_form, server_profile, rate_sweep, or suite")
     b.add_argument("--model", default=os.environ.get("KRMLX_MODEL", "mini"))
-    b.add_argument("--phases", default="all", help="none | all | each | comma list of "
-                   "batching,caching,retry,framing")
+    b.add_argument("--phases", default=None, help="none | all | each | comma list of "
+                   "batching,caching,retry,framing (default: the workload's own)")
     b.add_argument("--trials", type=int, default=1)
-    b.add_argument("--max-tokens", type=int, default=50)
+    b.add_argument("--max-tokens", type=int, default=None)
+    b.add_argument("--requests", type=int, default=None, help="requests (or questions) per trial")
+    b.add_argument("--concurrency", type=int, default=None, help="requests in flight")
+    b.add_argument("--rate", type=rate_list, default=None,
+                   help="requests/s for server_profile; a comma list for rate_sweep")
+    b.add_argument("--duration-s", type=float, default=None, help="server_profile / rate_sweep length")
+    b.add_argument("--seed", type=int, default=None)
     b.add_argument("--smoke", action="store_true", help="a few requests, for a quick check")
     b.add_argument("--out", default="runs")
     b.add_argument("--quiet", action="store_true")

@@ -44,11 +44,13 @@ class Engine:
             codec=cfg.wire_codec,
             stream=cfg.framer.stream_options() if cfg.framer else StreamOptions(),
             faults=FaultPlan.from_dict(cfg.faults), timeout_s=cfg.timeout_s, env=self.env,
-            ready_timeout_s=self.ready_timeout_s, scheduler=cfg.scheduler)
+            ready_timeout_s=self.ready_timeout_s, scheduler=cfg.scheduler,
+            prompt_cache=cfg.prompt_cache.to_dict() if cfg.prompt_cache else None)
         await self.client.start()
         self.service, self.stages = build_stack(cfg, self.client)
         t0 = time.perf_counter()
-        await unary(self.service, Call("load_model", {}, self.model_name))
+        await unary(self.service, Call("load_model", {"draft": cfg.draft} if cfg.draft else {},
+                                       self.model_name))
         self.load_ms = (time.perf_counter() - t0) * 1e3
         return self
 

@@ -40,24 +40,33 @@ def make_sampler(temperature: float, seed: int | None):
 
 def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
                 temperature: float = 0.0, seed: int | None = None,
-                prompt_cache=None) -> Iterator[tuple[int, str]]:
+                prompt_cache=None, draft_model=None, num_draft_tokens: int = 3,
+                on_draft=None) -> Iterator[tuple[int, str]]:
     """Yield ``(token_id, new_text)`` per generated token; return the finish reason.
 
     Stops at an EOS token ("stop", the EOS itself is not yielded) or after
     ``max_tokens`` tokens ("length"). Closing the iterator early stops the work.
     """
     import mlx.core as mx
-    from mlx_lm.generate import generate_step
+    from mlx_lm.generate import generate_step, speculative_generate_step
 
     if max_tokens <= 0:
         raise BadRequest(f"max_tokens: must be positive, got {max_tokens}")
     detok = tokenizer.detokenizer
     eos = tokenizer.eos_token_ids
-    steps = generate_step(mx.array(prompt_ids), model, max_tokens=max_tokens,
-                          sampler=make_sampler(temperature, seed), prompt_cache=prompt_cache)
+    sampler = make_sampler(temperature, seed)
+    if draft_model is None:
+        steps = generate_step(mx.array(prompt_ids), model, max_tokens=max_tokens,
+                              sampler=sampler, prompt_cache=prompt_cache)
+    else:
+        steps = speculative_generate_step(mx.array(prompt_ids), model, draft_model,
+                                          num_draft_tokens=num_draft_tokens, max_tokens=max_tokens,
+                                          sampler=sampler, prompt_cache=prompt_cache)
     n = 0
     try:
-        for token, _ in steps:
+        for token, _, *draft in steps:
+            if on_draft is not None and draft:
+                on_draft(bool(draft[0]))
             if token in eos:
                 detok.finalize()
                 return "stop", detok.last_segment

@@ -32,7 +32,7 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 TOKENIZER_DIR = DATA_DIR / "tokenizer"
 DEFAULT_MODEL = "mini"
 BUILD_VERSION = 1  # bump when the recipe changes, so cached folders are rebuilt
-_NAME = re.compile(r"^(?P<preset>[a-z0-9.\-]+?)(?P<q>-q4)?(?:@(?P<seed>\d+))?$")
+_NAME = re.compile(r"^(?P<preset>[a-z0-9.\-]+?)(?P<q>-q4)?(?:-draft(?P<draft>\d+))?(?:@(?P<seed>\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,17 @@ class ModelSpec:
     preset: str
     quantized: bool = False
     seed: int = 0
+    draft_layers: int | None = None  # a draft: the target's first N layers plus its head
 
     @property
     def name(self) -> str:
-        return self.preset + ("-q4" if self.quantized else "") + (f"@{self.seed}" if self.seed else "")
+        return (self.preset + ("-q4" if self.quantized else "")
+                + (f"-draft{self.draft_layers}" if self.draft_layers else "")
+                + (f"@{self.seed}" if self.seed else ""))
+
+    @property
+    def target(self) -> ModelSpec:
+        return ModelSpec(self.preset, self.quantized, self.seed)
 
 
 def parse_name(name: str) -> ModelSpec | None:
@@ -78,7 +85,10 @@ def parse_name(name: str) -> ModelSpec | None:
     m = _NAME.match(name)
     if not m or m["preset"] not in PRESETS:
         return None
-    return ModelSpec(m["preset"], bool(m["q"]), int(m["seed"] or 0))
+    draft = int(m["draft"]) if m["draft"] else None
+    if draft is not None and not 1 <= draft < PRESETS[m["preset"]].num_hidden_layers:
+        return None
+    return ModelSpec(m["preset"], bool(m["q"]), int(m["seed"] or 0), draft)
 
 
 def cache_dir() -> Path:
@@ -119,6 +129,8 @@ def build_model(spec: ModelSpec, dest: Path) -> None:
     from mlx_lm.models import llama
     from mlx_lm.utils import quantize_model, save_config, save_model
 
+    if spec.draft_layers:
+        return build_draft(spec, dest)
     p = PRESETS[spec.preset]
     config = model_config(spec)
     mx.random.seed(spec.seed)
@@ -144,13 +156,37 @@ def build_model(spec: ModelSpec, dest: Path) -> None:
     del nn
 
 
+def build_draft(spec: ModelSpec, dest: Path) -> None:
+    """A draft that agrees with its target by construction: the target's own embedding,
+    first ``draft_layers`` layers, final norm and (tied) head."""
+    import mlx.core as mx
+
+    src = make_model(spec.target.name)
+    config = json.loads((src / "config.json").read_text())
+    keep = spec.draft_layers
+    weights = {}
+    for f in sorted(src.glob("*.safetensors")):
+        for k, v in mx.load(str(f)).items():
+            parts = k.split(".")
+            if len(parts) > 2 and parts[1] == "layers" and int(parts[2]) >= keep:
+                continue
+            weights[k] = v
+    config["num_hidden_layers"] = keep
+    config["krmlx"] = {**config.get("krmlx", {}), "draft_of": spec.target.name, "draft_layers": keep}
+    dest.mkdir(parents=True)
+    mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (dest / "config.json").write_text(json.dumps(config, indent=2))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / f, dest / f)
+
+
 def make_model(name: str, *, rebuild: bool = False) -> Path:
     """Build (once) and return the folder of synthetic model ``name``."""
     spec = parse_name(name)
     if spec is None:
         raise UnknownModel(
             f"unknown model preset {name!r}; presets: {', '.join(PRESETS)} "
-            "(optionally with -q4 and/or @SEED, e.g. 'small-q4@2')"
+            "(optionally with -q4, -draftN (first N layers) and/or @SEED, e.g. 'small-q4@2')"
         )
     root = cache_dir()
     dest = root / spec.name

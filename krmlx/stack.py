@@ -64,12 +64,16 @@ class StackConfig:
     scheduler: str = "serial"
     timeout_s: float | None = None
     faults: dict | None = None  # a worker fault plan (see krmlx.worker.faults)
+    prompt_cache: object = None  # krmlx.worker.prompt_cache.PromptCacheConfig: KV prefix reuse
+    draft: str | None = None  # a draft model for speculative decoding (serial scheduler)
 
     def __post_init__(self):
         if self.codec not in CODECS:
             raise ConfigError(f"codec: must be one of {CODECS}, got {self.codec!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler: must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.draft is not None and self.scheduler != "serial":
+            raise ConfigError("draft: speculative decoding runs with the serial scheduler only")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ConfigError(f"timeout_s: must be positive, got {self.timeout_s!r}")
         expected = {"batcher": "BatcherConfig", "model_cache": "ModelCacheConfig",

@@ -125,6 +125,7 @@ class Done:
     finish_reason: str
     prompt_tokens: int
     tail: str = ""  # text released only at the end (the detokenizer's last word)
+    info: dict = field(default_factory=dict, compare=False)  # e.g. cached_prompt_tokens, draft_accepted
 
 
 class ChunkStream:
@@ -139,6 +140,7 @@ class ChunkStream:
         self.finish_reason: str | None = None
         self.prompt_tokens: int | None = None
         self.tail = ""
+        self.info: dict = {}
 
     def __aiter__(self):
         return self
@@ -147,6 +149,7 @@ class ChunkStream:
         item = await self._source.__anext__()
         if isinstance(item, Done):
             self.finish_reason, self.prompt_tokens, self.tail = item.finish_reason, item.prompt_tokens, item.tail
+            self.info = item.info
             await self.aclose()
             raise StopAsyncIteration
         return item
@@ -160,9 +163,11 @@ async def complete_stream(stream: ChunkStream, t_start_s: float, request_id: str
     import time
 
     chunks = [chunk async for chunk in stream]
-    return collect(chunks, t_start_s=t_start_s, t_end_s=time.perf_counter(),
+    done = collect(chunks, t_start_s=t_start_s, t_end_s=time.perf_counter(),
                    finish_reason=stream.finish_reason or "error", tail=stream.tail,
                    prompt_tokens=stream.prompt_tokens or 0, request_id=request_id)
+    done.extra.update(stream.info)
+    return done
 
 
 def collect(chunks: list[Chunk], *, t_start_s: float, t_end_s: float, finish_reason: str,

@@ -191,7 +191,10 @@ def paired_totals(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms
     if pairs is None:
         return None
     r = bootstrap_ci(*pairs, paired=True, stat=np.sum, seed=seed)
-    inv = (lambda x: 1.0 / x if x else float("nan"))
+
+    def inv(x):
+        return 1.0 / x if x else float("nan")
+
     return {"base": base, "other": other, "metric": metric, "n": int(len(pairs[0])),
             "total_base": r["a"], "total_other": r["b"], "diff": r["diff"],
             "ci_low": r["diff_ci_low"], "ci_high": r["diff_ci_high"], "ratio": r["ratio"],

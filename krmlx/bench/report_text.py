@@ -8,7 +8,7 @@ from . import metrics
 from .results import records_frame
 
 ENGINE_COLUMNS = {
-    "engine": "engine", "requests": "n", "errors": "err", "ttft_ms_mean": "TTFT mean ms",
+    "series": "series", "kind": "kind", "engine": "engine", "requests": "n", "errors": "err", "ttft_ms_mean": "TTFT mean ms",
     "ttft_ms_p50": "TTFT p50", "ttft_ms_p90": "TTFT p90", "e2e_ms_mean": "E2E mean ms",
     "tpot_ms_mean": "TPOT ms", "total_s_mean": "total s", "throughput_tps_mean": "tok/s",
 }
@@ -29,21 +29,55 @@ def _table(rows, columns: dict, floatfmt: str = "{:.3f}") -> str:
     return df.to_string(index=False, float_format=lambda x: floatfmt.format(x))
 
 
+ESTIMATE_COLUMNS = {"row": "seed row", "metric": "metric", "estimate": "estimate",
+                    "measured": "measured", "ratio": "ratio", "ci_low": "lo", "ci_high": "hi",
+                    "verdict": "verdict"}
+
+
+def format_estimates(tables: dict) -> str:
+    """The estimate-vs-measured tables (from ``compare_estimates``), one block per seed table."""
+    parts = []
+    for tid, df in tables.items():
+        if len(df):
+            parts += [f"[{tid}]", _table(df, ESTIMATE_COLUMNS, "{:.4g}")]
+    return "\n".join(parts) if parts else "(no estimate has a measurement)"
+
+
+def _matches_line(rows: list[dict]) -> str:
+    return ", ".join(f"{r['engine']} {r['identical_outputs']}/{r.get('compared', r.get('requests'))}"
+                     f" (vs {r.get('base', 'direct')})" for r in rows)
+
+
 def format_summary(doc: dict) -> str:
     env, cfg, summary = doc["env"], doc["config"], doc["summary"]
     blas = env.get("blas", {})
-    head = (f"{cfg.get('workload')} · model {cfg.get('model')} · {cfg.get('questions')} requests × "
-            f"{cfg.get('trials')} trial(s) · {env.get('device')} · BLAS {blas.get('kind')} · "
+    size = (f"{cfg['questions']} requests" if cfg.get("questions") else f"{len(doc['records'])} records")
+    head = (f"{cfg.get('workload')}{' (SMOKE)' if cfg.get('smoke') else ''} · model {cfg.get('model')} · "
+            f"{size} × {cfg.get('trials')} trial(s) · {env.get('device')} · BLAS {blas.get('kind')} · "
             f"{env.get('cores')} cores")
+    if cfg.get("interrupted"):
+        head += " · INTERRUPTED (partial)"
     parts = [head, "", _table(summary.get("engines", []), ENGINE_COLUMNS, "{:.2f}")]
     if summary.get("overhead") is not None and len(summary.get("overhead", [])):
         parts += ["", "overhead vs direct (95% bootstrap CI)",
                   _table(summary["overhead"], OVERHEAD_COLUMNS, "{:.3f}")]
-    if summary.get("outputs_match"):
-        parts += ["", "greedy outputs identical to direct: " + ", ".join(
-            f"{r['engine']} {r['identical_outputs']}/{r['requests']}" for r in summary["outputs_match"])]
-    if env.get("blas_warning"):
-        parts += ["", "WARNING: " + env["blas_warning"]]
+    if summary.get("headline"):
+        rows = summary["headline"]
+        parts += ["", f"{cfg.get('workload')} results", _table(rows, {k: k for k in rows[0]}, "{:.4g}")]
+    matches = [r for key in ("outputs_match", "outputs_match_phase0") for r in summary.get(key) or []]
+    if matches:
+        parts += ["", "greedy outputs identical: " + _matches_line(matches)]
+    if summary.get("estimates"):
+        from .estimates import compare_estimates
+
+        tables = {tid: df[df["measured"].notna()] for tid, df in
+                  compare_estimates(summary["estimates"]).items()}
+        note = " SMOKE sizes: totals are not the seed's workload" if cfg.get("smoke") else ""
+        parts += ["", f"estimate vs measured (seed tables; ratio = measured / estimate){note}",
+                  format_estimates(tables)]
+    for key in ("blas_warning", "direct_blas_warning"):
+        if env.get(key):
+            parts += ["", "WARNING: " + env[key]]
     return "\n".join(parts)
 
 

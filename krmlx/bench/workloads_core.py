@@ -132,7 +132,7 @@ class EnginePool:
             if self.find(spec) is None and all(spec != s for s in todo):
                 todo.append(spec)
         engines = [Engine(self.model, spec) for spec in todo]
-        self._items.extend(zip(todo, engines))  # registered first, so close() reaches them
+        self._items.extend(zip(todo, engines, strict=True))  # registered first, so close() reaches them
         await asyncio.gather(*(e.start() for e in engines))
         return {name: self.find(spec) for name, spec in specs.items()}
 
@@ -346,7 +346,10 @@ def est(workload: str, metric: str, measured, ci_low=math.nan, ci_high=math.nan,
     """One estimates row, or None when nothing was measured."""
     if measured is None or pd.isna(measured):
         return None
-    clean = (lambda x: math.nan if x is None or pd.isna(x) else float(x))
+
+    def clean(x):
+        return math.nan if x is None or pd.isna(x) else float(x)
+
     return {"workload": workload, "metric": metric, "measured": float(measured),
             "ci_low": clean(ci_low), "ci_high": clean(ci_high), "source": source}
 

@@ -84,6 +84,11 @@ def wall_rows(df, config, series: str, base: str = BASE) -> list[dict]:
     return rows
 
 
+def less_pct(speedup: float) -> float:
+    """A speedup as time saved, in percent: (1 - 1 / speedup) * 100."""
+    return (1 - 1 / speedup) * 100 if speedup and not math.isnan(speedup) else math.nan
+
+
 @dataclass(frozen=True)
 class TokenizeFlood(Workload):
     """``requests`` tokenize calls (the questions' texts), ``concurrency`` in flight:
@@ -108,7 +113,7 @@ class TokenizeFlood(Workload):
         items = [("tokenize", Request(texts[i % len(texts)], max_tokens=1, model=ctx.model, id=f"tok-{i:04d}"))
                  for i in range(self.requests)]
         for engine in engines.values():  # warmup, unrecorded
-            await gather_limited([lambda t=t: engine.tokenize(t) for t in texts[: 2 * self.concurrency]],
+            await gather_limited([lambda t=t, e=engine: e.tokenize(t) for t in texts[: 2 * self.concurrency]],
                                  self.concurrency)
 
         async def body(trial):
@@ -222,9 +227,8 @@ class Mixed(Workload):
         w, rows = self.name, []
         s = metrics.wall_speedup(df, BASE, opt)
         if s:
-            inv = (lambda x: (1 - 1 / x) * 100 if x and not math.isnan(x) else math.nan)
-            rows.append(est(w, "total_reduction_pct", inv(s["speedup_x"]), inv(s["ci_low"]),
-                            inv(s["ci_high"]), f"1 - {opt} wall / phase0 wall"))
+            rows.append(est(w, "total_reduction_pct", less_pct(s["speedup_x"]), less_pct(s["ci_low"]),
+                            less_pct(s["ci_high"]), f"1 - {opt} wall / phase0 wall"))
         for kind, metric in (("generate", "generation_reduction_pct"), ("tokenize", "tokenize_reduction_pct"),
                              ("switch", "model_load_reduction_pct")):
             t = metrics.paired_totals(df[df["kind"] == kind], BASE, opt)

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["build_report", "load_results", "save_results", "setup_notebook", "smoke_mode"]
+__all__ = ["build_report", "load_results", "run", "save_results", "setup_notebook", "smoke_mode"]
 
 
 def smoke_mode() -> bool:
@@ -93,6 +93,22 @@ def save_results(doc: dict, out_dir, name: str | None = None) -> Path:
         path, n = path.with_name(f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}.json"), n + 1
     return write_results(path, env=doc["env"], config=doc["config"], records=doc["records"],
                          summary=summary, complete=doc.get("complete", True))
+
+
+async def run(workload: str, model: str, *, runs=None, progress: bool = True, **options) -> dict:
+    """Run ``workload`` on ``model`` with a progress bar and, when ``runs`` is given, write
+    its results file there (path in ``doc["_source"]``). ``options``: configs or phases,
+    smoke, trials and the workload's own parameters (see
+    :func:`krmlx.report.widgets.run_workload`)."""
+    from tqdm.auto import tqdm
+
+    from .widgets import run_workload
+
+    with tqdm(desc=f"{workload} on {model}", unit="req", disable=not progress) as bar:
+        doc = await run_workload(workload, model, progress=bar, **options)
+    if runs is not None:
+        doc["_source"] = str(save_results(doc, runs))
+    return doc
 
 
 def build_report(paths_or_docs, out_dir, **kwargs) -> dict:

@@ -84,11 +84,22 @@ def measured_rows(doc: dict) -> list[dict]:
     return [r for r in rows if isinstance(r, dict) and r.get("workload") and r.get("metric")]
 
 
-def estimate_tables(rows: list[dict], estimates: dict | None = None, *,
+def rows_of(source) -> list[dict]:
+    """Measured rows from a results doc, a list of docs, or a list of rows."""
+    if isinstance(source, dict):
+        return measured_rows(source)
+    items = list(source)
+    if items and isinstance(items[0], dict) and "records" in items[0]:
+        return [r for doc in items for r in measured_rows(doc)]
+    return items
+
+
+def estimate_tables(source, estimates: dict | None = None, *,
                     measured_only_tables: bool = True) -> dict[str, pd.DataFrame]:
-    """compare_estimates over ``rows`` (duplicates: the last wins), keeping only the seed
-    tables that have a row for a workload present in ``rows`` (all when not
-    ``measured_only_tables``)."""
+    """compare_estimates over the measured rows of ``source`` (a doc, docs or rows;
+    duplicates: the last wins), keeping only the seed tables that have a measured row
+    (all when not ``measured_only_tables``)."""
+    rows = rows_of(source)
     if not rows:
         return {}
     m = pd.DataFrame(rows).drop_duplicates(["workload", "metric"], keep="last")
@@ -96,6 +107,36 @@ def estimate_tables(rows: list[dict], estimates: dict | None = None, *,
     if not measured_only_tables:
         return tables
     return {tid: t for tid, t in tables.items() if t["measured"].notna().any()}
+
+
+def stack_tables(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Estimate tables (from :func:`estimate_tables`) as one frame with a ``table`` column."""
+    if not tables:
+        return pd.DataFrame(columns=["table", *E.COMPARE_COLUMNS])
+    return pd.concat([t.assign(table=tid) for tid, t in tables.items()], ignore_index=True)[
+        ["table", *E.COMPARE_COLUMNS]]
+
+
+def beside_seed(source, table_id: str, estimates: dict | None = None) -> pd.DataFrame:
+    """A seed table as written (its columns, cell text as published) with krmlx's
+    measurement, 95% CI and verdict beside each row that has one."""
+    est = E.load_estimates() if estimates is None else estimates
+    table = next((t for t in est["tables"] if t["id"] == table_id), None)
+    if table is None:
+        raise KeyError(f"no seed table {table_id!r}; tables: {[t['id'] for t in est['tables']]}")
+    seed = pd.DataFrame([{table["columns"][0]: r["row"], **r["values"]} for r in table["rows"]])
+    ours = estimate_tables(source, est, measured_only_tables=False).get(table_id)
+    if ours is None:
+        return seed
+    ours = ours.drop_duplicates("row").set_index("row")
+    label = table["columns"][0]
+    seed["krmlx metric"] = seed[label].map(ours["metric"])
+    seed["krmlx measured"] = seed[label].map(ours["measured"])
+    seed["95% CI"] = [f"[{fmt(ours.at[r, 'ci_low'])}, {fmt(ours.at[r, 'ci_high'])}]"
+                      if r in ours.index and not pd.isna(ours.at[r, "ci_low"]) else ""
+                      for r in seed[label]]
+    seed["verdict"] = seed[label].map(ours["verdict"])
+    return seed
 
 
 def inconsistencies(estimates: dict | None = None) -> pd.DataFrame:

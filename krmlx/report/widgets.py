@@ -15,7 +15,6 @@ after the plot updates.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,60 +26,85 @@ GIB = 2**30
 
 
 class WidgetProgress:
-    """The runner's progress protocol (``total`` attribute, ``update(n)``) on an IntProgress."""
+    """The runner's progress protocol (``total`` attribute, ``update(n)``) on an IntProgress.
+    A ``total`` of None (unknown) lets the bar's end grow with the count."""
 
     def __init__(self, bar):
         self.bar = bar
         self.n = 0
+        self._total = None
         bar.value, bar.max = 0, 1
 
     @property
-    def total(self) -> int:
-        return self.bar.max
+    def total(self) -> int | None:
+        return self._total
 
     @total.setter
     def total(self, value) -> None:
-        self.bar.max = max(1, int(value or 1))
+        self._total = None if value is None else int(value)
+        self.bar.max = max(1, self._total or self.n + 1)
 
     def update(self, n: int = 1) -> None:
         self.n += n
+        if self._total is None or self.n > self.bar.max:
+            self.bar.max = max(self.bar.max, self.n)
         self.bar.value = min(self.n, self.bar.max)
 
 
 def available_workloads() -> list[str]:
-    """``baseline`` plus the workloads :mod:`krmlx.bench.workloads` offers, if importable."""
-    names = ["baseline"]
+    """``baseline`` plus the workloads of :mod:`krmlx.bench.workloads`, if importable."""
     try:
-        from ..bench import workloads
+        from ..bench.workloads import WORKLOADS
     except ImportError:
-        return names
-    listed = getattr(workloads, "WORKLOADS", None)
-    listed = list(listed) if listed is not None else [
-        n for n, f in vars(workloads).items()
-        if inspect.iscoroutinefunction(f) and not n.startswith("_") and f.__module__ == workloads.__name__]
-    return names + [n for n in listed if n != "baseline"]
+        return ["baseline"]
+    return ["baseline", *(n for n in WORKLOADS if n != "baseline")]
 
 
-async def run_workload(name: str, model: str, configs: dict[str, StackConfig], *, progress=None,
-                       **options) -> dict:
-    """Run workload ``name`` for ``configs`` (label -> StackConfig) and return its results
-    document. ``options`` (smoke, trials, max_tokens, ...) are passed on where the workload
-    function takes them."""
-    if name == "baseline":
-        try:
-            from ..bench.workloads import baseline as fn
-        except ImportError:
-            from ..bench.baseline import run_baseline as fn
-    else:
-        from ..bench import workloads
+def accepts(name: str, param: str) -> bool:
+    """Whether workload ``name`` takes parameter ``param`` (baseline's are known without
+    :mod:`krmlx.bench.workloads`)."""
+    try:
+        from ..bench.workloads import WORKLOADS
+    except ImportError:
+        return name == "baseline" and param in ("max_tokens", "warmup")
+    return name in WORKLOADS and WORKLOADS[name].accepts(param)
 
-        workload = getattr(workloads, "WORKLOADS", {}).get(name) if isinstance(
-            getattr(workloads, "WORKLOADS", None), dict) else None
-        fn = workload or getattr(workloads, name)
-    params = inspect.signature(fn).parameters
-    kwargs = {k: v for k, v in {**options, "progress": progress, "configs": configs}.items()
-              if k in params or any(p.kind is p.VAR_KEYWORD for p in params.values())}
-    return await fn(model, **kwargs)
+
+def with_configs(workload, configs: dict[str, StackConfig]):
+    """``workload`` comparing ``configs`` (name -> StackConfig) instead of the set its
+    ``phases`` would give. Its own adjustments (cache size, coalescing, fault plans per
+    group) still apply: they are made on top of the configs it is handed."""
+    base = type(workload)
+    cls = type(f"{base.__name__}WithConfigs", (base,), {
+        "__module__": __name__, "adjust_configs": lambda self, _from_phases: base.adjust_configs(self, configs)})
+    return cls(**workload.params())
+
+
+async def run_workload(name: str, model: str, *, configs: dict[str, StackConfig] | None = None,
+                       phases: str | None = None, smoke: bool = False, trials: int = 1,
+                       progress=None, **params) -> dict:
+    """Run workload ``name`` on ``model`` and return its results document.
+
+    ``configs`` (name -> StackConfig; ``phase0`` is added, every workload compares against
+    it) or ``phases`` (a ``--phases`` string) choose the engines; neither: the workload's
+    default. ``params`` are the workload's own (questions, max_tokens, ...). Uses
+    :mod:`krmlx.bench.workloads`; without it only ``baseline`` runs (krmlx.bench.baseline).
+    """
+    if configs is not None:
+        configs = {"phase0": StackConfig(), **configs}
+    try:
+        from ..bench import workloads as W
+    except ImportError:
+        if name != "baseline":
+            raise
+        from ..bench.baseline import make_configs, run_baseline
+
+        return await run_baseline(model, configs or make_configs(phases or "all"), trials=trials,
+                                  smoke=smoke, progress=progress, **params)
+    workload = W.make_workload(name, smoke=smoke, **params)
+    if configs is not None:
+        workload = with_configs(workload, configs)
+    return await W.run_workload(workload, model, phases=phases, trials=trials, progress=progress)
 
 
 class Panel:
@@ -91,7 +115,7 @@ class Panel:
     """
 
     def __init__(self, model: str = "mini", *, base: StackConfig | None = None,
-                 smoke: bool = False, trials: int = 1, max_tokens: int = 50,
+                 smoke: bool = False, trials: int = 1, max_tokens: int | None = None,
                  out_dir: str | Path = "runs", on_done=None):
         import ipywidgets as W
 
@@ -176,10 +200,11 @@ class Panel:
         self.run_button.disabled = True
         self.status.value = f"running <b>{name}</b> with <code>{cfg.label}</code> ..."
         t0 = time.perf_counter()
+        params = {"max_tokens": self.max_tokens} if self.max_tokens and accepts(name, "max_tokens") else {}
         try:
-            doc = await run_workload(name, self.model, {cfg.label: cfg}, progress=WidgetProgress(self.progress),
-                                     smoke=self.smoke.value, trials=int(self.trials.value),
-                                     max_tokens=self.max_tokens)
+            doc = await run_workload(name, self.model, configs={cfg.label: cfg},
+                                     progress=WidgetProgress(self.progress), smoke=self.smoke.value,
+                                     trials=int(self.trials.value), **params)
         except Exception as e:
             self.status.value = f"<span style='color:#b02a37'>failed: {type(e).__name__}: {e}</span>"
             raise

@@ -159,7 +159,10 @@ class ModelCache(Stage):
                 await self._release(call.model)
 
     async def _explicit_load(self, call: Call) -> AsyncIterator[Any]:
-        yield await self.ensure(call.model, call.params)
+        reply = await self.ensure(call.model, call.params)
+        if call.params and reply.get("cached"):  # resident already: the params (e.g. a draft) still apply
+            reply = await unary(self.inner, call)
+        yield reply
 
     async def _explicit_unload(self, call: Call) -> AsyncIterator[Any]:
         model = call.model
@@ -324,6 +327,8 @@ class SingleModel(Stage):
         it = None
         try:
             if load:
+                if call.params and reply.get("cached"):  # resident: the params (a draft) still apply
+                    reply = await unary(self.inner, call)
                 yield reply
                 return
             it = self.inner.call(call)

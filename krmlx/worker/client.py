@@ -116,9 +116,11 @@ class WorkerClient:
                  stream: StreamOptions = StreamOptions(), max_frame_bytes: int | None = None,
                  timeout_s: float | None = None, ready_timeout_s: float = 120.0,
                  auto_restart: bool = True, reload_on_restart: bool = True,
-                 env: dict | None = None, python: str = sys.executable, scheduler: str = "serial"):
+                 env: dict | None = None, python: str = sys.executable, scheduler: str = "serial",
+                 prompt_cache: dict | None = None):
         make_codec(codec)  # validate early
         self.scheduler = scheduler
+        self.prompt_cache = prompt_cache
         self.codec_name = codec
         self.faults = FaultPlan.from_dict(faults) if isinstance(faults, dict) else faults
         self.stream_opts = stream
@@ -152,6 +154,8 @@ class WorkerClient:
             argv += ["--max-frame-bytes", str(self.max_frame_bytes)]
         if self.faults:
             argv += ["--faults", json.dumps(self.faults.to_dict())]
+        if self.prompt_cache is not None:
+            argv += ["--prompt-cache", json.dumps(self.prompt_cache)]
         if self.stream_opts != StreamOptions():
             o = self.stream_opts
             argv += ["--stream", json.dumps({"coalesce_tokens": o.coalesce_tokens,
@@ -341,7 +345,8 @@ class WorkerClient:
                             consumed = 0
                 elif kind == "done":
                     finished = True
-                    yield Done(frame["finish_reason"], frame["prompt_tokens"], frame.get("tail", ""))
+                    yield Done(frame["finish_reason"], frame["prompt_tokens"], frame.get("tail", ""),
+                               frame.get("info") or {})
                     return
                 elif kind == "result":
                     finished = True

@@ -94,10 +94,13 @@ class StreamOut:
         self._held = []
         self.frames += 1
 
-    def finish(self, finish_reason: str, prompt_tokens: int, tail: str = "") -> None:
+    def finish(self, finish_reason: str, prompt_tokens: int, tail: str = "", info: dict | None = None) -> None:
         self.flush(force=True)  # the last frame goes out whatever the window says
-        self._send({"v": 1, "id": self.id, "kind": "done", "finish_reason": finish_reason,
-                    "prompt_tokens": prompt_tokens, "tail": tail, "tokens": self.tokens})
+        frame = {"v": 1, "id": self.id, "kind": "done", "finish_reason": finish_reason,
+                 "prompt_tokens": prompt_tokens, "tail": tail, "tokens": self.tokens}
+        if info:
+            frame["info"] = info
+        self._send(frame)
 
 
 @dataclass
@@ -106,6 +109,8 @@ class GenerateJob:
     entry: object  # the worker's ModelEntry
     params: dict
     delay_s: float = 0.0  # injected latency before the job starts
+    draft: object = None  # the draft model's entry (speculative decoding), if any
+    prompt_cache: object = None  # the worker's PromptCache, if reuse is on
 
 
 class SerialScheduler:
@@ -160,10 +165,19 @@ def run_generate(job: GenerateJob) -> None:
         out.finish("length", 0)
         return
     prompt_ids = gen.encode_prompt(entry.tokenizer, params)
-    steps = gen.iter_tokens(entry.model, entry.tokenizer, prompt_ids,
-                            max_tokens=params["max_tokens"],
-                            temperature=params.get("temperature", 0.0), seed=params.get("seed"))
+    info: dict = {}
+    cache, rest = None, prompt_ids
+    pc = job.prompt_cache if job.draft is None else None  # speculative keeps its own caches
+    if pc is not None:
+        cache, rest = pc.fetch(entry.id, entry.model, prompt_ids)
+        info["cached_prompt_tokens"] = len(prompt_ids) - len(rest)
+    drafts: list[bool] = []
+    steps = gen.iter_tokens(entry.model, entry.tokenizer, rest, max_tokens=params["max_tokens"],
+                            temperature=params.get("temperature", 0.0), seed=params.get("seed"),
+                            prompt_cache=cache, draft_model=job.draft.model if job.draft else None,
+                            on_draft=drafts.append)
     entry.refs += 1
+    finished = False
     try:
         while True:
             if out.cancelled.is_set():
@@ -173,13 +187,18 @@ def run_generate(job: GenerateJob) -> None:
                 token, text = next(steps)
             except StopIteration as stop:
                 finish, tail = stop.value
-                out.finish(finish, len(prompt_ids), tail)
+                finished = True
+                if drafts:
+                    info["draft_accepted"], info["draft_checked"] = sum(drafts), len(drafts)
+                out.finish(finish, len(prompt_ids), tail, info)
                 return
             out.put(token, text)
     finally:
         steps.close()
         entry.refs -= 1
         entry.last_used = time.monotonic()
+        if finished and pc is not None:
+            pc.store(entry.id, prompt_ids, cache)
 
 
 @dataclass

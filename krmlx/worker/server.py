@@ -39,7 +39,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "shutdown": {},
     "list_models": {},
     "cancel": {"target": (int, True)},
-    "load_model": {"trust_remote_code": (bool, False)},
+    "load_model": {"trust_remote_code": (bool, False), "draft": (str, False)},
     "unload_model": {},
     "tokenize": {"text": (str, True), "add_special_tokens": (bool, False)},
     "detokenize": {"ids": (list, True)},
@@ -89,13 +89,14 @@ class ModelEntry:
     refs: int = 0
     last_used: float = field(default_factory=time.monotonic)
     vocab_hash: str = ""
+    draft_id: str | None = None  # speculative decoding: the draft model's id
     unloaded: bool = False  # set when an unload ran; jobs queued before it then fail cleanly
 
 
 class Worker:
     def __init__(self, out_fd: int, codec: str = "json", *, max_frame_bytes: int | None = None,
                  faults: FaultPlan | None = None, stream: StreamOptions = StreamOptions(),
-                 scheduler: str = "serial"):
+                 scheduler: str = "serial", prompt_cache: dict | None = None):
         kw = {"max_frame_bytes": max_frame_bytes} if max_frame_bytes else {}
         self.codec = make_codec(codec, **kw)
         self.out_fd = out_fd
@@ -105,6 +106,11 @@ class Worker:
         self.models: dict[str, ModelEntry] = {NULL_MODEL: ModelEntry(NULL_MODEL)}
         self.streams: dict[int, StreamOut] = {}
         self.scheduler = make_scheduler(scheduler, self._job_failed)
+        self.prompt_cache = None
+        if prompt_cache is not None:
+            from .prompt_cache import PromptCache, PromptCacheConfig
+
+            self.prompt_cache = PromptCache(PromptCacheConfig(**prompt_cache))
         self._aux: queue.Queue = queue.Queue()
         self.counters = {"frames_in": 0, "frames_out": 0, "bad_frames": 0, "calls": 0,
                          "errors": 0, "tokens_out": 0, "streams_done": 0}
@@ -214,7 +220,8 @@ class Worker:
             out = StreamOut(fid, self._stream_send, self.stream_opts, faults.crash_after_tokens,
                             crash_now)
             self.streams[fid] = out
-            self.scheduler.submit(GenerateJob(out, entry, params, delay))
+            draft = self.models.get(entry.draft_id) if entry.draft_id else None
+            self.scheduler.submit(GenerateJob(out, entry, params, delay, draft, self.prompt_cache))
 
     def _stream_send(self, frame: dict) -> None:
         if frame["kind"] == "token":
@@ -253,7 +260,10 @@ class Worker:
 
         if model_id in self.models:
             e = self.models[model_id]
-            return {"model": model_id, "cached": True, "bytes": e.bytes, "load_ms": 0.0}
+            if params.get("draft"):
+                self._attach_draft(e, params["draft"])
+            return {"model": model_id, "cached": True, "bytes": e.bytes, "load_ms": 0.0,
+                    "draft": e.draft_id}
         t0 = time.perf_counter()
         path = resolve_model(model_id)
         model, tokenizer = load(path, trust_remote_code=params.get("trust_remote_code", False))
@@ -263,8 +273,20 @@ class Worker:
                            (time.perf_counter() - t0) * 1e3,
                            vocab_hash=hashlib.sha1(repr(vocab).encode()).hexdigest())
         self.models[model_id] = entry
+        if params.get("draft"):
+            self._attach_draft(entry, params["draft"])
         return {"model": model_id, "cached": False, "bytes": nbytes, "load_ms": entry.load_ms,
-                "path": str(path)}
+                "path": str(path), "draft": entry.draft_id}
+
+    def _attach_draft(self, entry: ModelEntry, draft_id: str) -> None:
+        """Load the draft (if needed), check it shares the target's vocabulary, attach it."""
+        if draft_id not in self.models:
+            self.load_model(draft_id, {})
+        report = self._draft_report(entry, draft_id)
+        if not report["compatible"]:
+            raise BadRequest(f"load_model: draft {draft_id!r} is not compatible with "
+                             f"{entry.id!r}: {report['reason']}")
+        entry.draft_id = draft_id
 
     def unload_model(self, model_id: str) -> dict:
         import mlx.core as mx
@@ -276,6 +298,8 @@ class Worker:
             raise BadRequest(f"unload_model: {model_id!r} has {entry.refs} requests in flight")
         del self.models[model_id]
         entry.unloaded = True
+        if self.prompt_cache is not None:
+            self.prompt_cache.clear()
         entry.model = entry.tokenizer = None
         mx.clear_cache()
         return {"model": model_id, "freed_bytes": entry.bytes}
@@ -291,7 +315,8 @@ class Worker:
                 "models": len(self.models) - 1,
                 "resident_bytes": sum(e.bytes for e in list(self.models.values())),
                 "rss_max_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                "injected": dict(self.faults.injected), "scheduler": self.scheduler.name}
+                "injected": dict(self.faults.injected), "scheduler": self.scheduler.name,
+                "prompt_cache": dict(self.prompt_cache.stats) if self.prompt_cache else None}
 
     # -- tokenizer methods (aux thread) ---------------------------------------------------
     @staticmethod
@@ -394,6 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faults", default=None, help="fault plan as JSON")
     parser.add_argument("--stream", default=None, help="stream options as JSON")
     parser.add_argument("--scheduler", default="serial", choices=["serial", "batched"])
+    parser.add_argument("--prompt-cache", default=None, help="prompt-cache reuse config as JSON")
     parser.add_argument("--log-level", default=os.environ.get("KRMLX_WORKER_LOG", "WARNING"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -404,6 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     faults = FaultPlan.from_dict(json.loads(args.faults)) if args.faults else None
     stream = StreamOptions(**json.loads(args.stream)) if args.stream else StreamOptions()
     worker = Worker(out, args.codec, max_frame_bytes=args.max_frame_bytes, faults=faults,
-                    stream=stream, scheduler=args.scheduler)
+                    stream=stream, scheduler=args.scheduler,
+                    prompt_cache=json.loads(args.prompt_cache) if args.prompt_cache else None)
     worker.serve(0)
     os._exit(0)
