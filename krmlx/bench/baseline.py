@@ -87,6 +87,8 @@ async def run_baseline(model: str, configs: dict[str, StackConfig], *, trials: i
         for name, cfg in configs.items():
             engines[name] = await Engine(model, cfg).start()
         config["load_ms"] = {name: e.load_ms for name, e in engines.items()}
+        config["worker_blas"] = {name: e.client.ready.get("blas") for name, e in engines.items()
+                                 if isinstance(e, Engine)}
         if progress is not None:
             progress.total = len(requests) * len(engines) * trials
         t0 = time.perf_counter()

@@ -102,9 +102,7 @@ class MlxLmServer:
             self.port = s.getsockname()[1]
 
     async def __aenter__(self) -> MlxLmServer:
-        from ..blas import blas_env
-
-        env = blas_env(self.env)
+        env = dict(os.environ if self.env is None else self.env)  # same BLAS as this process
         env["HF_HUB_OFFLINE"] = "1"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlx_lm.server", "--model", self.folder, "--host", "127.0.0.1",

@@ -18,7 +18,7 @@ model_switching    each request on the next of 5 variants {model}@1..@5        6
 multi_tenant       the questions round robin over 5 variants                   6 questions
 mixed              40% generate / 40% tokenize / 20% switch, seeded order      20 requests
                    (requests, shares, n_models, concurrency)
-error_rates        transient faults on generate (rates=(0, .05, .1, .2),       rates 0, .1;
+error_rates        transient faults on generate (fault_rates=(0,.05,.1,.2),    rates 0, .1;
                    questions, user_retries, user_retry_delay_s)                10 questions
 long_form          long generations (requests=3, max_tokens=1000, coalesce)    2 x 200 tok
 server_profile     Poisson arrivals, tokenize:generate 20:1 (rate, duration_s, 2 s
@@ -129,6 +129,9 @@ async def run_workload(workload: Workload, model: str, *, phases: str | None = N
         try:
             engines = await group_pool.get_many(group)
             config["load_ms"].update({n: e.load_ms for n, e in engines.items()})
+            config.setdefault("worker_blas", {}).update({  # what each worker reported at start
+                n: (getattr(e.client, "ready", None) or {}).get("blas")
+                for n, e in engines.items() if n != DIRECT and getattr(e, "client", None)})
             await workload.run(engines, ctx, i)
             config["stage_stats"].update({n: stage_stats(e) for n, e in engines.items() if n != DIRECT})
         finally:

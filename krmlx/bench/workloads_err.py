@@ -7,6 +7,12 @@ user: a request that fails is re-sent ``user_retries`` times (once, as the seed 
 after ``user_retry_delay_s``. Phase 0 shows those failures to the user; the retry phase
 retries inside the stack. Each record carries ``attempts``, ``user_visible_failures`` and
 ``failed_ms`` (time spent in failed attempts); TTFT and E2E run from the first attempt.
+
+The time errors cost (``penalty_s``, the seed's "error penalty") is what the failures
+added: failed attempts and user waits as the user saw them, plus the retry stage's
+backoff waits (its stats' ``retry_wait_s``; the failed attempts inside the stack are not
+visible from outside and are not counted). Note that the worker fails an injected fault
+at dispatch, before any token, so a failed attempt itself costs about one round trip.
 """
 
 from __future__ import annotations
@@ -74,22 +80,22 @@ async def user_request(name, engine, req: Request, trial: int, ctx, *, retries: 
 
 @dataclass(frozen=True)
 class ErrorRates(Workload):
-    """The questions at each fault rate in ``rates``: phase0 (the user retries) vs retry
+    """The questions at each fault rate in ``fault_rates``: phase0 (the user retries) vs retry
     (the stack retries). Smoke: rates 0 and 10%, 10 questions of 8 tokens."""
 
     name = "error_rates"
     default_phases = "retry"
-    SMOKE = {"rates": (0.0, 0.1), "questions": 10, "max_tokens": 8}
+    SMOKE = {"fault_rates": (0.0, 0.1), "questions": 10, "max_tokens": 8}
 
-    rates: tuple[float, ...] = (0.0, 0.05, 0.10, 0.20)
+    fault_rates: tuple[float, ...] = (0.0, 0.05, 0.10, 0.20)
     questions: int | None = None
     max_tokens: int = 50
     user_retries: int = 1
     user_retry_delay_s: float = 0.0
 
     def validate(self, model):
-        if not self.rates or not all(isinstance(r, (int, float)) and 0 <= r < 1 for r in self.rates):
-            raise ConfigError(f"{self.name}: rates must be fault probabilities in [0, 1), got {self.rates!r}")
+        if not self.fault_rates or not all(isinstance(r, (int, float)) and 0 <= r < 1 for r in self.fault_rates):
+            raise ConfigError(f"{self.name}: fault_rates must be probabilities in [0, 1), got {self.fault_rates!r}")
         check_positive(self.name, max_tokens=self.max_tokens)
         if not isinstance(self.user_retries, int) or self.user_retries < 0:
             raise ConfigError(f"{self.name}: user_retries must be an int >= 0, got {self.user_retries!r}")
@@ -97,7 +103,7 @@ class ErrorRates(Workload):
     def engine_groups(self, model, phases):
         configs = self.adjust_configs(make_configs(phases or self.default_phases))
         groups = []
-        for rate in self.rates:
+        for rate in self.fault_rates:
             faults = {"error_rate": {"generate": float(rate)}, "seed": self.seed} if rate > 0 else None
             groups.append({f"{name}@err{rate_tag(rate)}": cfg.replace(faults=faults)
                            for name, cfg in configs.items()})
@@ -113,7 +119,7 @@ class ErrorRates(Workload):
         return len(self.requests()) * n_engines  # per group
 
     async def run(self, engines, ctx, group=0):
-        rate = self.rates[group]
+        rate = self.fault_rates[group]
         series = f"error_rate_{rate_tag(rate)}"
         reqs, names = self.requests(), list(engines)
         for engine in engines.values():
@@ -137,7 +143,7 @@ class ErrorRates(Workload):
         df = frame(records)
         labels = list(dict.fromkeys(e.split("@err")[0] for e in df["engine"]))
         table, matches, rows = [], [], []
-        for rate in self.rates:
+        for rate in self.fault_rates:
             tag = rate_tag(rate)
             series = f"error_rate_{tag}"
             part = df[df["series"] == series]

@@ -1,8 +1,9 @@
 """WorkerClient: spawns the worker and speaks its protocol; implements the Service protocol.
 
 - spawns ``python -m krmlx.worker`` (asyncio subprocess protocol: frames are decoded and
-  routed in the event loop's read callback) under the BLAS environment (:func:`krmlx.blas.blas_env`)
-  and waits for its ``ready`` frame;
+  routed in the event loop's read callback) with this process's environment, so it runs on
+  the same BLAS (or on OpenBLAS with ``fast_blas=True``, :func:`krmlx.blas.blas_env`), and
+  waits for its ``ready`` frame, which says which BLAS the worker got;
 - routes reply frames to callers by request id; ``generate`` streams
   :class:`~krmlx.types.Chunk` items then a :class:`~krmlx.types.Done`;
 - a consumer that stops early (``aclose()``) makes the client send ``cancel``;
@@ -117,8 +118,9 @@ class WorkerClient:
                  timeout_s: float | None = None, ready_timeout_s: float = 120.0,
                  auto_restart: bool = True, reload_on_restart: bool = True,
                  env: dict | None = None, python: str = sys.executable, scheduler: str = "serial",
-                 prompt_cache: dict | None = None):
+                 prompt_cache: dict | None = None, fast_blas: bool = False):
         make_codec(codec)  # validate early
+        self.fast_blas = fast_blas
         self.scheduler = scheduler
         self.prompt_cache = prompt_cache
         self.codec_name = codec
@@ -183,7 +185,10 @@ class WorkerClient:
         return self
 
     async def _spawn(self) -> None:
-        env = blas_env(self.env)
+        # The worker runs on the BLAS this process runs on (the CLI re-executes itself under
+        # OpenBLAS when it can), so the direct baseline and the worker compare like for like;
+        # fast_blas=True forces OpenBLAS for the worker alone.
+        env = blas_env(self.env) if self.fast_blas else dict(os.environ if self.env is None else self.env)
         env.setdefault("HF_HUB_OFFLINE", "1")
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)

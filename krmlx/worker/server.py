@@ -141,8 +141,11 @@ class Worker:
     def serve(self, in_fd: int = 0) -> None:
         threading.Thread(target=self.scheduler.run, name="compute", daemon=True).start()
         threading.Thread(target=self._aux_loop, name="aux", daemon=True).start()
+        from ..blas import detect_blas
+
         self.send({"v": VERSION, "id": 0, "kind": "ready", "pid": os.getpid(),
-                   "codec": self.codec.name, "scheduler": self.scheduler.name})
+                   "codec": self.codec.name, "scheduler": self.scheduler.name,
+                   "blas": detect_blas().kind})
         while not self._stopping:
             data = os.read(in_fd, 1 << 16)
             if not data:
