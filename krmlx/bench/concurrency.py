@@ -91,6 +91,18 @@ def run_raw_level(model, tokenizer, c: int, max_tokens: int) -> tuple[dict, list
     return _row("raw", c, ttfts, e2es, sum(count.values()), wall), recs
 
 
+async def _lines(reader):
+    """Lines of a response; a connection the server resets ends them (the request failed)."""
+    while True:
+        try:
+            line = await reader.readline()
+        except ConnectionError:
+            return
+        if not line:
+            return
+        yield line
+
+
 class MlxLmServer:
     """``python -m mlx_lm.server`` on 127.0.0.1 at a free port; started and stopped here."""
 
@@ -144,13 +156,16 @@ class MlxLmServer:
         body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                            "temperature": 0.0, "stream": True}).encode()
         t0 = time.perf_counter()
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Type: application/json\r\nConnection: close\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        await writer.drain()
         ttft, chunks = None, 0
-        async for line in reader:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nConnection: close\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+        except ConnectionError:  # the server's accept backlog overflowed: a failed request
+            return None, time.perf_counter() - t0, 0
+        async for line in _lines(reader):
             if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
                 continue
             try:
@@ -175,12 +190,14 @@ async def run_server_level(server: MlxLmServer, c: int, max_tokens: int, tokens_
     wall = time.perf_counter() - t0
     # The server streams text deltas; its token count per request is the engine's for the
     # same greedy prompt (same model folder, same template), which the caller passes in.
-    tokens = sum(tokens_per_request)
+    tokens = sum(n for o, n in zip(outs, tokens_per_request) if o[0] is not None)
     recs = [{"engine": "mlx_lm_server", "concurrency": c, "request_id": r.id, "ok": o[0] is not None,
              "ttft_ms": o[0] * 1e3 if o[0] else None, "e2e_ms": o[1] * 1e3, "output_tokens": n,
              "content_chunks": o[2]} for r, o, n in zip(reqs, outs, tokens_per_request)]
-    return _row("mlx_lm_server", c, [o[0] * 1e3 for o in outs if o[0]], [o[1] * 1e3 for o in outs],
-                tokens, wall), recs
+    row = _row("mlx_lm_server", c, [o[0] * 1e3 for o in outs if o[0]], [o[1] * 1e3 for o in outs],
+               tokens, wall)
+    row["failed"] = sum(o[0] is None for o in outs)
+    return row, recs
 
 
 def check_levels(levels) -> list[int]:
