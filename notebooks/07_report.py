@@ -33,7 +33,7 @@ OUT = RUNS / "report"
 # `python -m krmlx report runs/ --out runs/report`.
 
 # %%
-from krmlx.report import build_report, load_results, save_results, setup_notebook
+from krmlx.report import build_report, load_results, run, setup_notebook
 
 setup_notebook()
 docs = load_results(RUNS) if RUNS.is_dir() else []
@@ -44,10 +44,8 @@ docs = load_results(RUNS) if RUNS.is_dir() else []
 
 # %%
 if not docs:
-    from krmlx.bench.baseline import make_configs, run_baseline
-
-    doc = await run_baseline(MODEL, make_configs("all"), smoke=True, max_tokens=16)
-    docs = load_results(save_results(doc, RUNS))
+    await run("baseline", MODEL, smoke=True, runs=RUNS, max_tokens=16)
+    docs = load_results(RUNS)
 len(docs)
 
 # %%
@@ -62,7 +60,7 @@ from krmlx.report import export, plots
 
 rows = [r for d in docs for r in export.measured_rows(d)]
 tables = export.estimate_tables(rows)
-plots.estimates_vs_measured(tables) if tables else "no results file carries seed measurements yet"
+plots.estimates_vs_measured(tables, measured_only=True) if tables else "no results file carries seed measurements yet"
 
 # %% [markdown]
 # The seed analysis's own arithmetic that does not add up:

@@ -7,6 +7,7 @@ so a fresh ``pip install -e .[dev]`` needs no ``ipykernel install`` and no user 
 The kernel gets ``KRMLX_SMOKE=1`` and a temporary ``KRMLX_RUNS`` shared by all notebooks
 (07 reports on what 01-06 wrote). Notebooks run in file-name order; the last test fails
 when the executed set differs from the notebooks on disk, so none can be skipped.
+``KRMLX_NOTEBOOK_OUT=DIR`` keeps the executed notebooks (with outputs) there.
 """
 
 from __future__ import annotations
@@ -79,7 +80,13 @@ def test_notebook_runs(py, kernel):
     client = NotebookClient(nb, kernel_name=kernel["name"], timeout=CELL_TIMEOUT_S,
                             resources={"metadata": {"path": str(NB_DIR)}})
     t0 = time.perf_counter()
-    client.execute()  # raises CellExecutionError naming the cell and the traceback
+    try:
+        client.execute()  # raises CellExecutionError naming the cell and the traceback
+    finally:
+        if os.environ.get("KRMLX_NOTEBOOK_OUT"):  # keep the executed notebooks to look at
+            out = Path(os.environ["KRMLX_NOTEBOOK_OUT"])
+            out.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, out / f"{py.stem}.ipynb")
     EXECUTED[py.stem] = time.perf_counter() - t0
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]

@@ -27,7 +27,9 @@ def use_fast_blas_in_process() -> str | None:
     """Load OpenBLAS with global symbol scope before mlx is imported, so in-process
     model code (the DirectEngine baseline) runs on the same BLAS as the worker, which
     gets it through ``LD_PRELOAD`` (:func:`krmlx.blas.blas_env`). Returns the library
-    loaded, or None (none found, ``KRMLX_BLAS=reference``, or mlx already imported)."""
+    loaded, or None (none found, ``KRMLX_BLAS=reference``, or mlx already imported).
+    Sets ``LD_PRELOAD`` as :func:`krmlx.blas.blas_env` would, so this process reads as
+    preloaded and its children run on the same library."""
     from ..blas import blas_env
 
     if sys.platform != "linux" or "mlx.core" in sys.modules:
@@ -36,6 +38,9 @@ def use_fast_blas_in_process() -> str | None:
     if not wanted:
         return None
     ctypes.CDLL(wanted[0], mode=ctypes.RTLD_GLOBAL)
+    # Say so the way a preloaded process would, for checks that read the environment
+    # (running_on_preferred_blas); child processes inherit the preload as blas_env() gives it.
+    os.environ["LD_PRELOAD"] = blas_env()["LD_PRELOAD"]
     return wanted[0]
 
 

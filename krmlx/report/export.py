@@ -191,15 +191,19 @@ def doc_figures(doc: dict, tables: dict[str, pd.DataFrame]) -> dict:
     figs = {}
     recs = plots.records_of(doc)
     label = doc.get("config", {}).get("workload", "")
-    if {"engine", "ttft_ms", "e2e_ms"} <= set(recs.columns) and len(recs):
-        figs["latency"] = plots.latency_distributions(recs, title=f"{label}: latency per configuration")
-        figs["throughput"] = plots.throughput(recs, title=f"{label}: throughput per configuration")
+    if "engine" in recs and len(recs):
+        shown = tuple(m for m in ("ttft_ms", "e2e_ms") if m in recs and recs[m].notna().any())
+        if shown:
+            figs["latency"] = plots.latency_distributions(recs, shown, title=f"{label}: latency per configuration")
+        if "output_tokens" in recs and recs["output_tokens"].fillna(0).sum() > 0:
+            figs["throughput"] = plots.throughput(recs, title=f"{label}: throughput per configuration")
     if plots.summary_of(doc).get("overhead"):
         figs["overhead"] = plots.overhead(doc, title=f"{label}: overhead vs direct (95% CI)")
     if plots.has_sweep(doc):
         figs["sweep"] = plots.sweep(doc)
     if tables:
-        figs["estimates"] = plots.estimates_vs_measured(tables, title=f"{label}: seed estimate vs measured")
+        figs["estimates"] = plots.estimates_vs_measured(tables, title=f"{label}: seed estimate vs measured",
+                                                         measured_only=True)
     return figs
 
 
@@ -305,8 +309,9 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
     r.table(common, "shared by every results file")
     r.table(per_doc, "per results file")
     for stem, d in zip(stems, docs, strict=True):
-        if _get(d, "env.blas_warning"):
-            r.para(f"{stem}: {d['env']['blas_warning']}", "warn")
+        for key in ("blas_warning", "direct_blas_warning"):
+            if _get(d, f"env.{key}"):
+                r.para(f"{stem}: {d['env'][key]}", "warn")
     for stem, d in zip(stems, docs, strict=True):
         cfg = d.get("config", {})
         r.heading(f"{cfg.get('workload', 'results')}: {stem}")
@@ -339,7 +344,8 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
         r.para("Verdicts: " + ", ".join(f"{v} {n}" for v, n in verdicts.items())
                + f" (within ±{E.TOLERANCE:.0%} of the estimate, or the estimate inside the CI, "
                "is confirmed).", "note")
-        r.figure(plots.estimates_vs_measured(combined), "all_estimates", "all estimates vs measured")
+        r.figure(plots.estimates_vs_measured(combined, measured_only=True), "all_estimates",
+                 "all estimates vs measured")
         for tid, t in combined.items():
             r.table(t, tid)
         p = out / "csv" / "estimates_vs_measured.csv"

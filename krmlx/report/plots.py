@@ -23,8 +23,9 @@ from ..bench import metrics
 
 VERDICT_COLORS = {"confirmed": "#2a9d8f", "better": "#457b9d", "worse": "#e76f51",
                   "not measured": "#adb5bd"}
-THROUGHPUT_COLUMNS = ("wall_throughput_tps", "throughput_tps", "wall_throughput_tps_mean",
-                      "throughput_tps_mean", "output_tps", "throughput_tok_s")
+THROUGHPUT_COLUMNS = ("wall_throughput_tps", "throughput_tps", "aggregate_tps", "output_tok_s",
+                      "wall_throughput_tps_mean", "throughput_tps_mean", "throughput_tok_s",
+                      "throughput_req_s")
 TTFT_COLUMNS = ("ttft_ms_mean", "ttft_ms_p50", "ttft_ms")
 SWEEP_KEYS = ("concurrency", "rate")
 
@@ -184,12 +185,16 @@ def estimates_vs_measured(tables, title: str | None = None, *, measured_only: bo
     lo, hi = (min(0.5, finite.min() / 1.5), max(2.0, finite.max() * 1.5)) if finite.size else (0.5, 2)
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if hi / lo > 200 else (1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}x"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("measured / estimate (log; shaded: within ±25%)")
+    measured = pd.to_numeric(df["measured"], errors="coerce").to_numpy(float)
+    for i in np.flatnonzero(np.isnan(shown) & ~np.isnan(measured)):  # ratio <= 0: no log bar
+        ax.annotate(f"measured {measured[i]:.3g} vs {df['estimate'].iloc[i]:.3g}", (1, y[i]),
+                    xytext=(6, -3), textcoords="offset points", fontsize=7, color=colors[i])
     handles = [ax.scatter([], [], c=c, label=v) for v, c in VERDICT_COLORS.items()]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.set_title(title or "Seed estimates vs measured")
@@ -222,10 +227,12 @@ def sweep_frame(data, x: str | None = None) -> tuple[pd.DataFrame, str | None]:
         if key is None or key not in src:
             continue
         if src is rows:
-            tp, tt = _pick(src.columns, THROUGHPUT_COLUMNS), _pick(src.columns, TTFT_COLUMNS)
+            tp = _pick(src.columns, (("throughput_req_s",) if key == "rate" else ()) + THROUGHPUT_COLUMNS)
+            tt = _pick(src.columns, TTFT_COLUMNS)
             out = pd.DataFrame({"engine": src.get("engine", pd.Series(["run"] * len(src))),
                                 key: src[key], "throughput": src[tp] if tp else np.nan,
                                 "ttft_ms": src[tt] if tt else np.nan})
+            out.attrs["throughput_unit"] = "requests/s" if tp and tp.endswith("req_s") else "tokens/s"
             return out.sort_values(key), key
         ok = _ok(src)
         g = ok.groupby(["engine", key, "trial"] if "trial" in ok else ["engine", key])
@@ -248,7 +255,8 @@ def sweep(data, x: str | None = None, title: str | None = None) -> Figure:
     for engine, part in df.groupby("engine", sort=False):
         ax_tp.plot(part[key], part["throughput"], marker="o", label=engine)
         ax_ttft.plot(part[key], part["ttft_ms"], marker="o", label=engine)
-    for ax, label in ((ax_tp, "throughput (tokens/s)"), (ax_ttft, "TTFT (ms)")):
+    unit = df.attrs.get("throughput_unit", "tokens/s")
+    for ax, label in ((ax_tp, f"throughput ({unit})"), (ax_ttft, "TTFT (ms)")):
         ax.set_xlabel(key + (" (requests/s)" if key == "rate" else ""))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -258,5 +266,6 @@ def sweep(data, x: str | None = None, title: str | None = None) -> Figure:
 
 
 def has_sweep(data) -> bool:
-    """True when :func:`sweep` would have something to draw."""
-    return sweep_frame(data)[1] is not None
+    """True when :func:`sweep` would draw a curve: a concurrency/rate field with >= 2 values."""
+    df, key = sweep_frame(data)
+    return key is not None and df[key].nunique() >= 2
