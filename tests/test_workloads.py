@@ -1,0 +1,185 @@
+"""The workloads (krmlx.bench.workloads) in smoke mode on the tiny model, and `bench`'s CLI.
+
+Every workload runs once, all sharing one engine pool (each configuration starts once),
+and its results file is written and read back; the tests below look at those files.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from krmlx.__main__ import main
+from krmlx.bench import workloads as W
+from krmlx.bench.results import read_results, write_results
+from krmlx.errors import ConfigError
+
+MODEL = "tiny"
+# Smaller than smoke where smoke is still slow on 2 cores (every engine start costs ~3 s).
+SMALLER = {"baseline": {"max_tokens": 16}, "long_form": {"max_tokens": 100},
+           "error_rates": {"fault_rates": (0.1,)}, "rate_sweep": {"duration_s": 0.8}}
+ENGINES = {
+    "baseline": {"direct", "phase0", "all"},
+    "tokenize_flood": {"direct", "phase0", "batching"},
+    "model_switching": {"phase0", "caching"},
+    "multi_tenant": {"phase0", "caching"},
+    "mixed": {"phase0", "all"},
+    "error_rates": {"phase0@err10", "retry@err10"},
+    "long_form": {"direct", "phase0", "framing"},
+    "server_profile": {"phase0", "all"},
+    "rate_sweep": {"phase0", "all"},
+}
+GENERATES = ("baseline", "model_switching", "multi_tenant", "mixed", "error_rates", "long_form")
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory, tiny_path):
+    out = tmp_path_factory.mktemp("runs")
+
+    async def go():
+        found = {}
+        async with W.EnginePool(MODEL) as pool:
+            for name in W.SUITE:
+                wl = W.make_workload(name, smoke=True, **SMALLER.get(name, {}))
+                doc = await W.run_workload(wl, MODEL, pool=pool)
+                found[name] = read_results(write_results(out / f"{name}.json", **doc))
+        return found
+
+    return asyncio.run(go())
+
+
+def test_the_registry_names_every_workload_of_the_issue():
+    assert set(W.SUITE) == set(ENGINES)
+    for name in W.SUITE:
+        wl = W.make_workload(name, smoke=True)
+        assert wl.name == name and wl.smoke
+    assert W.make_workload("tokenize_flood", smoke=True).requests == 100
+    assert W.make_workload("tokenize_flood", smoke=True, requests=7).requests == 7  # given wins
+    assert W.make_workload("tokenize_flood").requests == 1000
+    assert W.make_workload("model_switching").switches == (10, 100)
+    assert W.make_workload("error_rates", smoke=True).fault_rates == (0.0, 0.1)
+
+
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_every_workload_writes_a_readable_results_file(docs, name):
+    doc = docs[name]
+    recs = doc["records"]
+    assert doc["complete"] and doc["config"]["workload"] == name and doc["config"]["smoke"]
+    assert recs and {r["workload"] for r in recs} == {name}
+    assert {r["engine"] for r in recs} == ENGINES[name] == set(doc["config"]["engines"])
+    assert all(r["ok"] for r in recs if "@err" not in r["engine"]), [r["error"] for r in recs if not r["ok"]]
+    assert doc["summary"]["engines"] and "estimates" in doc["summary"]
+    assert {"git_sha", "blas", "model_bytes", "question_set_sha256"} <= set(doc["env"])
+
+
+@pytest.mark.parametrize("name", GENERATES)
+def test_greedy_outputs_equal_phase0s(docs, name):
+    summary = docs[name]["summary"]
+    rows = summary.get("outputs_match_phase0") or summary["outputs_match"]
+    assert rows and all(r["compared"] > 0 and r["identical_outputs"] == r["compared"] for r in rows), rows
+
+
+def test_kinds_and_series(docs):
+    kinds = {r["kind"] for r in docs["mixed"]["records"]}
+    assert kinds == {"generate", "tokenize", "switch"}
+    assert {r["series"] for r in docs["rate_sweep"]["records"]} == {"rate_5", "rate_20"}
+    for name in ("server_profile", "rate_sweep"):  # the seeded schedules hold a generate
+        assert {r["kind"] for r in docs[name]["records"]} == {"generate", "tokenize"}
+    sw = docs["model_switching"]["summary"]["headline"]
+    assert {r["engine"]: r["loads"] for r in sw} == {"phase0": 6, "caching": 0}  # every request switched
+    probe = [r for r in docs["model_switching"]["records"] if r["kind"] == "load_model"]
+    assert len(probe) == 5 and all(r["cached"] for r in probe)
+    flood = {r["engine"]: r for r in docs["tokenize_flood"]["summary"]["flood"]}
+    assert flood["batching"]["batches"] < 100 and flood["batching"]["speedup_x"] > 0
+
+
+def test_error_rates_retry_hides_the_failures_phase0_shows(docs):
+    rows = {r["engine"]: r for r in docs["error_rates"]["summary"]["errors"]}
+    # The fault draws are seeded (seed=1), so these counts are the same on every run.
+    assert rows["phase0@err10"]["user_visible_failures"] > 0
+    assert rows["retry@err10"]["user_visible_failures"] == 0 and rows["retry@err10"]["retries"] > 0
+    recs = [r for r in docs["error_rates"]["records"] if r["engine"] == "retry@err10"]
+    assert recs and all(r["ok"] for r in recs)
+
+
+def test_estimate_rows_join_the_seed_tables(docs):
+    for name in ("baseline", "tokenize_flood"):
+        tables = W.estimate_tables(docs[name], measured_only=True)
+        assert sum(len(t) for t in tables.values()) >= 1, name
+    flood = W.estimate_tables(docs["tokenize_flood"], measured_only=True)
+    assert "speedup_x" in set(flood["phase1_tokenize"]["metric"])
+    assert set(W.estimate_tables(docs["baseline"], measured_only=True)) >= {"baseline"}
+    every = W.estimate_tables(list(docs.values()), measured_only=True)  # the suite's table
+    assert {"phase1_tokenize", "baseline", "phase3_retry", "phase5_streaming"} <= set(every)
+    for doc in docs.values():
+        for row in doc["summary"]["estimates"]:
+            assert row["source"] and isinstance(row["measured"], float)
+
+
+def test_config_errors_come_before_any_engine_starts():
+    async def go(wl, model):
+        async with W.EnginePool(model) as pool:
+            try:
+                await W.run_workload(wl, model, pool=pool)
+            finally:
+                assert pool._items == []
+
+    with pytest.raises(ConfigError, match="at least 2 models"):
+        asyncio.run(go(W.make_workload("model_switching", smoke=True, n_models=1), MODEL))
+    with pytest.raises(ConfigError, match="synthetic preset"):
+        asyncio.run(go(W.make_workload("multi_tenant", smoke=True), "tiny@2"))
+    with pytest.raises(ConfigError, match="unknown phase"):
+        W.prepare(W.make_workload("baseline"), MODEL, "batching,warp")
+    with pytest.raises(ConfigError, match="rates"):
+        W.prepare(W.make_workload("error_rates", fault_rates=(0.0, 1.5)), MODEL)
+    with pytest.raises(ConfigError, match="unknown workload 'nope'; workloads: baseline"):
+        W.make_workload("nope")
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        W.make_workload("tokenize_flood", bogus=1)
+
+
+def test_a_partial_run_still_summarizes(docs):
+    doc = docs["mixed"]
+    wl = W.make_workload("mixed", smoke=True)
+    partial = W.summarize_partial(wl, doc["records"][:3], doc["config"])
+    assert isinstance(partial, dict) and "engines" in partial
+    assert W.summarize_partial(wl, [], {}) == {}
+
+
+def test_cli_unknown_workload_lists_the_workloads(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "nope"])
+    assert e.value.code != 0
+    err = capsys.readouterr().err
+    assert "unknown workload 'nope'" in err and "tokenize_flood" in err and "suite" in err
+
+
+def test_cli_bench_tokenize_flood_smoke(tmp_path, tiny_path):
+    env = {**os.environ, "KRMLX_MODEL": "mini"}
+    p = subprocess.run([sys.executable, "-m", "krmlx", "bench", "tokenize_flood", "--smoke", "--model",
+                        MODEL, "--out", str(tmp_path), "--quiet"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    files = list(tmp_path.glob("tokenize_flood-*.json"))
+    assert len(files) == 1
+    doc = read_results(files[0])
+    assert doc["complete"] and doc["config"]["model"] == MODEL and len(doc["records"]) == 300
+    assert "estimate vs measured" in p.stdout and "phase1_tokenize" in p.stdout
+    assert json.loads(files[0].read_text())["schema"]["name"] == "krmlx.results"
+
+
+def test_cli_options_map_to_each_workloads_parameters():
+    from krmlx.__main__ import build_parser, workload_params
+
+    args = build_parser().parse_args(["bench", "suite", "--rate", "1,2.5", "--requests", "5",
+                                      "--concurrency", "3", "--max-tokens", "7"])
+    assert workload_params("rate_sweep", args, note=False) == {"rates": (1.0, 2.5), "max_requests": 5,
+                                                               "max_tokens": 7}
+    assert workload_params("server_profile", args, note=False) == {"rate": 1.0, "max_requests": 5,
+                                                                   "max_tokens": 7}
+    assert workload_params("tokenize_flood", args, note=False) == {"requests": 5, "concurrency": 3}
+    assert workload_params("error_rates", args, note=False) == {"questions": 5, "max_tokens": 7}
+    assert args.phases is None  # each workload's default
