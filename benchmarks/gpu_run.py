@@ -31,6 +31,8 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=50)
     p.add_argument("--sweep-tokens", type=int, default=64)
     p.add_argument("--trials", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=50,
+                   help="warmup requests per engine (GPU kernels compile per prompt shape)")
     p.add_argument("--skip", default="", help="comma list of: baseline, sweep")
     a = p.parse_args()
     skip = set(filter(None, a.skip.split(",")))
@@ -45,12 +47,15 @@ def main() -> None:
     print(f"[gpu_run] {a.model}: {model_bytes(path) / 1e9:.2f} GB, ready in {time.perf_counter() - t0:.1f} s",
           flush=True)
     if "baseline" not in skip:
-        doc = asyncio.run(run_baseline(a.model, make_configs("all"), trials=a.trials, max_tokens=a.max_tokens))
+        doc = asyncio.run(run_baseline(a.model, make_configs("all"), trials=a.trials,
+                                       max_tokens=a.max_tokens, warmup=a.warmup))
         out = write_results(os.path.join(a.out, f"baseline-{tag}.json"), **doc)
         print(format_summary(doc), f"\nresults: {out}", flush=True)
     if "sweep" not in skip:
-        doc = asyncio.run(run_concurrency(a.model, levels=a.levels.split(","), max_tokens=a.sweep_tokens))
-        out = write_results(os.path.join(a.out, f"concurrency-{tag}.json"), **doc)
+        out = os.path.join(a.out, f"concurrency-{tag}.json")
+        doc = asyncio.run(run_concurrency(a.model, levels=a.levels.split(","), max_tokens=a.sweep_tokens,
+                                          checkpoint=lambda d: write_results(out, **d, complete=False)))
+        write_results(out, **doc)
         import pandas as pd
 
         print(pd.DataFrame(level_table(doc["summary"]["paths"])).to_string(index=False))

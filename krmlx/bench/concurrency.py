@@ -143,6 +143,12 @@ class MlxLmServer:
                 self.proc.kill()
                 self.proc.wait()
 
+    def stderr_tail(self, n: int = 2000) -> str | None:
+        """The server's last stderr output, if it exited (why its requests failed)."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        return self.proc.stderr.read().decode(errors="replace")[-n:]
+
     async def _get(self, path: str):
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
@@ -207,9 +213,14 @@ def check_levels(levels) -> list[int]:
     return levels
 
 
+SERVER_MAX_LEVEL = 64  # ThreadingHTTPServer's small accept backlog resets more connections
+
+
 async def run_concurrency(model: str = "mini", *, levels=DEFAULT_LEVELS, max_tokens: int = 64,
                           smoke: bool = False, raw: bool = True, server: bool = True,
-                          progress=None) -> dict:
+                          progress=None, checkpoint=None, warmup: bool = True) -> dict:
+    """Run the sweep; ``checkpoint(doc)``, if given, is called after each path so a failure
+    later (or a time limit) keeps what was measured."""
     from ..doctor import collect_env
     from ..engine import Engine
     from ..models import load, model_bytes, resolve_model
@@ -220,34 +231,50 @@ async def run_concurrency(model: str = "mini", *, levels=DEFAULT_LEVELS, max_tok
     folder = resolve_model(model)
     env = {**collect_env(), "model": model, "model_path": str(folder), "model_bytes": model_bytes(folder)}
     rows, records = [], []
+    config = {"workload": "concurrency", "model": model, "levels": levels, "max_tokens": max_tokens,
+              "smoke": smoke, "scheduler": "batched", "warmup": warmup}
+
+    def document() -> dict:
+        summary = {"levels": level_table(rows), "paths": rows, "targets": targets(rows)}
+        return {"env": env, "config": config, "records": records, "summary": summary}
+
+    def done_with_path() -> None:
+        if checkpoint is not None:
+            checkpoint(document())
+
     async with Engine(model, StackConfig(scheduler="batched")) as engine:
-        await run_engine_level(engine, 2, 4)  # warm up
+        for c in levels if warmup else (2,):  # each batch shape once (GPUs compile per shape)
+            await run_engine_level(engine, c, 4)
         for c in levels:
             row, recs = await run_engine_level(engine, c, max_tokens)
             rows.append(row)
             records += recs
             if progress is not None:
                 progress.update(1)
+    done_with_path()
     engine_tokens = {c: [r["output_tokens"] for r in records if r["concurrency"] == c] for c in levels}
     if raw:
         m, tok = load(folder)
-        run_raw_level(m, tok, 2, 4)
+        for c in levels if warmup else (2,):
+            run_raw_level(m, tok, c, 4)
         for c in levels:
             row, recs = run_raw_level(m, tok, c, max_tokens)
             rows.append(row)
             records += recs
         del m, tok
+        done_with_path()
     if server:
+        server_levels = [c for c in levels if c <= SERVER_MAX_LEVEL]
+        config["server_levels"] = server_levels
         async with MlxLmServer(str(folder), decode_concurrency=max(64, max(levels))) as srv:
             await srv.stream("warm up", 4)
-            for c in levels:
+            for c in server_levels:
                 row, recs = await run_server_level(srv, c, max_tokens, engine_tokens[c])
                 rows.append(row)
                 records += recs
-    summary = {"levels": level_table(rows), "paths": rows, "targets": targets(rows)}
-    return {"env": env, "config": {"workload": "concurrency", "model": model, "levels": levels,
-                                   "max_tokens": max_tokens, "smoke": smoke, "scheduler": "batched"},
-            "records": records, "summary": summary}
+            config["server_stderr_tail"] = srv.stderr_tail()
+        done_with_path()
+    return document()
 
 
 def level_table(rows: list[dict]) -> list[dict]:
@@ -267,7 +294,7 @@ def level_table(rows: list[dict]) -> list[dict]:
 
 
 def targets(rows: list[dict], c: int = 16) -> list[dict]:
-    by = {(r["engine"], r["concurrency"]): r for r in rows}
+    by = {(r["engine"], r["concurrency"]): r for r in rows if r.get("aggregate_tps")}
     e = by.get(("engine", c))
     if e is None:
         return []
