@@ -109,6 +109,7 @@ class MlxLmServer:
     def __init__(self, folder: str, *, decode_concurrency: int = 64, env: dict | None = None):
         self.folder, self.decode_concurrency, self.env = folder, decode_concurrency, env
         self.proc: subprocess.Popen | None = None
+        self.errors: list[str] = []
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -158,7 +159,8 @@ class MlxLmServer:
         return int(data.split(b" ", 2)[1]), data
 
     async def stream(self, prompt: str, max_tokens: int) -> tuple[float | None, float, int]:
-        """(ttft_s, e2e_s, content chunks) of one streaming chat completion."""
+        """(ttft_s, e2e_s, content chunks) of one streaming chat completion. A response
+        without content keeps its first bytes in ``self.errors`` (why it failed)."""
         body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                            "temperature": 0.0, "stream": True}).encode()
         t0 = time.perf_counter()
@@ -171,7 +173,10 @@ class MlxLmServer:
             await writer.drain()
         except ConnectionError:  # the server's accept backlog overflowed: a failed request
             return None, time.perf_counter() - t0, 0
+        head = b""
         async for line in _lines(reader):
+            if len(head) < 600:
+                head += line
             if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
                 continue
             try:
@@ -184,6 +189,8 @@ class MlxLmServer:
                 if ttft is None:
                     ttft = time.perf_counter() - t0
         writer.close()
+        if ttft is None and len(self.errors) < 5:
+            self.errors.append(head.decode(errors="replace")[:600])
         return ttft, time.perf_counter() - t0, chunks
 
 
@@ -198,7 +205,8 @@ async def run_server_level(server: MlxLmServer, c: int, max_tokens: int, tokens_
     # same greedy prompt (same model folder, same template), which the caller passes in.
     tokens = sum(n for o, n in zip(outs, tokens_per_request) if o[0] is not None)
     recs = [{"engine": "mlx_lm_server", "concurrency": c, "request_id": r.id, "ok": o[0] is not None,
-             "ttft_ms": o[0] * 1e3 if o[0] else None, "e2e_ms": o[1] * 1e3, "output_tokens": n,
+             "ttft_ms": o[0] * 1e3 if o[0] else None, "e2e_ms": o[1] * 1e3,
+             "output_tokens": n if o[0] is not None else 0,
              "content_chunks": o[2]} for r, o, n in zip(reqs, outs, tokens_per_request)]
     row = _row("mlx_lm_server", c, [o[0] * 1e3 for o in outs if o[0]], [o[1] * 1e3 for o in outs],
                tokens, wall)
@@ -273,6 +281,7 @@ async def run_concurrency(model: str = "mini", *, levels=DEFAULT_LEVELS, max_tok
                 rows.append(row)
                 records += recs
             config["server_stderr_tail"] = srv.stderr_tail()
+            config["server_errors"] = srv.errors
         done_with_path()
     return document()
 
