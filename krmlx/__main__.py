@@ -75,10 +75,44 @@ def workload_name(text: str) -> str:
     """argparse type: a workload name or 'suite'; a clear error listing them otherwise."""
     from .bench.workloads import WORKLOADS
 
-    if text != "suite" and text not in WORKLOADS:
+    if text not in ("suite", *SPECIAL_BENCHES) and text not in WORKLOADS:
         raise argparse.ArgumentTypeError(
-            f"unknown workload {text!r}; workloads: {', '.join(WORKLOADS)}, suite")
+            f"unknown workload {text!r}; workloads: {', '.join(WORKLOADS)}, suite, "
+            f"{', '.join(SPECIAL_BENCHES)}")
     return text
+
+
+SPECIAL_BENCHES = ("concurrency", "micro")
+
+
+def run_special_bench(args) -> int:
+    """``bench concurrency`` (continuous batching sweep vs raw BatchGenerator and
+    mlx_lm.server) and ``bench micro`` (the served path's own costs)."""
+    import pandas as pd
+
+    from .bench.results import write_results
+
+    path = default_out(args.out, args.workload)
+    if args.workload == "micro":
+        from .bench.micro import run_micro
+
+        doc = asyncio.run(run_micro(args.model, smoke=args.smoke))
+        tables = doc["summary"]
+    else:
+        from .bench.concurrency import DEFAULT_LEVELS, run_concurrency
+
+        levels = args.levels.split(",") if args.levels else DEFAULT_LEVELS
+        doc = asyncio.run(run_concurrency(
+            args.model, levels=levels, max_tokens=args.max_tokens or 64, smoke=args.smoke,
+            server=not args.no_server,
+            checkpoint=lambda d: write_results(path, **d, complete=False)))
+        tables = {"levels": doc["summary"]["levels"], "targets": doc["summary"]["targets"]}
+    write_results(path, **doc)
+    for name, rows in tables.items():
+        if rows:
+            print(f"\n{name}\n" + pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    print(f"results: {path}")
+    return 0
 
 
 def rate_list(text: str) -> tuple[float, ...]:
@@ -148,6 +182,8 @@ def cmd_bench(args) -> int:
     from .bench.workloads import SUITE, estimate_tables, make_workload, prepare
     from .errors import ConfigError, ModelError
 
+    if args.workload in SPECIAL_BENCHES:
+        return run_special_bench(args)
     names = list(SUITE) if args.workload == "suite" else [args.workload]
     try:  # every workload is checked before any engine starts
         workloads = [make_workload(n, smoke=args.smoke, **workload_params(n, args, note=len(names) == 1))
@@ -202,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("preset", nargs="?", default="small")
     m.add_argument("--rebuild", action="store_true")
     b = sub.add_parser("bench", help="run a workload (or the suite) and write results files")
-    b.add_argument("workload", type=workload_name, help="baseline, tokenize_flood, model_switching, "
+    b.add_argument("workload", type=workload_name, help="concurrency, micro, baseline, tokenize_flood, model_switching, "
                    "multi_tenant, mixed, error_rates, long_form, server_profile, rate_sweep, or suite")
     b.add_argument("--model", default=os.environ.get("KRMLX_MODEL", "mini"))
     b.add_argument("--phases", default=None, help="none | all | each | comma list of "
@@ -218,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--smoke", action="store_true", help="a few requests, for a quick check")
     b.add_argument("--out", default="runs")
     b.add_argument("--quiet", action="store_true")
+    b.add_argument("--levels", default=None, help="concurrency: comma list of levels (default 1..64)")
+    b.add_argument("--no-server", action="store_true", help="concurrency: skip the mlx_lm.server peer")
     c = sub.add_parser("compare", help="compare two results files")
     c.add_argument("a")
     c.add_argument("b")

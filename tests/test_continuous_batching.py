@@ -66,3 +66,16 @@ def test_per_request_max_tokens_cancel_and_admission_between_steps(tiny_path):
     assert [o[0] for o in order] == ["short", "short", "short", "long"]  # admitted mid-batch
     assert all(o[1] == o[2] for o in order)  # each request's own max_tokens
     assert first.index == 0 and stats["active_streams"] == 0
+
+
+def test_concurrency_sweep_smoke_has_one_row_per_level_and_three_paths(tiny_path):
+    from krmlx.bench.concurrency import run_concurrency
+
+    doc = run(run_concurrency("tiny", smoke=True))
+    levels = doc["summary"]["levels"]
+    assert [r["concurrency"] for r in levels] == [1, 4]
+    assert all(r["aggregate_tps"] > 0 for r in levels)
+    paths = {(r["engine"], r["concurrency"]) for r in doc["summary"]["paths"]}
+    assert paths == {(p, c) for p in ("engine", "raw", "mlx_lm_server") for c in (1, 4)}
+    server = [r for r in doc["records"] if r["engine"] == "mlx_lm_server"]
+    assert server and all(r["ok"] for r in server)  # the peer really answered, over HTTP

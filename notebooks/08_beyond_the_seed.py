@@ -1,0 +1,76 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+# 08 · Beyond the seed. Parameters: KRMLX_SMOKE=1 runs everything small (tiny model).
+import os
+
+SMOKE = os.environ.get("KRMLX_SMOKE") == "1"
+MODEL = "tiny" if SMOKE else "mini"
+LEVELS = (1, 4) if SMOKE else (1, 2, 4, 8, 16, 32, 64)
+RUNS = os.environ.get("KRMLX_RUNS", "../runs")
+
+# %% [markdown]
+# # Beyond the seed: continuous batching, prompt-cache reuse, speculative decoding
+#
+# The seed concluded its phases give ~0% on generation-heavy work and pointed at "MLX
+# parameters" instead. Here the worker batches concurrent generations into one mlx-lm
+# `BatchGenerator` (`StackConfig(scheduler="batched")`), reuses the KV state of shared
+# prompt prefixes, and decodes speculatively with a draft model.
+
+# %%
+import pandas as pd
+
+from krmlx.bench.beyond import run_prompt_cache, run_speculative
+from krmlx.bench.concurrency import run_concurrency
+from krmlx.report import plots, save_results, setup_notebook
+
+setup_notebook()
+
+# %% [markdown]
+# ## Continuous batching: throughput and TTFT per concurrency level
+# The engine (batched scheduler, streamed), raw `BatchGenerator` in this process (no
+# serving layer) and mlx-lm's own HTTP server, same prompts and model folder.
+
+# %%
+sweep = await run_concurrency(MODEL, levels=LEVELS, smoke=SMOKE)  # noqa: F704
+save_results(sweep, RUNS, "concurrency")
+pd.DataFrame(sweep["summary"]["levels"])
+
+# %%
+pd.DataFrame(sweep["summary"]["targets"])
+
+# %%
+plots.sweep(sweep["summary"]["paths"], title=f"Concurrency sweep on {MODEL}")
+
+# %% [markdown]
+# ## Prompt-cache reuse: a shared ~500-token system prompt
+
+# %%
+reuse = await run_prompt_cache(MODEL, requests=4 if SMOKE else 8)  # noqa: F704
+save_results(reuse, RUNS, "prompt_cache")
+pd.DataFrame(reuse["summary"]["prompt_cache"])
+
+# %% [markdown]
+# ## Speculative decoding
+# Random weights make a separately trained draft useless (acceptance ~0), so two drafts:
+# the target itself (agrees by construction: the mechanism runs, but the draft costs as
+# much as the target) and the target's first layers plus its head.
+
+# %%
+spec = await run_speculative(MODEL, requests=2 if SMOKE else 4, max_tokens=12 if SMOKE else 40)  # noqa: F704
+save_results(spec, RUNS, "speculative")
+pd.DataFrame(spec["summary"]["speculative"])
