@@ -102,7 +102,7 @@ class Completion:
     @property
     def itl_ms(self) -> list[float]:
         t = self.token_times_s
-        return [(b - a) * 1e3 for a, b in zip(t, t[1:])]
+        return [(b - a) * 1e3 for a, b in zip(t, t[1:], strict=False)]
 
     @property
     def tpot_ms(self) -> float | None:

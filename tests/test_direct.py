@@ -56,7 +56,7 @@ def test_stream_matches_complete_and_text_is_concatenation(tiny_path):
     assert tuple(c.token_id for c in chunks) == done.token_ids
     assert "".join(c.text for c in chunks) + stream.tail == done.text
     assert [c.index for c in chunks] == list(range(20))
-    assert all(a.t_s <= b.t_s for a, b in zip(chunks, chunks[1:]))
+    assert all(a.t_s <= b.t_s for a, b in zip(chunks, chunks[1:], strict=False))
     assert stream.finish_reason == "length" and stream.prompt_tokens == done.usage.prompt_tokens
     assert ids and all(isinstance(i, int) for i in ids)
 
@@ -86,3 +86,19 @@ def test_questions_file():
     qs, digest = load_questions()
     assert len(qs) == 50 and len({q.id for q in qs}) == 50 and len({q.question for q in qs}) == 50
     assert len({q.category for q in qs}) >= 5 and len(digest) == 64
+
+
+def test_out_of_vocabulary_prompt_ids_are_bad_requests(tiny_path):
+    """tiny's vocabulary is 4096 ids: one outside it would be read outside the embedding."""
+    async def go():
+        out = []
+        async with DirectEngine(tiny_path) as eng:
+            assert eng.vocab_size == 4096
+            for ids in ([4096], [2**31], [1, 10**9]):
+                with pytest.raises(BadRequest, match="prompt_ids"):
+                    await eng.complete(Request(prompt_ids=ids, max_tokens=2))
+            out.append(await eng.complete(Request(prompt_ids=[4095], max_tokens=2)))
+        return out
+
+    (ok,) = run(go())
+    assert ok.usage.prompt_tokens == 1

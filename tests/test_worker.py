@@ -49,7 +49,7 @@ def test_generate_matches_direct_engine(codec, tiny_path):
         return want, got
 
     want, got = run(go())
-    for w, (chunks, done) in zip(want, got):
+    for w, (chunks, done) in zip(want, got, strict=True):
         assert tuple(c.token_id for c in chunks) == w.token_ids
         assert "".join(c.text for c in chunks) + done.tail == w.text
         assert done.finish_reason == w.finish_reason and done.prompt_tokens == w.usage.prompt_tokens

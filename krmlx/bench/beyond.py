@@ -62,7 +62,7 @@ async def run_prompt_cache(model: str = "mini", *, shared_tokens: int = 500, req
     by = {e: [r for r in records if r["engine"] == e] for e in ("no_reuse", "prompt_cache")}
     # The first request fills the cache: the reuse shows on the requests after it.
     ttft = {e: float(np.median([r["ttft_ms"] for r in rs[1:]])) for e, rs in by.items()}
-    same = sum(a["output_ids"] == b["output_ids"] for a, b in zip(by["no_reuse"], by["prompt_cache"]))
+    same = sum(a["output_ids"] == b["output_ids"] for a, b in zip(by["no_reuse"], by["prompt_cache"], strict=True))
     summary = {"prompt_cache": [{
         "prompt_tokens": by["no_reuse"][0]["prompt_tokens"],
         "cached_tokens_p50": float(np.median([r.get("cached_prompt_tokens", 0) for r in by["prompt_cache"][1:]])),

@@ -203,11 +203,11 @@ async def run_server_level(server: MlxLmServer, c: int, max_tokens: int, tokens_
     wall = time.perf_counter() - t0
     # The server streams text deltas; its token count per request is the engine's for the
     # same greedy prompt (same model folder, same template), which the caller passes in.
-    tokens = sum(n for o, n in zip(outs, tokens_per_request) if o[0] is not None)
+    tokens = sum(n for o, n in zip(outs, tokens_per_request, strict=True) if o[0] is not None)
     recs = [{"engine": "mlx_lm_server", "concurrency": c, "request_id": r.id, "ok": o[0] is not None,
              "ttft_ms": o[0] * 1e3 if o[0] else None, "e2e_ms": o[1] * 1e3,
              "output_tokens": n if o[0] is not None else 0,
-             "content_chunks": o[2]} for r, o, n in zip(reqs, outs, tokens_per_request)]
+             "content_chunks": o[2]} for r, o, n in zip(reqs, outs, tokens_per_request, strict=True)]
     row = _row("mlx_lm_server", c, [o[0] * 1e3 for o in outs if o[0]], [o[1] * 1e3 for o in outs],
                tokens, wall)
     row["failed"] = sum(o[0] is None for o in outs)

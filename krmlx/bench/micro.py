@@ -57,7 +57,7 @@ async def bench_stream(codec: str, opts: StreamOptions, n: int = 20000) -> dict:
             pass  # warm up
         c0, w0, t0 = time.process_time(), _cpu(worker), time.perf_counter()
         tokens = 0
-        async for item in c.call(call):
+        async for _ in c.call(call):
             tokens += 1
         wall = time.perf_counter() - t0
         tokens -= 1  # the Done
