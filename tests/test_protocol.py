@@ -50,6 +50,17 @@ def test_bad_envelopes_name_the_problem():
     assert "kind" in str(out[3]) and out[3].frame_id == 4 and "malformed" in str(out[4])
 
 
+
+@pytest.mark.parametrize("codec_cls", [JsonCodec, MsgpackCodec])
+def test_unhashable_kind_is_a_protocol_error_with_the_frame_id(codec_cls):
+    codec = codec_cls()
+    frames = [{"v": 1, "id": 7, "kind": ["call"]}, {"v": 1, "id": 8, "kind": {"call": 1}},
+              call_frame(9, "ping")]
+    out = codec.feed(b"".join(codec.encode(f) for f in frames))
+    assert [type(x) for x in out] == [ProtocolError, ProtocolError, dict]
+    assert [out[0].frame_id, out[1].frame_id, out[2]["id"]] == [7, 8, 9]
+    assert "kind" in str(out[0])
+
 def _fuzz_bytes(rng: random.Random, codec) -> bytes:
     good = codec.encode(call_frame(rng.randint(0, 99), "tokenize", {"text": "abc"}, "tiny"))
     choice = rng.randrange(5)

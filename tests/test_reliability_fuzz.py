@@ -416,16 +416,6 @@ def test_one_decoder_resynchronises_after_every_bad_frame(codec):
     assert got_errors == want_errors
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a frame whose `kind` is unhashable (a list or a map) kills the JSON worker: "
-    "protocol.validate_frame tests `frame.get('kind') in KINDS` (a frozenset), which raises "
-    "TypeError, not ProtocolError; JsonCodec._decode catches only JSONDecodeError and "
-    "ProtocolError, so the TypeError leaves codec.feed and Worker.serve, and the process "
-    "exits (code 1), failing every in-flight request. (msgpack survives: its _decode "
-    "catches Exception, but answers with id -1 although the id was usable.) Fix: in "
-    "validate_frame/_check_envelope, check `isinstance(kind, str) and kind in KINDS`; and "
-    "make both _decode's turn any exception into a ProtocolError, with frame_id when the "
-    "map had a usable id."))
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
 def test_unhashable_kind_gets_an_error_frame(codec):
     with RawWorker(codec) as w:

@@ -16,6 +16,11 @@ whole text so far; several when coalesced), ``done`` (``finish_reason``,
 A frame over ``max_frame_bytes`` is skipped, not buffered: the decoder reports a
 :class:`~krmlx.errors.FrameTooLarge` and carries on with the next frame, so one bad
 frame costs memory bounded by the limit and never desynchronises the stream.
+
+A decoder never raises on bad input: whatever fails while decoding or checking a frame
+(invalid bytes, a non-map, a wrong ``v``, a ``kind`` that is not a known string, even
+an unhashable one) comes back as a :class:`~krmlx.errors.ProtocolError` whose
+``frame_id`` is the frame's own id when it had a usable int id, else -1.
 """
 
 from __future__ import annotations
@@ -37,15 +42,35 @@ _LEN = struct.Struct(">I")
 def validate_frame(frame) -> dict:
     """Check the envelope; raise ProtocolError naming what is wrong (with ``frame_id``
     set when the frame had a usable id, so the error can be routed back)."""
-    if (type(frame) is dict and frame.get("v") == VERSION and type(frame.get("id")) is int
-            and frame.get("kind") in KINDS):
-        return frame  # the fast path: a well-formed envelope
+    if type(frame) is dict:
+        kind = frame.get("kind")
+        if (type(kind) is str and kind in KINDS and frame.get("v") == VERSION
+                and type(frame.get("id")) is int):
+            return frame  # the fast path: a well-formed envelope
     try:
         return _check_envelope(frame)
     except ProtocolError as e:
-        fid = frame.get("id") if isinstance(frame, dict) else None
-        e.frame_id = fid if isinstance(fid, int) and not isinstance(fid, bool) else -1
+        e.frame_id = _usable_id(frame)
         raise
+
+
+def _usable_id(frame) -> int:
+    """The frame's own id when it is a map with an int id, else -1."""
+    fid = frame.get("id") if isinstance(frame, dict) else None
+    return fid if isinstance(fid, int) and not isinstance(fid, bool) else -1
+
+
+def _invalid(frame, exc: Exception) -> ProtocolError:
+    """Any unexpected failure while checking a decoded frame, as a ProtocolError that
+    keeps the frame's id when it had a usable one (so the error can be routed back)."""
+    if isinstance(exc, ProtocolError):
+        return exc
+    err = ProtocolError(f"invalid frame: {type(exc).__name__}: {exc}")
+    try:
+        err.frame_id = _usable_id(frame)
+    except Exception:  # noqa: BLE001 - a frame too odd to read an id from
+        err.frame_id = -1
+    return err
 
 
 def _check_envelope(frame) -> dict:
@@ -53,8 +78,9 @@ def _check_envelope(frame) -> dict:
         raise ProtocolError(f"frame must be a map, got {type(frame).__name__}")
     if frame.get("v") != VERSION:
         raise ProtocolError(f"frame version must be {VERSION}, got {frame.get('v')!r}")
-    if frame.get("kind") not in KINDS:
-        raise ProtocolError(f"unknown frame kind {frame.get('kind')!r}")
+    kind = frame.get("kind")
+    if type(kind) is not str or kind not in KINDS:  # a list or map kind is unhashable
+        raise ProtocolError(f"unknown frame kind {kind!r}")
     fid = frame.get("id")
     if not isinstance(fid, int) or isinstance(fid, bool):
         raise ProtocolError(f"frame id must be an int, got {fid!r}")
@@ -100,12 +126,15 @@ class JsonCodec:
 
     @staticmethod
     def _decode(line: bytes):
+        """A frame, or a ProtocolError: never raises (any exception becomes one)."""
         try:
-            return validate_frame(orjson.loads(line))
-        except orjson.JSONDecodeError as e:
+            frame = orjson.loads(line)
+        except Exception as e:  # noqa: BLE001 - JSONDecodeError and anything else
             return ProtocolError(f"malformed JSON frame: {e}")
-        except ProtocolError as e:
-            return e
+        try:
+            return validate_frame(frame)
+        except Exception as e:  # noqa: BLE001
+            return _invalid(frame, e)
 
 
 class MsgpackCodec:
@@ -149,12 +178,15 @@ class MsgpackCodec:
 
     @staticmethod
     def _decode(body) -> dict | ProtocolError:
+        """A frame, or a ProtocolError: never raises (any exception becomes one)."""
         try:
-            return validate_frame(msgpack.unpackb(body, strict_map_key=False))
-        except ProtocolError as e:
-            return e
-        except Exception as e:  # msgpack raises several types for bad input
+            frame = msgpack.unpackb(body, strict_map_key=False)
+        except Exception as e:  # noqa: BLE001 - msgpack raises several types for bad input
             return ProtocolError(f"malformed msgpack frame: {type(e).__name__}: {e}")
+        try:
+            return validate_frame(frame)
+        except Exception as e:  # noqa: BLE001
+            return _invalid(frame, e)
 
 
 def make_codec(name: str, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
