@@ -42,12 +42,6 @@ OPS = soak.make_ops(N, gen_fraction=0.1, max_tokens=3, seed=SEED)
 FAULTS = {"error_rate": {"*": 0.1}, "seed": SEED}
 OP_TIMEOUT_S = 20.0  # a worker restart takes 2-5 s here; 20 s without an answer is a hang
 
-RESTART_RACE = ("BUG: calls made while the client restarts a dead worker are lost. "
-                "WorkerClient._spawn clears _dead before the new process exists, so `alive` is "
-                "True with the old, closed transport: calls then write into the dead pipe and "
-                "wait forever; calls made before the reload finished reach the new worker "
-                "first and fail with UnknownModel. See test_calls_made_during_a_restart_succeed.")
-
 
 async def soak_run(config: StackConfig, kill_at=()):
     async with Engine("tiny", config) as eng:
@@ -75,7 +69,6 @@ def reference(tiny_path):
     return {r["request_id"]: r["output_ids"] for r in result.records}
 
 
-@pytest.mark.xfail(strict=True, reason=RESTART_RACE)
 def test_nothing_lost_under_errors_and_kills(reference):
     """No retry: 10% injected errors and 3 kills. Each request completes or fails once,
     naming its cause; completed outputs equal the fault-free run's."""
@@ -100,7 +93,6 @@ def test_nothing_lost_under_errors_and_kills(reference):
     assert counts["outputs_checked"] == counts["completed"] and counts["outputs_differing"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=RESTART_RACE)
 def test_retry_phase_completes_everything_under_errors_and_kills(reference):
     """Retry on: every request completes with the fault-free output.
 
@@ -193,8 +185,7 @@ def test_worker_death_fails_pending_calls_fast_then_engine_recovers(tiny_path):
     assert worker_children() == [] and zombie_children() == []  # after close: nothing left
 
 
-# -- bugs found by the suite (xfail until fixed) -----------------------------------------
-@pytest.mark.xfail(strict=True, reason=RESTART_RACE)
+# -- bugs found by the suite (fixed; each test pins its fix) -----------------------------
 def test_calls_made_during_a_restart_succeed(tiny_path):
     """After a worker death, calls made at once (a burst) and while the new worker starts
     and reloads (every 0.2 s) all wait for the restart and succeed."""
@@ -222,12 +213,6 @@ def test_calls_made_during_a_restart_succeed(tiny_path):
     assert not wrong, f"{len(wrong)} of {len(got)} calls failed, e.g. {wrong[:2]}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a restart whose model reload fails leaves a live worker without the model: "
-    "WorkerClient.start() raises, but the worker stays `alive`, so every later call fails "
-    "with UnknownModel forever (SingleModel/ModelCache still think the model is resident). "
-    "Fix: retry the reload on TransientError, and if it still fails mark the worker dead "
-    "(kill it) so the next call restarts again."))
 def test_failed_reload_after_a_restart_is_not_permanent(tiny_path):
     # seed 31: the first fault draw of every fresh worker is an injected load_model error;
     # Engine.start's load is retried by the retry phase, the restart's reload is not.

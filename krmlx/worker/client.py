@@ -11,7 +11,11 @@
   call is cancelled in the worker and :class:`~krmlx.errors.CallTimeout` is raised;
 - when the worker dies, every pending call fails at once with one
   :class:`~krmlx.errors.WorkerCrashed`; the next call restarts it (``auto_restart``) and
-  reloads the models that were resident;
+  reloads the models that were resident. The client is not ``alive`` until the new
+  worker is ready *and* has reloaded them: calls made meanwhile wait for the restart
+  (they never reach the old pipe, nor a new worker without its models). A reload is
+  retried on a transient error (``reload_attempts`` tries in all); if it still fails,
+  the new worker is killed and the error raised, so the next call restarts again;
 - ``aclose()`` always kills and reaps the process.
 """
 
@@ -113,13 +117,20 @@ class _Protocol(asyncio.SubprocessProtocol):
 class WorkerClient:
     name = "worker"
 
+    RELOAD_BACKOFF_S = 0.05  # the first wait between reload attempts (doubles each time)
+
     def __init__(self, *, codec: str = "json", faults: FaultPlan | dict | None = None,
                  stream: StreamOptions = StreamOptions(), max_frame_bytes: int | None = None,
                  timeout_s: float | None = None, ready_timeout_s: float = 120.0,
                  auto_restart: bool = True, reload_on_restart: bool = True,
                  env: dict | None = None, python: str = sys.executable, scheduler: str = "serial",
-                 prompt_cache: dict | None = None, fast_blas: bool = False):
+                 prompt_cache: dict | None = None, fast_blas: bool = False,
+                 reload_attempts: int = 3):
         make_codec(codec)  # validate early
+        if isinstance(reload_attempts, bool) or not isinstance(reload_attempts, int) \
+                or reload_attempts < 1:
+            raise ValueError(f"reload_attempts: must be an int >= 1, got {reload_attempts!r}")
+        self.reload_attempts = reload_attempts
         self.fast_blas = fast_blas
         self.scheduler = scheduler
         self.prompt_cache = prompt_cache
@@ -145,6 +156,8 @@ class WorkerClient:
         self._pending: dict[int, _Inbox] = {}
         self._next_id = 1
         self._dead: WorkerCrashed | None = None
+        self._starting = False  # a (re)start is under way: not alive until it has finished
+        self._expected_exit = False  # the client itself killed the worker (not a crash)
         self._start_lock: asyncio.Lock | None = None
         self._closed = False
 
@@ -166,7 +179,9 @@ class WorkerClient:
 
     @property
     def alive(self) -> bool:
-        return self.transport is not None and self._dead is None
+        """True when calls can go to the worker: it runs, and no (re)start is under way
+        (calls made during one wait for it on the start lock, see :meth:`_ensure`)."""
+        return self.transport is not None and self._dead is None and not self._starting
 
     async def start(self) -> WorkerClient:
         if self._start_lock is None:
@@ -178,11 +193,56 @@ class WorkerClient:
                 await self._kill()
                 self.stats["restarts"] += 1
             self._closed = False
-            await self._spawn()
-            if self.reload_on_restart and self.resident:
-                for model, params in list(self.resident.items()):
-                    await self._unary(Call("load_model", params, model))
+            self._starting = True
+            try:
+                await self._spawn()
+                if self.reload_on_restart and self.resident:
+                    await self._reload()
+            except BaseException:
+                if self._dead is None:  # never look alive after a failed start
+                    self._dead = WorkerCrashed("worker failed to start")
+                raise
+            finally:
+                self._starting = False
         return self
+
+    async def _reload(self) -> None:
+        """Load the models that were resident into a fresh worker (start lock held).
+
+        A transient error is retried (``reload_attempts`` tries in all, with a short
+        backoff); if a reload still fails, the worker is killed, so that it is not left
+        alive without a model the stages above think is resident: the next call
+        restarts it and tries again."""
+        from ..errors import TransientError
+
+        for model, params in list(self.resident.items()):
+            for attempt in range(1, self.reload_attempts + 1):
+                try:
+                    await self._unary(Call("load_model", params, model), internal=True)
+                    break
+                except TransientError as e:
+                    if attempt < self.reload_attempts and self._dead is None:
+                        log.warning("reload of %r after a restart failed (%s); retrying", model, e)
+                        await asyncio.sleep(self.RELOAD_BACKOFF_S * 2 ** (attempt - 1))
+                        continue
+                    await self._abandon(f"reload of {model!r} after a restart failed: {e}")
+                    raise
+                except BaseException as e:
+                    await self._abandon(f"reload of {model!r} after a restart failed: {e}")
+                    raise
+
+    async def _abandon(self, reason: str) -> None:
+        """Kill a worker that can't serve (e.g. its models did not reload): mark it dead
+        first, so no call reaches it, and reap it; the next call starts a new one."""
+        if self._dead is None:
+            self._dead = WorkerCrashed(reason)
+        transport, protocol = self.transport, self._protocol
+        if transport is None:
+            return
+        if transport.get_returncode() is None:
+            self._expected_exit = True
+            transport.kill()
+        await protocol.exited
 
     async def _spawn(self) -> None:
         # The worker runs on the BLAS this process runs on (the CLI re-executes itself under
@@ -193,7 +253,8 @@ class WorkerClient:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.codec = make_codec(self.codec_name, *([self.max_frame_bytes] if self.max_frame_bytes else []))
-        self._dead = None
+        self._dead = None  # `alive` stays False until start() clears _starting
+        self._expected_exit = False
         ready = _Inbox()
         self._pending[0] = ready  # the handshake frame has id 0
         loop = asyncio.get_running_loop()
@@ -270,9 +331,10 @@ class WorkerClient:
 
     def _on_exit(self) -> None:
         code = self.transport.get_returncode() if self.transport else None
-        self.stats["crashes"] += not self._closed
+        self.stats["crashes"] += not (self._closed or self._expected_exit)
+        why = f"{self._dead}; " if self._expected_exit and self._dead is not None else ""
         self._dead = WorkerCrashed(
-            f"worker pid {self.pid} exited with code {code}"
+            f"{why}worker pid {self.pid} exited with code {code}"
             + (f"; stderr: {' | '.join(list(self.stderr_tail)[-5:])}" if self.stderr_tail else ""))
         self._fail_all(self._dead)
 
@@ -286,7 +348,7 @@ class WorkerClient:
         if self._closed:
             raise WorkerCrashed("client is closed")
         if not self.alive:
-            if self.transport is not None and not self.auto_restart:
+            if self.transport is not None and not self.auto_restart and not self._starting:
                 raise self._dead
             await self.start()
 
@@ -300,9 +362,16 @@ class WorkerClient:
     def call(self, call: Call) -> AsyncIterator[Any]:
         return self._call(call) if call.streaming else _OneShot(self._unary(call))
 
-    async def _unary(self, call: Call):
-        """A unary call as a plain coroutine (the hot path for ping/tokenize: no generator)."""
-        if not self.alive or self._closed:
+    async def _unary(self, call: Call, *, internal: bool = False):
+        """A unary call as a plain coroutine (the hot path for ping/tokenize: no generator).
+
+        ``internal``: a call of the (re)start itself (the reload of resident models),
+        made while ``alive`` is still False on purpose; it goes to the new worker as long
+        as that one runs."""
+        if internal:
+            if self._dead is not None or self.transport is None:
+                raise WorkerCrashed(str(self._dead or "worker is not running"))
+        elif not self.alive or self._closed:
             await self._ensure()
         fid = self._next_id
         self._next_id += 1
