@@ -217,3 +217,41 @@ def test_default_policy():
     policy = BreakerPolicy()
     assert (policy.failure_threshold, policy.open_s, policy.half_open_probes) == (5, 5.0, 1)
     assert policy.counts is is_transient
+
+
+def test_one_failure_instance_seen_by_concurrent_calls_counts_once():
+    """The client fails every call in flight at a worker death with ONE WorkerCrashed:
+    that is one failure, however many calls were in flight."""
+    crash = WorkerCrashed("worker exited with code -9")
+
+    class Crashing:
+        gate: asyncio.Event | None = None  # calls wait on it, then all fail with `crash`
+
+        def call(self, call):
+            return self._play()
+
+        async def _play(self):
+            if self.gate is not None:
+                await self.gate.wait()
+            raise crash
+            yield  # pragma: no cover - makes this an async generator
+
+        async def aclose(self):
+            pass
+
+    svc = Crashing()
+    breaker = make(svc, FakeClock(), failure_threshold=2)
+
+    async def go():
+        svc.gate = asyncio.Event()
+        tasks = [asyncio.create_task(unary(breaker, TOK)) for _ in range(8)]
+        await asyncio.sleep(0)  # all 8 admitted
+        svc.gate.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert all(r is crash for r in asyncio.run(go()))
+    assert breaker.state == "closed" and breaker.stats["failures"] == 1
+    # a call admitted after the failure was counted counts again, same instance or not
+    svc.gate = None
+    assert outcome(breaker) is crash
+    assert breaker.state == "open" and breaker.stats["failures"] == 2

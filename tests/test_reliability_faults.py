@@ -238,13 +238,6 @@ def test_failed_reload_after_a_restart_is_not_permanent(tiny_path):
     assert out[-1] == want, out  # at the latest the third call after the crash works
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: one worker crash opens the default circuit breaker. Every call in flight fails "
-    "with WorkerCrashed and each counts as a consecutive failure, so >= 5 concurrent calls "
-    "(failure_threshold=5) open it; the retried calls then fail with CircuitOpen for "
-    "open_s although the client restarts the worker. Fix: count one crash once (the client "
-    "fails all pending calls with the same WorkerCrashed instance: the breaker can skip a "
-    "failure that `is` the last counted one), or count crash events, not calls."))
 def test_one_crash_does_not_open_the_breaker(tiny_path):
     async def go():
         async with Engine("tiny", StackConfig.phases(["retry"])) as eng:

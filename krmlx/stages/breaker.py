@@ -25,11 +25,21 @@ UnknownModel ... pass through unchanged), cancellation, the caller closing the i
 early. Outcomes of calls admitted before the latest state change are counted in stats
 but do not move the new state.
 
+One failure event counts once: a failure that *is* (the same exception instance as) the
+last counted failure, of a call that was already in flight when that failure was
+counted, is neutral. The worker client fails every call pending when the worker dies
+with one shared :class:`~krmlx.errors.WorkerCrashed`, so one crash with many calls in
+flight is one failure, not one per call (else a single crash under load would open the
+breaker while the client is already restarting the worker). A call admitted after the
+failure was counted counts again even if it fails with the same instance: that is a
+new failure of the service, not a second view of the same one.
+
 Listeners registered with :meth:`add_listener` are called as ``listener(old, new)`` on
 every transition, in order; a listener that raises is logged, not propagated.
 
 Stats: ``state``, ``opened`` (times the circuit opened), ``rejected`` (calls refused
-with CircuitOpen), ``failures`` and ``successes`` (counted outcomes).
+with CircuitOpen), ``failures`` and ``successes`` (counted outcomes; a repeated failure
+instance is not counted).
 
 Place in the stack: below :class:`~krmlx.stages.retry.Retry`. CircuitOpen is not
 transient, so Retry does not retry a rejection; each retried attempt that reaches the
@@ -97,6 +107,8 @@ class CircuitBreaker(Stage):
         self._open_until = 0.0
         self._probes_in_flight = 0
         self._probe_successes = 0
+        self._last_failure: BaseException | None = None  # the last counted failure instance
+        self._failure_seq = 0  # counted failures so far (calls note it when admitted)
         self.stats = {"state": CLOSED, "opened": 0, "rejected": 0, "failures": 0,
                       "successes": 0}
 
@@ -176,6 +188,7 @@ class CircuitBreaker(Stage):
 
     async def _run(self, call: Call) -> AsyncIterator[Any]:
         generation, probe = self._admit()
+        seen_failures = self._failure_seq
         outcome: bool | None = None
         settled = False
         it = self.inner.call(call)
@@ -188,7 +201,12 @@ class CircuitBreaker(Stage):
                 yield item
         except Exception as exc:
             if not settled and self.policy.counts(exc):
-                outcome = False
+                if exc is self._last_failure and seen_failures < self._failure_seq:
+                    pass  # the failure counted last, seen by another call in flight: neutral
+                else:
+                    self._last_failure = exc
+                    self._failure_seq += 1
+                    outcome = False
             raise
         finally:
             if not settled:

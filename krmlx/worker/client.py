@@ -349,7 +349,9 @@ class WorkerClient:
             raise WorkerCrashed("client is closed")
         if not self.alive:
             if self.transport is not None and not self.auto_restart and not self._starting:
-                raise self._dead
+                # a fresh instance per call: the shared one belongs to the calls the death
+                # failed (a circuit breaker counts one instance once)
+                raise WorkerCrashed(str(self._dead or "worker is not running"))
             await self.start()
 
     def _send(self, frame: dict) -> None:
