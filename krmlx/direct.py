@@ -29,6 +29,7 @@ class DirectEngine:
         self.model_name = str(model)
         self.trust_remote_code = trust_remote_code
         self.model = self.tokenizer = None
+        self.vocab_size: int | None = None  # prompt_ids must lie in [0, vocab_size)
         self.path: Path | None = None
         self.load_ms: float | None = None
 
@@ -37,6 +38,7 @@ class DirectEngine:
             self.path = resolve_model(self.model_name)
             t0 = time.perf_counter()
             self.model, self.tokenizer = load(self.path, trust_remote_code=self.trust_remote_code)
+            self.vocab_size = gen.vocab_size(self.model)
             self.load_ms = (time.perf_counter() - t0) * 1e3
         return self
 
@@ -63,7 +65,7 @@ class DirectEngine:
         return ChunkStream(self._generate(request))
 
     async def _generate(self, request: Request):
-        prompt_ids = gen.encode_prompt(self.tokenizer, request.to_params())
+        prompt_ids = gen.encode_prompt(self.tokenizer, request.to_params(), self.vocab_size)
         steps = gen.iter_tokens(self.model, self.tokenizer, prompt_ids,
                                 max_tokens=request.max_tokens,
                                 temperature=request.temperature, seed=request.seed)

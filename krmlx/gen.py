@@ -11,10 +11,47 @@ from collections.abc import Iterator
 from .errors import BadRequest
 
 
-def encode_prompt(tokenizer, params: dict) -> list[int]:
-    """Token ids for a request's params (``prompt_ids`` wins; else template + encode)."""
+def vocab_size(model) -> int | None:
+    """How many rows the model's input embedding has (the valid token ids are
+    ``[0, vocab_size)``): the embedding's shape when found, else ``args.vocab_size``;
+    None when neither is known (then ids are only checked to be non-negative ints)."""
+    inner = getattr(model, "model", None)
+    for owner in (inner, model):
+        embed = getattr(owner, "embed_tokens", None) if owner is not None else None
+        n = getattr(embed, "num_embeddings", None)
+        if n is None:
+            weight = getattr(embed, "weight", None)
+            shape = getattr(weight, "shape", None)
+            n = shape[0] if shape else None
+        if isinstance(n, int) and n > 0:
+            return n
+    n = getattr(getattr(model, "args", None), "vocab_size", None)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def check_prompt_ids(ids, vocab_size: int | None = None) -> list[int]:
+    """``ids`` as a list, or BadRequest naming ``prompt_ids``: every id must be an int in
+    ``[0, vocab_size)`` (an id outside the embedding table would make the model read
+    outside it: wrong output, or a crash of the process)."""
+    if not isinstance(ids, (list, tuple)):
+        raise BadRequest(f"prompt_ids: must be a list of token ids, got {type(ids).__name__}")
+    for i, t in enumerate(ids):
+        if type(t) is not int:
+            raise BadRequest(f"prompt_ids: must be ints, got {type(t).__name__} at index {i}")
+        if t < 0 or (vocab_size is not None and t >= vocab_size):
+            bound = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
+            raise BadRequest(f"prompt_ids: id {t} at index {i} is outside the vocabulary "
+                             f"({bound})")
+    return list(ids)
+
+
+def encode_prompt(tokenizer, params: dict, vocab_size: int | None = None) -> list[int]:
+    """Token ids for a request's params (``prompt_ids`` wins; else template + encode).
+
+    ``prompt_ids`` are checked against ``vocab_size`` (the model's, see
+    :func:`vocab_size`): an id outside ``[0, vocab_size)`` is a BadRequest."""
     if params.get("prompt_ids"):
-        return list(params["prompt_ids"])
+        return check_prompt_ids(params["prompt_ids"], vocab_size)
     prompt = params.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest("prompt: must be a non-empty string")

@@ -282,14 +282,6 @@ def test_complete_survives_a_kill_mid_stream_with_retry(tiny_path):
     assert got.token_ids == want.token_ids
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: generate with an out-of-vocabulary prompt id is not validated: ids >= vocab_size "
-    "or < 0 make the model gather outside its embedding table (silently wrong output for "
-    "[-1] or [vocab_size]; SIGSEGV of the worker, and so every in-flight request, for "
-    "[10**9]). Fix: in the worker, reject prompt_ids outside [0, vocab_size) with "
-    "BadRequest naming the id (check_params or gen.encode_prompt, where the model's vocab "
-    "size is known); Request could check >= 0 already (it does) and DirectEngine shares "
-    "gen.encode_prompt."))
 def test_out_of_vocabulary_prompt_ids_are_rejected(tiny_path):
     async def go():
         async with Engine("tiny") as eng:

@@ -164,7 +164,7 @@ def run_generate(job: GenerateJob) -> None:
             out.put(i % 1000, "tok ")
         out.finish("length", 0)
         return
-    prompt_ids = gen.encode_prompt(entry.tokenizer, params)
+    prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.vocab_size)
     info: dict = {}
     cache, rest = None, prompt_ids
     pc = job.prompt_cache if job.draft is None else None  # speculative keeps its own caches
@@ -286,7 +286,7 @@ class BatchScheduler:
         if out.cancelled.is_set():
             out.finish("cancelled", 0)
             return
-        prompt_ids = gen.encode_prompt(entry.tokenizer, params)
+        prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.vocab_size)
         sampler = gen.make_sampler(params.get("temperature", 0.0), params.get("seed"))
         (uid,) = self._generator(entry).insert([prompt_ids], max_tokens=[params["max_tokens"]],
                                                samplers=[sampler])

@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .. import gen
 from ..errors import BadRequest, KrmlxError, ModelError, ProtocolError, UnknownModel
 from .faults import FaultInjector, FaultPlan, crash_now
 from .protocol import VERSION, error_frame, make_codec
@@ -90,6 +91,7 @@ class ModelEntry:
     last_used: float = field(default_factory=time.monotonic)
     vocab_hash: str = ""
     draft_id: str | None = None  # speculative decoding: the draft model's id
+    vocab_size: int | None = None  # rows of the input embedding: token ids lie in [0, vocab_size)
     unloaded: bool = False  # set when an unload ran; jobs queued before it then fail cleanly
 
 
@@ -218,6 +220,10 @@ class Worker:
             self._aux.put(_Job(fid, lambda: handler(entry, params), delay, self.reply))
         elif method == "generate":
             entry = self.entry(model_id)
+            if params.get("prompt_ids") and entry.vocab_size is not None:
+                # before the job exists: an id outside the embedding table would make the
+                # model read outside it (wrong output, or a SIGSEGV of the whole worker)
+                gen.check_prompt_ids(params["prompt_ids"], entry.vocab_size)
             if fid in self.streams:
                 raise BadRequest(f"generate: id {fid} is already streaming")
             out = StreamOut(fid, self._stream_send, self.stream_opts, faults.crash_after_tokens,
@@ -274,7 +280,8 @@ class Worker:
         vocab = sorted(tokenizer.get_vocab().items()) if hasattr(tokenizer, "get_vocab") else []
         entry = ModelEntry(model_id, model, tokenizer, str(path), nbytes,
                            (time.perf_counter() - t0) * 1e3,
-                           vocab_hash=hashlib.sha1(repr(vocab).encode()).hexdigest())
+                           vocab_hash=hashlib.sha1(repr(vocab).encode()).hexdigest(),
+                           vocab_size=gen.vocab_size(model))
         self.models[model_id] = entry
         if params.get("draft"):
             self._attach_draft(entry, params["draft"])
