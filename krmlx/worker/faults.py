@@ -27,6 +27,10 @@ from ..errors import BadRequest
 CRASH_EXIT_CODE = 86
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 @dataclass(frozen=True)
 class FaultPlan:
     error_rate: dict = field(default_factory=dict)
@@ -39,12 +43,18 @@ class FaultPlan:
         for name in ("error_rate", "latency_ms"):
             value = getattr(self, name)
             if not isinstance(value, dict) or not all(
-                    isinstance(v, (int, float)) and v >= 0 for v in value.values()):
-                raise BadRequest(f"faults.{name}: must map method names to non-negative numbers")
+                    _number(v) and 0 <= v < float("inf") for v in value.values()):
+                raise BadRequest(f"faults.{name}: must map method names to finite non-negative numbers")
+        if not _number(self.crash_rate):
+            raise BadRequest(f"faults.crash_rate: must be a number, got {type(self.crash_rate).__name__}")
         if any(v > 1 for v in self.error_rate.values()) or not 0 <= self.crash_rate <= 1:
             raise BadRequest("faults: rates must be between 0 and 1")
-        if self.crash_after_tokens is not None and self.crash_after_tokens < 0:
-            raise BadRequest("faults.crash_after_tokens: must be >= 0")
+        if self.crash_after_tokens is not None and (type(self.crash_after_tokens) is not int
+                                                    or self.crash_after_tokens < 0):
+            raise BadRequest(f"faults.crash_after_tokens: must be an int >= 0 or null, "
+                             f"got {self.crash_after_tokens!r}")
+        if type(self.seed) is not int:
+            raise BadRequest(f"faults.seed: must be an int, got {type(self.seed).__name__}")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> FaultPlan | None:

@@ -56,7 +56,17 @@ NEEDS_MODEL = {"unload_model", "tokenize", "detokenize", "batch_tokenize", "chec
 AUX_METHODS = {"tokenize", "detokenize", "batch_tokenize", "check_draft", "batch_check_draft"}
 
 
+_U32 = 2**32  # token ids travel as u32 in the tokenizer (and far beyond any vocabulary)
+_U64 = 2**64  # MLX seeds are u64
+
+
+def _int(value) -> bool:
+    return type(value) is int  # not bool, not float
+
+
 def check_params(method: str, params) -> dict:
+    """Types and ranges of a call's params (BadRequest naming the param); what needs the
+    model (prompt_ids against its vocabulary) is checked in Worker._route."""
     if not isinstance(params, dict):
         raise BadRequest(f"{method}: params must be a map, got {type(params).__name__}")
     schema = SCHEMA[method]
@@ -76,6 +86,24 @@ def check_params(method: str, params) -> dict:
             raise BadRequest(f"generate: max_tokens must be positive, got {params['max_tokens']}")
         if not params.get("prompt_ids") and not str(params.get("prompt", "")).strip():
             raise BadRequest("generate: prompt must be a non-empty string (or give prompt_ids)")
+        ids = params.get("prompt_ids") or []
+        if not all(_int(t) for t in ids):
+            bad = next(t for t in ids if not _int(t))
+            raise BadRequest(f"generate: param 'prompt_ids' must hold ints, got {type(bad).__name__}")
+        if not all(0 <= t < _U32 for t in ids):
+            bad = next(t for t in ids if not 0 <= t < _U32)
+            raise BadRequest(f"generate: param 'prompt_ids' has id {bad} outside the vocabulary")
+        temperature = params.get("temperature", 0.0)
+        if not 0 <= temperature < float("inf"):  # NaN fails too
+            raise BadRequest(f"generate: param 'temperature' must be a finite number >= 0, "
+                             f"got {temperature!r}")
+        if "seed" in params and not 0 <= params["seed"] < _U64:
+            raise BadRequest(f"generate: param 'seed' must be an int in [0, 2**64), "
+                             f"got {params['seed']!r}")
+    elif method == "detokenize":
+        ids = params["ids"]
+        if not all(_int(t) and 0 <= t < _U32 for t in ids):
+            raise BadRequest("detokenize: param 'ids' must hold non-negative ints below 2**32")
     return params
 
 
