@@ -85,8 +85,15 @@ class Engine:
         return ChunkStream(self.service.call(call))
 
     async def complete(self, request: Request) -> Completion:
+        """The whole completion. Nothing is handed out before the end, so the call is
+        ``buffered``: with retry on, a stream that fails even after its first token (a
+        worker death mid-stream) is re-run whole under the retry policy (``stream()``
+        is never retried past its first chunk: its caller has seen the text)."""
+        self._require()
         t0 = time.perf_counter()
-        return await complete_stream(self.stream(request), t0, request.id)
+        call = Call("generate", request.to_params(), request.model or self.model_name,
+                    buffered=True)
+        return await complete_stream(ChunkStream(self.service.call(call)), t0, request.id)
 
     async def tokenize(self, text: str, *, add_special_tokens: bool = False,
                        model: str | None = None) -> list[int]:

@@ -27,12 +27,18 @@ MODEL_METHODS = frozenset({
 
 @dataclass(frozen=True)
 class Call:
-    """One call into a service: method name, params, the model it is for, a timeout."""
+    """One call into a service: method name, params, the model it is for, a timeout.
+
+    ``buffered``: the caller hands nothing of a stream on before it has ended (as
+    ``Engine.complete()`` does), so a stage may re-run the whole stream after a failure
+    past its first chunk (:class:`~krmlx.stages.retry.Retry` does); stages that don't
+    care ignore it."""
 
     method: str
     params: dict = field(default_factory=dict)
     model: str | None = None
     timeout_s: float | None = None
+    buffered: bool = False
 
     @property
     def streaming(self) -> bool:

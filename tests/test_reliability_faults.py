@@ -254,13 +254,6 @@ def test_one_crash_does_not_open_the_breaker(tiny_path):
     assert breaker["opened"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP (issue 8: 'with retry on, all complete'): Engine.complete() under the retry phase "
-    "fails with WorkerCrashed when the worker dies after the first token, because Retry "
-    "never retries past a stream's first chunk (right for stream(), whose caller has seen "
-    "text). complete() hands nothing out before the end, so it could re-run the whole "
-    "request (greedy or seeded: same output), e.g. a whole-call retry in Engine.complete "
-    "on WorkerCrashed when the config has retry on."))
 def test_complete_survives_a_kill_mid_stream_with_retry(tiny_path):
     async def go():
         async with Engine("tiny", StackConfig.phases(["retry"])) as eng:

@@ -240,3 +240,28 @@ def test_default_policy_is_valid_and_frozen():
     assert policy.attempts == 3 and policy.retry_on is is_transient
     with pytest.raises(AttributeError):
         policy.attempts = 5  # type: ignore[misc]
+
+
+def test_buffered_stream_is_retried_whole_after_a_chunk():
+    """Call.buffered (Engine.complete): the caller hands nothing on before the end, so a
+    failure past the first chunk re-runs the whole stream; only the good attempt's items
+    come out, and only once it has ended."""
+    clock = FakeClock()
+    svc = ScriptedService([chunk(0, "He"), TransientError("died mid-stream")],
+                          [chunk(0, "He"), chunk(1, "llo"), Done("length", 3)])
+    retry = make(svc, clock)
+    call = Call("generate", {"prompt": "hi"}, "tiny", buffered=True)
+    items = asyncio.run(drain(retry.call(call)))
+    assert [c.text for c in items[:-1]] == ["He", "llo"] and items[-1] == Done("length", 3)
+    assert svc.calls == 2 and svc.closed == 2
+    assert retry.stats["retries"] == 1 and retry.stats["succeeded_after_retry"] == 1
+
+
+def test_buffered_stream_gives_up_with_the_last_error():
+    clock = FakeClock()
+    err = WorkerCrashed("died again")
+    svc = ScriptedService([chunk(0, "He"), err])
+    retry = make(svc, clock, attempts=3)
+    with pytest.raises(WorkerCrashed) as info:
+        asyncio.run(drain(retry.call(Call("generate", {}, "tiny", buffered=True))))
+    assert info.value is err and svc.calls == 3 and retry.stats["gave_up"] == 1

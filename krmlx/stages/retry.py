@@ -14,6 +14,13 @@ backoff_multiplier ** (n - 1)`` (capped at ``backoff_max_s``) plus a uniform jit
   value and a stream's first :class:`~krmlx.types.Chunk` end the retry window: an
   error after a chunk went to the caller propagates unchanged, so text is never
   duplicated.
+* Except for a *buffered* stream (``Call.buffered``: the caller keeps everything until
+  the end, as ``Engine.complete()`` does): its whole stream is the attempt. Retry
+  collects the items until the :class:`~krmlx.types.Done` and hands them on only
+  then, so an error at any point (a worker death after the first token included) is
+  retried like any other, re-running the request from the start, with the same policy
+  (attempts, backoff, deadline). Nothing is duplicated: a failed attempt's items are
+  dropped. Chunks keep their arrival times (those of the attempt that succeeded).
 * When it gives up (attempts or deadline used up), the *last error itself* is raised,
   not tenacity's ``RetryError``. Errors the predicate rejects are raised at once.
 * Closing the returned iterator early closes the inner one.
@@ -157,19 +164,33 @@ class Retry(Stage):
             await it.aclose()
             raise
 
+    async def _whole(self, call: Call) -> tuple[None, list]:
+        """One attempt of a buffered stream: all of its items (an error at any point
+        fails the attempt)."""
+        it = self.inner.call(call)
+        try:
+            return None, [item async for item in it]
+        finally:
+            await it.aclose()
+
     async def _run(self, call: Call) -> AsyncIterator[Any]:
         self.stats["calls"] += 1
         waits: list[float] = []
         it = None
+        attempt = self._whole if call.buffered and call.streaming else self._first
         try:
             try:
-                it, first = await self._make_retrying(waits)(self._first, call)
+                it, first = await self._make_retrying(waits)(attempt, call)
             except Exception as exc:
                 if self.policy.retry_on(exc):
                     self.stats["gave_up"] += 1
                 raise
             if waits:
                 self.stats["succeeded_after_retry"] += 1
+            if it is None:  # a buffered stream: every item is here already
+                for item in first:
+                    yield item
+                return
             if first is _EMPTY:
                 return
             yield first
