@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 from . import gen
-from .models import DEFAULT_MODEL, load, model_bytes, resolve_model
+from .base import BaseEngine
+from .models import DEFAULT_MODEL, load, resolve_model
 from .types import Chunk, ChunkStream, Completion, Done, Request, complete_stream
 
 
-class DirectEngine:
+class DirectEngine(BaseEngine):
     name = "direct"
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, *, trust_remote_code: bool = False):
@@ -44,16 +45,6 @@ class DirectEngine:
 
     async def close(self) -> None:
         self.model = self.tokenizer = None
-
-    async def __aenter__(self) -> DirectEngine:
-        return await self.start()
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
-
-    @property
-    def model_bytes(self) -> int:
-        return model_bytes(self.path) if self.path else 0
 
     def _require(self):
         if self.model is None:

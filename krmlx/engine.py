@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .models import DEFAULT_MODEL, model_bytes, resolve_model
+from .base import BaseEngine
+from .models import DEFAULT_MODEL, resolve_model
 from .service import Call, unary
 from .stack import StackConfig, build_stack
 from .types import ChunkStream, Completion, Request, complete_stream
@@ -21,7 +22,7 @@ from .worker.faults import FaultPlan
 from .worker.scheduler import StreamOptions
 
 
-class Engine:
+class Engine(BaseEngine):
     def __init__(self, model: str | Path = DEFAULT_MODEL, config: StackConfig | None = None, *,
                  env: dict | None = None, ready_timeout_s: float = 120.0):
         self.model_name = str(model)
@@ -60,20 +61,6 @@ class Engine:
         elif self.client is not None:
             await self.client.aclose()
         self.client = self.service = None
-
-    async def __aenter__(self) -> Engine:
-        try:
-            return await self.start()
-        except BaseException:
-            await self.close()
-            raise
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
-
-    @property
-    def model_bytes(self) -> int:
-        return model_bytes(self.path) if self.path else 0
 
     def _require(self):
         if self.service is None:

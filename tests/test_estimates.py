@@ -290,3 +290,12 @@ def test_missing_or_malformed_file_raises(tmp_path, est):
     good = tmp_path / "good.json"
     good.write_text(json.dumps(est))
     assert E.load_estimates(good) == est
+
+
+def test_a_confidence_interval_that_excludes_the_estimate_does_not_confirm_it():
+    from krmlx.bench.estimates import judge
+
+    # 0.86x against an estimate of 1.04x is within 25%, but its CI [0.74, 0.96] excludes it
+    assert judge(1.04, 0.86, "speedup_x", 0.74, 0.96) == "worse"
+    assert judge(1.04, 0.86, "speedup_x", 0.74, 1.10) == "confirmed"
+    assert judge(1.04, 0.86, "speedup_x") == "confirmed"  # no CI: the ±25% rule

@@ -79,13 +79,17 @@ def higher_is_better(metric: str) -> bool:
 
 def judge(estimate: float, measured: float, metric: str,
           ci_low: float = math.nan, ci_high: float = math.nan) -> str:
-    """'confirmed' (within ±25%, or the estimate inside [ci_low, ci_high]), 'better' or
-    'worse' (by :func:`higher_is_better`), or 'not measured'."""
+    """'confirmed', 'better' or 'worse' (by :func:`higher_is_better`), or 'not measured'.
+
+    With a confidence interval the interval decides: 'confirmed' when the estimate lies in
+    [ci_low, ci_high] (a measurement whose CI excludes the estimate does not confirm it,
+    however close). Without one, 'confirmed' means within ±25% of the estimate."""
     if pd.isna(measured):
         return "not measured"
-    if abs(measured - estimate) <= TOLERANCE * abs(estimate):
+    has_ci = not (pd.isna(ci_low) or pd.isna(ci_high))
+    if has_ci and ci_low <= estimate <= ci_high:
         return "confirmed"
-    if not (pd.isna(ci_low) or pd.isna(ci_high)) and ci_low <= estimate <= ci_high:
+    if not has_ci and abs(measured - estimate) <= TOLERANCE * abs(estimate):
         return "confirmed"
     return "better" if (measured > estimate) == higher_is_better(metric) else "worse"
 

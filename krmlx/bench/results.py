@@ -46,6 +46,9 @@ def write_results(path: str | os.PathLike, *, env: dict, config: dict, records: 
     doc = _clean({"schema": SCHEMA, "complete": complete, "env": env, "config": config,
                   "records": records, "summary": summary})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a results file is for sharing
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=1, allow_nan=False)
