@@ -36,26 +36,11 @@ def git_sha() -> str | None:
 
 def foreign_cpu_load(interval_s: float = 0.2) -> float:
     """CPU use (in cores) by processes other than this one and its children."""
-    import psutil
+    from .bench.runner import LoadMeter
 
-    me = psutil.Process()
-    mine = [me, *me.children(recursive=True)]
-
-    def own_cpu() -> float:
-        total = 0.0
-        for p in mine:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
-
-    t0, c0, own0 = time.perf_counter(), psutil.cpu_times(), own_cpu()
-    time.sleep(interval_s)
-    t1, c1, own1 = time.perf_counter(), psutil.cpu_times(), own_cpu()
-    busy = (c1.user + c1.system + c1.nice) - (c0.user + c0.system + c0.nice)
-    return max(0.0, (busy - (own1 - own0)) / (t1 - t0))
+    with LoadMeter() as meter:
+        time.sleep(interval_s)
+    return meter.cores
 
 
 def collect_env(*, load_interval_s: float = 0.2) -> dict:

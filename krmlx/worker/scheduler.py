@@ -144,12 +144,19 @@ class SerialScheduler:
                 self._on_error(job, e)
 
 
-def run_generate(job: GenerateJob) -> None:
-    out, entry, params = job.out, job.entry, job.params
+def job_may_start(job: GenerateJob) -> bool:
+    """Apply the job's injected delay; False (and the stream finished) if it was cancelled."""
     if job.delay_s:
         time.sleep(job.delay_s)
-    if out.cancelled.is_set():
-        out.finish("cancelled", 0)
+    if job.out.cancelled.is_set():
+        job.out.finish("cancelled", 0)
+        return False
+    return True
+
+
+def run_generate(job: GenerateJob) -> None:
+    out, entry, params = job.out, job.entry, job.params
+    if not job_may_start(job):
         return
     if entry.unloaded:
         from ..errors import UnknownModel
@@ -281,10 +288,7 @@ class BatchScheduler:
 
     def _admit(self, job: GenerateJob) -> None:
         out, entry, params = job.out, job.entry, job.params
-        if job.delay_s:
-            time.sleep(job.delay_s)
-        if out.cancelled.is_set():
-            out.finish("cancelled", 0)
+        if not job_may_start(job):
             return
         prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.vocab_size)
         sampler = gen.make_sampler(params.get("temperature", 0.0), params.get("seed"))
