@@ -77,6 +77,24 @@ def model_size_estimate(model: str) -> int:
         return 0
 
 
+async def relay(inner: Service, call: Call, acquire, release) -> AsyncIterator[Any]:
+    """Run ``call`` on ``inner`` between ``await acquire()`` and ``await release()``: the
+    release comes when the stream ends, fails or is closed early (the inner one is closed
+    first, which cancels it in the worker)."""
+    await acquire()
+    it = None
+    try:
+        it = inner.call(call)
+        async for item in it:
+            yield item
+    finally:
+        try:
+            if it is not None:
+                await it.aclose()
+        finally:
+            await release()
+
+
 @dataclass(frozen=True)
 class ModelCacheConfig:
     """Cache limits. Validated on creation (ConfigError names the field)."""
@@ -144,19 +162,9 @@ class ModelCache(Stage):
         return self._run(call)
 
     # -- calls -------------------------------------------------------------------------------
-    async def _run(self, call: Call) -> AsyncIterator[Any]:
-        await self._acquire(call.model, {})
-        it = None
-        try:
-            it = self.inner.call(call)
-            async for item in it:
-                yield item
-        finally:
-            try:
-                if it is not None:
-                    await it.aclose()
-            finally:
-                await self._release(call.model)
+    def _run(self, call: Call) -> AsyncIterator[Any]:
+        return relay(self.inner, call, lambda: self._acquire(call.model, {}),
+                     lambda: self._release(call.model))
 
     async def _explicit_load(self, call: Call) -> AsyncIterator[Any]:
         reply = await self.ensure(call.model, call.params)
@@ -319,27 +327,18 @@ class SingleModel(Stage):
             return self.inner.call(call)
         if call.method == "unload_model":
             return self._explicit_unload(call)
-        return self._run(call)
+        if call.method == "load_model":
+            return self._explicit_load(call)
+        return relay(self.inner, call, lambda: self._acquire(call.model, {}), self._release)
 
-    async def _run(self, call: Call) -> AsyncIterator[Any]:
-        load = call.method == "load_model"
-        reply = await self._acquire(call.model, call.params if load else {})
-        it = None
+    async def _explicit_load(self, call: Call) -> AsyncIterator[Any]:
+        reply = await self._acquire(call.model, call.params)
         try:
-            if load:
-                if call.params and reply.get("cached"):  # resident: the params (a draft) still apply
-                    reply = await unary(self.inner, call)
-                yield reply
-                return
-            it = self.inner.call(call)
-            async for item in it:
-                yield item
+            if call.params and reply.get("cached"):  # resident: the params (a draft) still apply
+                reply = await unary(self.inner, call)
+            yield reply
         finally:
-            try:
-                if it is not None:
-                    await it.aclose()
-            finally:
-                await self._release()
+            await self._release()
 
     async def _acquire(self, model: str, params: dict) -> dict:
         if self.current == model and not self._lock.locked():  # the common case: no switch
