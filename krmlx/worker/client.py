@@ -375,12 +375,7 @@ class WorkerClient:
                 raise WorkerCrashed(str(self._dead or "worker is not running"))
         elif not self.alive or self._closed:
             await self._ensure()
-        fid = self._next_id
-        self._next_id += 1
-        inbox = _Inbox()
-        self._pending[fid] = inbox
-        self.stats["calls"] += 1
-        timeout = call.timeout_s if call.timeout_s is not None else self.timeout_s
+        fid, inbox, timeout = self._register(call)
         try:
             self._send(call_frame(fid, call.method, call.params, call.model))
             frame = await self._next(inbox, None if timeout is None else time.perf_counter() + timeout, call)
@@ -393,14 +388,21 @@ class WorkerClient:
             raise error_from_code(frame["code"], frame["message"])
         raise ProtocolError(f"{call.method}: unexpected {frame['kind']!r} frame for a unary call")
 
-    async def _call(self, call: Call):
-        await self._ensure()
+    def _new_id(self) -> int:
         fid = self._next_id
         self._next_id += 1
-        inbox = _Inbox()
+        return fid
+
+    def _register(self, call: Call) -> tuple[int, _Inbox, float | None]:
+        """A new call: its id, the inbox its frames are routed to, its timeout."""
+        fid, inbox = self._new_id(), _Inbox()
         self._pending[fid] = inbox
         self.stats["calls"] += 1
-        timeout = call.timeout_s if call.timeout_s is not None else self.timeout_s
+        return fid, inbox, call.timeout_s if call.timeout_s is not None else self.timeout_s
+
+    async def _call(self, call: Call):
+        await self._ensure()
+        fid, inbox, timeout = self._register(call)
         deadline = None if timeout is None else time.perf_counter() + timeout
         finished = False
         try:
@@ -451,10 +453,8 @@ class WorkerClient:
 
     def _cancel(self, target: int) -> None:
         """Tell the worker to stop a stream; the reply is not awaited (nobody waits for it)."""
-        fid = self._next_id
-        self._next_id += 1
         try:
-            self._send(call_frame(fid, "cancel", {"target": target}))
+            self._send(call_frame(self._new_id(), "cancel", {"target": target}))
         except (ConnectionError, RuntimeError):
             pass
 
