@@ -4,7 +4,7 @@
     python -m krmlx models make PRESET [--rebuild] | models list
     python -m krmlx bench WORKLOAD|suite [--model M] [--phases none|all|each|LIST] [--trials N]
         [--smoke] [--out DIR] [--requests N] [--concurrency C] [--rate R[,R...]] [--duration-s S]
-        [--max-tokens N] [--seed S]
+        [--max-tokens N] [--seed S] [--ranks N] [--backend ring|nccl]
     python -m krmlx compare A.json B.json
     python -m krmlx report RESULTS... [--out DIR]
 
@@ -67,7 +67,7 @@ def default_out(out: str, workload: str) -> Path:
 BENCH_OPTIONS = {
     "max_tokens": ("max_tokens",), "concurrency": ("concurrency",),
     "duration_s": ("duration_s",), "requests": ("requests", "questions", "max_requests"),
-    "rate": ("rates", "rate"), "seed": ("seed",),
+    "rate": ("rates", "rate"), "seed": ("seed",), "ranks": ("ranks",), "backend": ("backend",),
 }
 
 
@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="runs")
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--levels", default=None, help="concurrency: comma list of levels (default 1..64)")
+    b.add_argument("--ranks", type=int, default=None, help="distributed: ranks of the group (2)")
+    b.add_argument("--backend", default=None, help="distributed: ring (CPU) or nccl (GPUs)")
     b.add_argument("--no-server", action="store_true", help="concurrency: skip the mlx_lm.server peer")
     c = sub.add_parser("compare", help="compare two results files")
     c.add_argument("a")

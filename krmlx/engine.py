@@ -46,7 +46,8 @@ class Engine(BaseEngine):
             stream=cfg.framer.stream_options() if cfg.framer else StreamOptions(),
             faults=FaultPlan.from_dict(cfg.faults), timeout_s=cfg.timeout_s, env=self.env,
             ready_timeout_s=self.ready_timeout_s, scheduler=cfg.scheduler,
-            prompt_cache=cfg.prompt_cache.to_dict() if cfg.prompt_cache else None)
+            prompt_cache=cfg.prompt_cache.to_dict() if cfg.prompt_cache else None,
+            distributed=cfg.distributed)
         await self.client.start()
         self.service, self.stages = build_stack(cfg, self.client)
         t0 = time.perf_counter()

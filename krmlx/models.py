@@ -273,3 +273,16 @@ def load(folder: Path, *, trust_remote_code: bool = False):
         return mlx_lm.load(str(folder), trust_remote_code=trust_remote_code)
     except Exception as e:
         raise ModelError(f"could not load model folder {folder}: {type(e).__name__}: {e}") from e
+
+
+def load_sharded(folder: Path, group):
+    """Load an mlx-lm model folder tensor-parallel over ``group`` (this rank's shard;
+    ``mlx_lm.utils.sharded_load``): every rank of the group must call it together."""
+    from mlx_lm.utils import sharded_load
+
+    check_model_folder(Path(folder))
+    try:
+        return sharded_load(str(folder), tensor_group=group)
+    except Exception as e:
+        raise ModelError(f"could not load model folder {folder} tensor-parallel over "
+                         f"{group.size()} ranks: {type(e).__name__}: {e}") from e

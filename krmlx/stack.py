@@ -66,6 +66,7 @@ class StackConfig:
     faults: dict | None = None  # a worker fault plan (see krmlx.worker.faults)
     prompt_cache: object = None  # krmlx.worker.prompt_cache.PromptCacheConfig: KV prefix reuse
     draft: str | None = None  # a draft model for speculative decoding (serial scheduler)
+    distributed: object = None  # krmlx.worker.launch.DistributedConfig: the worker as N ranks
 
     def __post_init__(self):
         if self.codec not in CODECS:
@@ -77,11 +78,20 @@ class StackConfig:
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ConfigError(f"timeout_s: must be positive, got {self.timeout_s!r}")
         expected = {"batcher": "BatcherConfig", "model_cache": "ModelCacheConfig",
-                    "retry": "RetryPolicy", "breaker": "BreakerPolicy"}
+                    "retry": "RetryPolicy", "breaker": "BreakerPolicy",
+                    "distributed": "DistributedConfig"}
         for name, cls in expected.items():
             value = getattr(self, name)
             if value is not None and type(value).__name__ != cls:
                 raise ConfigError(f"{name}: must be a {cls} or None, got {type(value).__name__}")
+        d = self.distributed
+        if d is not None and d.ranks > 1:
+            if self.scheduler != "serial" or self.prompt_cache is not None or self.draft:
+                raise ConfigError("distributed: a worker of several ranks runs the serial "
+                                  "scheduler, without prompt_cache or draft")
+            if d.launcher == "mlx.launch" and self.wire_codec != "json":
+                raise ConfigError("distributed: mlx.launch relays stdout as text; use the json "
+                                  f"codec (framing's codec is {self.wire_codec!r})")
 
     @classmethod
     def phases(cls, names=(), **overrides) -> StackConfig:

@@ -49,6 +49,7 @@ from ..questions import load_questions
 from .estimates import compare_estimates
 from .runner import RunPlan
 from .workloads_core import DIRECT, EnginePool, RunContext, Workload, spec_dict, stage_stats
+from .workloads_dist import Distributed
 from .workloads_err import ErrorRates
 from .workloads_load import Mixed, RateSweep, ServerProfile, TokenizeFlood
 from .workloads_long import LongForm
@@ -56,8 +57,8 @@ from .workloads_seq import Baseline, ModelSwitching, MultiTenant
 
 WORKLOADS: dict[str, type[Workload]] = {cls.name: cls for cls in (
     Baseline, TokenizeFlood, ModelSwitching, MultiTenant, Mixed, ErrorRates, LongForm,
-    ServerProfile, RateSweep)}
-SUITE = tuple(WORKLOADS)  # the order ``bench suite`` runs them in
+    ServerProfile, RateSweep, Distributed)}
+SUITE = tuple(n for n in WORKLOADS if n != Distributed.name)  # ``bench suite``, in order
 
 __all__ = ["SUITE", "WORKLOADS", "EnginePool", "Workload", "estimate_tables", "make_workload",
            "measured_estimates", "prepare", "run_workload", "summarize_partial"]

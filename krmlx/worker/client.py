@@ -26,6 +26,7 @@ import collections
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -125,8 +126,16 @@ class WorkerClient:
                  auto_restart: bool = True, reload_on_restart: bool = True,
                  env: dict | None = None, python: str = sys.executable, scheduler: str = "serial",
                  prompt_cache: dict | None = None, fast_blas: bool = False,
-                 reload_attempts: int = 3):
+                 reload_attempts: int = 3, distributed=None):
         make_codec(codec)  # validate early
+        if distributed is not None and distributed.ranks > 1 and distributed.launcher == "mlx.launch" \
+                and codec != "json":
+            from ..errors import ConfigError
+
+            raise ConfigError("distributed: mlx.launch relays the worker's stdout as text: "
+                              f"use the json codec, not {codec!r}")
+        # krmlx.worker.launch.DistributedConfig; one rank is the plain worker
+        self.distributed = distributed if distributed is not None and distributed.ranks > 1 else None
         if isinstance(reload_attempts, bool) or not isinstance(reload_attempts, int) \
                 or reload_attempts < 1:
             raise ValueError(f"reload_attempts: must be an int >= 1, got {reload_attempts!r}")
@@ -175,6 +184,11 @@ class WorkerClient:
             o = self.stream_opts
             argv += ["--stream", json.dumps({"coalesce_tokens": o.coalesce_tokens,
                                              "coalesce_ms": o.coalesce_ms, "window": o.window})]
+        if self.distributed is not None:
+            from .launch import free_port_range
+
+            d = self.distributed
+            return d.argv(self.python, argv, d.port or free_port_range(d.ranks))
         return argv
 
     @property
@@ -241,7 +255,7 @@ class WorkerClient:
             return
         if transport.get_returncode() is None:
             self._expected_exit = True
-            transport.kill()
+            self._hard_kill(transport)
         await protocol.exited
 
     async def _spawn(self) -> None:
@@ -260,7 +274,8 @@ class WorkerClient:
         loop = asyncio.get_running_loop()
         self.transport, self._protocol = await loop.subprocess_exec(
             lambda: _Protocol(self), *self._argv(), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            start_new_session=self.distributed is not None)
         self._stdin = self.transport.get_pipe_transport(0)
         self.pid = self.transport.get_pid()
         try:
@@ -295,10 +310,21 @@ class WorkerClient:
             try:
                 await asyncio.wait_for(asyncio.shield(protocol.exited), 0.5)
             except TimeoutError:
-                transport.kill()
+                self._hard_kill(transport)
         await protocol.exited
         transport.close()
         self._fail_all(WorkerCrashed("worker was closed"))
+
+    def _hard_kill(self, transport) -> None:
+        """SIGKILL the worker; a distributed group's whole process group (its launcher and
+        every local rank: they all share the session the client started it in)."""
+        if self.distributed is not None:
+            try:
+                os.killpg(transport.get_pid(), signal.SIGKILL)
+                return
+            except ProcessLookupError:
+                pass
+        transport.kill()
 
     async def __aenter__(self) -> WorkerClient:
         return await self.start()

@@ -10,7 +10,10 @@ A batched scheduler (continuous batching) implements the same ``submit``/``run``
 
 from __future__ import annotations
 
+import logging
+import os
 import queue
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -111,6 +114,7 @@ class GenerateJob:
     delay_s: float = 0.0  # injected latency before the job starts
     draft: object = None  # the draft model's entry (speculative decoding), if any
     prompt_cache: object = None  # the worker's PromptCache, if reuse is on
+    group: object = None  # krmlx.worker.group.Leader: this worker is rank 0 of a group
 
 
 class SerialScheduler:
@@ -179,28 +183,46 @@ def run_generate(job: GenerateJob) -> None:
         cache, rest = pc.fetch(entry.id, entry.model, prompt_ids)
         info["cached_prompt_tokens"] = len(prompt_ids) - len(rest)
     drafts: list[bool] = []
+    temperature, seed, group = params.get("temperature", 0.0), params.get("seed"), job.group
+    if group is not None:  # the other ranks run this generation in lockstep
+        if temperature and seed is None:
+            seed = random.getrandbits(63)  # every rank must draw the same samples
+        group.command("generate", model=entry.id, prompt_ids=prompt_ids,
+                      max_tokens=params["max_tokens"], temperature=temperature, seed=seed)
     steps = gen.iter_tokens(entry.model, entry.tokenizer, rest, max_tokens=params["max_tokens"],
-                            temperature=params.get("temperature", 0.0), seed=params.get("seed"),
+                            temperature=temperature, seed=seed,
                             prompt_cache=cache, draft_model=job.draft.model if job.draft else None,
                             on_draft=drafts.append)
     entry.refs += 1
     finished = False
+    ended = group is None  # the other ranks know this generation ended (or there are none)
     try:
         while True:
-            if out.cancelled.is_set():
+            go = not out.cancelled.is_set()
+            if group is not None:
+                go = group.step(go)  # before each step: the other ranks learn of a cancel
+            if not go:
+                ended = True
                 out.finish("cancelled", len(prompt_ids))
                 return
             try:
                 token, text = next(steps)
             except StopIteration as stop:
+                ended = finished = True
                 finish, tail = stop.value
-                finished = True
                 if drafts:
                     info["draft_accepted"], info["draft_checked"] = sum(drafts), len(drafts)
                 out.finish(finish, len(prompt_ids), tail, info)
                 return
+            except BaseException:
+                if group is not None:  # failed inside a step: the ranks are out of step
+                    logging.getLogger("krmlx.worker").exception("generation failed inside a step")
+                    os._exit(3)  # the launcher ends the group; the engine restarts it
+                raise
             out.put(token, text)
     finally:
+        if not ended:  # an error between steps: release the other ranks
+            group.step(False)
         steps.close()
         entry.refs -= 1
         entry.last_used = time.monotonic()

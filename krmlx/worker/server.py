@@ -16,6 +16,7 @@ The worker opens no network port.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -36,6 +37,7 @@ NULL_MODEL = "null"  # always resident: synthetic tokens without MLX, for stream
 # method -> {param: (type(s), required)}
 SCHEMA: dict[str, dict[str, tuple]] = {
     "ping": {},
+    "group_probe": {"hidden": (int, False), "iters": (int, False)},
     "stats": {},
     "shutdown": {},
     "list_models": {},
@@ -126,7 +128,13 @@ class ModelEntry:
 class Worker:
     def __init__(self, out_fd: int, codec: str = "json", *, max_frame_bytes: int | None = None,
                  faults: FaultPlan | None = None, stream: StreamOptions = StreamOptions(),
-                 scheduler: str = "serial", prompt_cache: dict | None = None):
+                 scheduler: str = "serial", prompt_cache: dict | None = None,
+                 group=None, ascii_frames: bool = False):
+        if group is not None and (scheduler != "serial" or prompt_cache is not None):
+            raise ValueError("a distributed worker runs the serial scheduler without "
+                             "prompt-cache reuse")
+        self.group = group  # krmlx.worker.group.Leader when this is rank 0 of a group
+        self.ascii_frames = ascii_frames
         kw = {"max_frame_bytes": max_frame_bytes} if max_frame_bytes else {}
         self.codec = make_codec(codec, **kw)
         self.out_fd = out_fd
@@ -150,6 +158,8 @@ class Worker:
     def send(self, frame: dict) -> None:
         with self._write_lock:  # one writer at a time; the codec's packer is not thread-safe
             data = self.codec.encode(frame)
+            if self.ascii_frames and not data.isascii():  # through mlx.launch's text relay
+                data = (json.dumps(frame, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
             if len(data) > self.codec.max_frame_bytes:  # never send what the client must drop
                 data = self.codec.encode(error_frame(
                     frame["id"], "frame_too_large",
@@ -169,13 +179,16 @@ class Worker:
 
     # -- input --------------------------------------------------------------------------
     def serve(self, in_fd: int = 0) -> None:
-        threading.Thread(target=self.scheduler.run, name="compute", daemon=True).start()
+        compute = threading.Thread(target=self.scheduler.run, name="compute", daemon=True)
+        compute.start()
         threading.Thread(target=self._aux_loop, name="aux", daemon=True).start()
         from ..blas import detect_blas
 
         self.send({"v": VERSION, "id": 0, "kind": "ready", "pid": os.getpid(),
                    "codec": self.codec.name, "scheduler": self.scheduler.name,
-                   "blas": detect_blas().kind})
+                   "blas": detect_blas().kind,
+                   "ranks": self.group.size if self.group else 1,
+                   "backend": self.group.backend if self.group else None})
         while not self._stopping:
             data = os.read(in_fd, 1 << 16)
             if not data:
@@ -188,6 +201,10 @@ class Worker:
                 else:
                     self.dispatch(item)
         self.scheduler.stop()
+        if self.group is not None:  # the other ranks leave once the compute thread is done
+            compute.join(timeout=30)
+            if not compute.is_alive():
+                self.group.command("shutdown")
 
     def dispatch(self, frame: dict) -> None:
         fid = frame["id"]
@@ -242,6 +259,13 @@ class Worker:
             self.scheduler.submit(_Job(fid, lambda: self.load_model(model_id, params), delay, self.reply))
         elif method == "unload_model":
             self.scheduler.submit(_Job(fid, lambda: self.unload_model(model_id), delay, self.reply))
+        elif method == "group_probe":
+            if self.group is None:
+                raise BadRequest("group_probe: this worker is one process, not a distributed group")
+            hidden, iters = params.get("hidden", 128), params.get("iters", 50)
+            if not (0 < hidden <= 1 << 20 and 0 < iters <= 10_000):
+                raise BadRequest("group_probe: hidden must be in [1, 2**20] and iters in [1, 10000]")
+            self.scheduler.submit(_Job(fid, lambda: self.group.probe(hidden, iters), delay, self.reply))
         elif method in AUX_METHODS:
             entry = self.entry(model_id)
             handler = getattr(self, "do_" + method)
@@ -258,7 +282,8 @@ class Worker:
                             crash_now)
             self.streams[fid] = out
             draft = self.models.get(entry.draft_id) if entry.draft_id else None
-            self.scheduler.submit(GenerateJob(out, entry, params, delay, draft, self.prompt_cache))
+            self.scheduler.submit(GenerateJob(out, entry, params, delay, draft, self.prompt_cache,
+                                              self.group))
 
     def _stream_send(self, frame: dict) -> None:
         if frame["kind"] == "token":
@@ -301,9 +326,14 @@ class Worker:
                 self._attach_draft(e, params["draft"])
             return {"model": model_id, "cached": True, "bytes": e.bytes, "load_ms": 0.0,
                     "draft": e.draft_id}
+        if self.group is not None and params.get("draft"):
+            raise BadRequest("load_model: a distributed worker takes no draft model")
         t0 = time.perf_counter()
         path = resolve_model(model_id)
-        model, tokenizer = load(path, trust_remote_code=params.get("trust_remote_code", False))
+        if self.group is None:
+            model, tokenizer = load(path, trust_remote_code=params.get("trust_remote_code", False))
+        else:
+            model, tokenizer = self._load_sharded(model_id, path)
         nbytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
         vocab = sorted(tokenizer.get_vocab().items()) if hasattr(tokenizer, "get_vocab") else []
         entry = ModelEntry(model_id, model, tokenizer, str(path), nbytes,
@@ -315,6 +345,23 @@ class Worker:
             self._attach_draft(entry, params["draft"])
         return {"model": model_id, "cached": False, "bytes": nbytes, "load_ms": entry.load_ms,
                 "path": str(path), "draft": entry.draft_id}
+
+    def _load_sharded(self, model_id: str, path):
+        """Every rank loads its shard of the model (tensor parallel); if any rank fails,
+        all drop it and the call fails naming how many ranks could not load it."""
+        from ..models import load_sharded
+
+        self.group.command("load", model=model_id)
+        try:
+            model, tokenizer = load_sharded(path, self.group.group)
+        except Exception:
+            self.group.all_ok(False)
+            raise
+        failed = self.group.all_ok(True)
+        if failed:
+            raise ModelError(f"load_model: {failed} of {self.group.size} ranks could not load "
+                             f"{model_id!r} (see their stderr)")
+        return model, tokenizer
 
     def _attach_draft(self, entry: ModelEntry, draft_id: str) -> None:
         """Load the draft (if needed), check it shares the target's vocabulary, attach it."""
@@ -336,6 +383,8 @@ class Worker:
             raise BadRequest(f"unload_model: {model_id!r} has {entry.refs} requests in flight")
         del self.models[model_id]
         entry.unloaded = True
+        if self.group is not None:
+            self.group.command("unload", model=model_id)
         if self.prompt_cache is not None:
             self.prompt_cache.clear()
         entry.model = entry.tokenizer = None
@@ -354,7 +403,8 @@ class Worker:
                 "resident_bytes": sum(e.bytes for e in list(self.models.values())),
                 "rss_max_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                 "injected": dict(self.faults.injected), "scheduler": self.scheduler.name,
-                "prompt_cache": dict(self.prompt_cache.stats) if self.prompt_cache else None}
+                "prompt_cache": dict(self.prompt_cache.stats) if self.prompt_cache else None,
+                "group": dict(self.group.stats) if self.group else None}
 
     # -- tokenizer methods (aux thread) ---------------------------------------------------
     @staticmethod
@@ -443,9 +493,36 @@ def error_code(exc: BaseException) -> str:
     return "internal"
 
 
+def join_group(backend: str):
+    """Join the MLX distributed group the launcher set up. Rank 0 gets its Leader back;
+    any other rank follows rank 0's commands here and exits when told (or on error)."""
+    import mlx.core as mx
+
+    from .group import Leader, follow
+
+    g = mx.distributed.init(strict=True, backend=backend)
+    if g.rank() == 0:
+        return Leader(g, backend)
+    # A follower reads no frames: drain stdin (mlx.launch copies it to every rank).
+    threading.Thread(target=_drain, args=(0,), daemon=True).start()
+    code = 0
+    try:
+        from ..models import load_sharded, resolve_model
+
+        follow(g, lambda model_id: load_sharded(resolve_model(model_id), g))
+    except BaseException:  # noqa: BLE001 - out of step: leave, the launcher ends the group
+        log.exception("rank %d stopped", g.rank())
+        code = 3
+    os._exit(code)
+
+
+def _drain(fd: int) -> None:
+    while os.read(fd, 1 << 16):
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
-    import json
 
     # Move the real stdout aside first: from here on only frames reach fd `out`.
     out = os.dup(1)
@@ -458,6 +535,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stream", default=None, help="stream options as JSON")
     parser.add_argument("--scheduler", default="serial", choices=["serial", "batched"])
     parser.add_argument("--prompt-cache", default=None, help="prompt-cache reuse config as JSON")
+    parser.add_argument("--distributed", default=None, choices=["ring", "nccl"],
+                        help="run as one rank of an MLX distributed group (see krmlx.worker.launch)")
+    parser.add_argument("--ascii-frames", action="store_true",
+                        help="escape non-ASCII text in JSON frames (for mlx.launch's text relay)")
     parser.add_argument("--log-level", default=os.environ.get("KRMLX_WORKER_LOG", "WARNING"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -465,10 +546,14 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import mlx.core  # noqa: F401 - import before 'ready', so ready means ready
 
+    group = None
+    if args.distributed:
+        group = join_group(args.distributed)  # returns on rank 0 only
     faults = FaultPlan.from_dict(json.loads(args.faults)) if args.faults else None
     stream = StreamOptions(**json.loads(args.stream)) if args.stream else StreamOptions()
     worker = Worker(out, args.codec, max_frame_bytes=args.max_frame_bytes, faults=faults,
                     stream=stream, scheduler=args.scheduler,
-                    prompt_cache=json.loads(args.prompt_cache) if args.prompt_cache else None)
+                    prompt_cache=json.loads(args.prompt_cache) if args.prompt_cache else None,
+                    group=group, ascii_frames=args.ascii_frames)
     worker.serve(0)
     os._exit(0)

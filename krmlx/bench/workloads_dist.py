@@ -1,0 +1,114 @@
+"""``distributed``: the same questions through one worker process and through the worker
+as an MLX distributed group of ``ranks`` (tensor parallel, :mod:`krmlx.worker.group`).
+
+Engines (phase 0 each, interleaved per question): ``rank1`` (the plain worker),
+``ranksN`` (krmlx's launcher: rank 0 holds the engine's pipes) and, with ``mlx_launch``,
+``ranksN-mlx.launch`` (MLX's launcher, which relays stdio). After the questions each group
+runs ``group_probe``: the median cost of one all_sum of a scalar (a step flag, once per
+token) and of a hidden-size vector (twice per layer per token), so the per-token cost of
+the collectives can be set beside the measured TPOT difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..models import PRESETS, parse_name
+from ..stack import StackConfig
+from ..worker.launch import BACKENDS, DistributedConfig
+from .workloads_core import engine_tables, frame, outputs_match
+from .workloads_seq import Baseline
+
+BASE_RANK = "rank1"
+
+
+@dataclass(frozen=True)
+class Distributed(Baseline):
+    name = "distributed"
+    default_phases = "none"
+    uses_direct = False
+    SMOKE = {"questions": 3, "warmup": 0, "max_tokens": 12, "probe_iters": 20}
+
+    questions: int | None = 20
+    max_tokens: int = 50
+    ranks: int = 2
+    backend: str = "ring"
+    mlx_launch: bool = True
+    probe_iters: int = 200
+
+    def validate(self, model):
+        super().validate(model)
+        if isinstance(self.ranks, bool) or not isinstance(self.ranks, int) or self.ranks < 2:
+            raise ConfigError(f"{self.name}: ranks must be an int >= 2, got {self.ranks!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"{self.name}: backend must be one of {BACKENDS}, got {self.backend!r}")
+        spec = parse_name(model)
+        if spec is not None:
+            p = PRESETS[spec.preset]
+            for what, n in (("attention heads", p.num_attention_heads),
+                            ("key/value heads", p.num_key_value_heads),
+                            ("intermediate size", p.intermediate_size)):
+                if n % self.ranks:
+                    raise ConfigError(f"{self.name}: {model!r} has {n} {what}, not divisible "
+                                      f"by {self.ranks} ranks (tensor parallel splits them)")
+
+    def engine_groups(self, model, phases):
+        n = self.ranks
+        group = {BASE_RANK: StackConfig(),
+                 f"ranks{n}": StackConfig(distributed=DistributedConfig(n, self.backend))}
+        if self.mlx_launch:
+            group[f"ranks{n}-mlx.launch"] = StackConfig(
+                distributed=DistributedConfig(n, self.backend, "mlx.launch"))
+        return [group]
+
+    async def run(self, engines, ctx, group=0):
+        await super().run(engines, ctx, group)
+        for name, engine in engines.items():
+            if name == BASE_RANK:
+                continue
+            probe = await engine.call("group_probe", {"hidden": self.hidden(engine),
+                                                      "iters": self.probe_iters})
+            stats = (await engine.client.worker_stats()).get("group") or {}
+            ctx.measurements.append({"series": "probe", "engine": name, **probe,
+                                     "layers": self.layers(engine), **stats})
+
+    @staticmethod
+    def hidden(engine) -> int:
+        return int(_config(engine).get("hidden_size", 128))
+
+    @staticmethod
+    def layers(engine) -> int:
+        return int(_config(engine).get("num_hidden_layers", 0))
+
+    def summarize(self, records, config):
+        df = frame(records)
+        others = [e for e in df["engine"].unique() if e != BASE_RANK]
+        from .workloads_core import comparisons
+
+        probes = [m for m in config.get("measurements", []) if m.get("series") == "probe"]
+        return {"engines": engine_tables(df),
+                "comparisons": comparisons(df, BASE_RANK, others, ("ttft_ms", "tpot_ms", "e2e_ms")),
+                "outputs_match_rank1": outputs_match(df, BASE_RANK, others),
+                "collectives": [collective_row(p) for p in probes]}
+
+
+def collective_row(p: dict) -> dict:
+    """A probe as a table row, with the per-token estimate: 2 all_sums of a hidden vector
+    per layer (attention and MLP outputs) plus one step flag."""
+    per_token = 2 * p.get("layers", 0) * p["allsum_hidden_us"] + p["allsum_scalar_us"]
+    steps = p.get("steps") or 0
+    return {"engine": p["engine"], "ranks": p["ranks"], "backend": p.get("backend"),
+            "allsum_scalar_us": p["allsum_scalar_us"], "allsum_hidden_us": p["allsum_hidden_us"],
+            "hidden": p["hidden"], "layers": p.get("layers"),
+            "collectives_us_per_token": per_token,
+            "step_flag_wait_us_mean": p.get("step_sync_s", 0.0) / steps * 1e6 if steps else None}
+
+
+def _config(engine) -> dict:
+    import json
+
+    try:
+        return json.loads((engine.path / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return {}

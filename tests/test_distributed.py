@@ -1,0 +1,156 @@
+"""The worker as an MLX distributed group: 2 ranks, ring backend over loopback, tiny model.
+
+Greedy outputs equal the single-process worker's (both launchers); cancel, stages and
+faults work unchanged; a rank that dies fails every pending call with WorkerCrashed within
+seconds, every rank is reaped, and the next call brings the group back.
+"""
+
+import asyncio
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from krmlx.stack import StackConfig
+from krmlx.types import Request
+from krmlx.engine import Engine
+from krmlx.errors import BadRequest, ConfigError, WorkerCrashed
+from krmlx.questions import load_questions
+from krmlx.worker.launch import DistributedConfig
+
+TWO = DistributedConfig(2)
+QUESTIONS = [q.question for q in load_questions()[0][:4]]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def ranks_of(engine) -> list[psutil.Process]:
+    """The worker processes of an engine's group (launcher excluded)."""
+    launcher = psutil.Process(engine.client.pid)
+    return [p for p in launcher.children(recursive=True)
+            if "krmlx.worker" in " ".join(p.cmdline()) and "--distributed" in p.cmdline()]
+
+
+async def outputs(model, config, prompts, max_tokens=12):
+    async with Engine(model, config) as eng:
+        return [(await eng.complete(Request(p, max_tokens=max_tokens))).token_ids for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_path):
+    return run(outputs(str(tiny_path), StackConfig(), QUESTIONS))
+
+
+def test_two_ranks_match_one_process(tiny_path, reference):
+    assert run(outputs(str(tiny_path), StackConfig(distributed=TWO), QUESTIONS)) == reference
+
+
+def test_mlx_launch_matches_one_process(tiny_path, reference):
+    cfg = StackConfig(distributed=DistributedConfig(2, launcher="mlx.launch"))
+    assert run(outputs(str(tiny_path), cfg, QUESTIONS)) == reference
+
+
+def test_group_with_all_phases_matches(tiny_path, reference):
+    # framing switches the wire to msgpack: fine with krmlx's launcher (rank 0 holds the pipes)
+    assert run(outputs(str(tiny_path), StackConfig.all(distributed=TWO), QUESTIONS)) == reference
+
+
+def test_cancel_keeps_ranks_in_step_and_probe_reports(tiny_path, reference):
+    async def go():
+        async with Engine(str(tiny_path), StackConfig(distributed=TWO)) as eng:
+            assert eng.client.ready["ranks"] == 2 and eng.client.ready["backend"] == "ring"
+            stream = eng.stream(Request(QUESTIONS[0], max_tokens=200))
+            async for _ in stream:
+                break  # stop after the first chunk: the client cancels, rank 0 stops the others
+            await stream.aclose()
+            # the group still serves, in step: the next answers are the reference ones
+            again = [(await eng.complete(Request(q, max_tokens=12))).token_ids for q in QUESTIONS[:2]]
+            probe = await eng.call("group_probe", {"hidden": 128, "iters": 5})
+            stats = await eng.client.worker_stats()
+            return again, probe, stats
+
+    again, probe, stats = run(go())
+    assert again == reference[:2]
+    assert probe["ranks"] == 2 and probe["allsum_scalar_us"] > 0 and probe["allsum_hidden_us"] > 0
+    g = stats["group"]
+    assert g["ranks"] == 2 and g["steps"] >= 2 * 12 and g["commands"] >= 4
+
+
+def test_sampling_agrees_across_ranks(tiny_path):
+    # temperature > 0 without a seed: rank 0 draws one and shares it, so the ranks sample
+    # the same tokens (else the run would desync or hang); a fixed seed repeats itself
+    async def go():
+        async with Engine(str(tiny_path), StackConfig(distributed=TWO)) as eng:
+            free = await eng.complete(Request(QUESTIONS[0], max_tokens=12, temperature=1.0))
+            a = await eng.complete(Request(QUESTIONS[0], max_tokens=12, temperature=1.0, seed=7))
+            b = await eng.complete(Request(QUESTIONS[0], max_tokens=12, temperature=1.0, seed=7))
+            return free, a, b
+
+    free, a, b = run(go())
+    assert len(free.token_ids) > 0 and a.token_ids == b.token_ids
+
+
+@pytest.mark.parametrize("victim", ["follower", "rank0"])
+def test_dead_rank_fails_calls_fast_and_group_restarts(tiny_path, reference, victim):
+    async def go():
+        async with Engine(str(tiny_path), StackConfig(distributed=TWO)) as eng:
+            ranks = ranks_of(eng)
+            assert len(ranks) == 2
+            lead = eng.client.ready["pid"]
+            target = next(p for p in ranks if (p.pid == lead) == (victim == "rank0"))
+            stream = eng.stream(Request(QUESTIONS[0], max_tokens=400))
+            first = await stream.__anext__()
+            assert first.text is not None
+            t0 = time.monotonic()
+            os.kill(target.pid, signal.SIGKILL)
+            with pytest.raises(WorkerCrashed):
+                async for _ in stream:
+                    pass
+            waited = time.monotonic() - t0
+            gone = psutil.wait_procs(ranks, timeout=5)[1]
+            # the next call restarts the group (and reloads the model)
+            after = (await eng.complete(Request(QUESTIONS[0], max_tokens=12))).token_ids
+            return waited, gone, after, eng.client.stats["restarts"]
+
+    waited, still_alive, after, restarts = run(go())
+    assert waited < 5, f"WorkerCrashed took {waited:.1f} s"
+    assert not still_alive, f"ranks not reaped: {still_alive}"
+    assert after == reference[0] and restarts == 1
+
+
+def test_close_reaps_every_rank(tiny_path):
+    async def go():
+        eng = await Engine(str(tiny_path), StackConfig(distributed=TWO)).start()
+        procs = [psutil.Process(eng.client.pid), *ranks_of(eng)]
+        await eng.close()
+        return psutil.wait_procs(procs, timeout=5)[1]
+
+    assert run(go()) == []
+
+
+def test_bad_configs_are_clear():
+    with pytest.raises(ConfigError, match="json codec"):
+        StackConfig.all(distributed=DistributedConfig(2, launcher="mlx.launch"))
+    with pytest.raises(ConfigError, match="serial"):
+        StackConfig(scheduler="batched", distributed=TWO)
+    with pytest.raises(ConfigError, match="hostfile"):
+        DistributedConfig(2, hostfile="/etc/hostname")
+    with pytest.raises(ConfigError, match="ranks"):
+        DistributedConfig(0)
+    with pytest.raises(ConfigError, match="backend"):
+        DistributedConfig(2, backend="tcp")
+    with pytest.raises(ConfigError, match="DistributedConfig"):
+        StackConfig(distributed={"ranks": 2})
+
+
+def test_probe_on_one_process_is_a_bad_request(tiny_path):
+    async def go():
+        async with Engine(str(tiny_path)) as eng:
+            await eng.call("group_probe", {})
+
+    with pytest.raises(BadRequest, match="not a distributed group"):
+        run(go())
