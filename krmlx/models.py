@@ -275,14 +275,27 @@ def load(folder: Path, *, trust_remote_code: bool = False):
         raise ModelError(f"could not load model folder {folder}: {type(e).__name__}: {e}") from e
 
 
-def load_sharded(folder: Path, group):
-    """Load an mlx-lm model folder tensor-parallel over ``group`` (this rank's shard;
-    ``mlx_lm.utils.sharded_load``): every rank of the group must call it together."""
-    from mlx_lm.utils import sharded_load
-
+def load_sharded(folder: Path, group, backend: str = "ring"):
+    """Load an mlx-lm model folder tensor-parallel over ``group`` (this rank's shard);
+    every rank of the group must call it together. On ``ring`` this is
+    ``mlx_lm.utils.sharded_load``; on ``nccl`` the same steps (lazy load, ``model.shard``,
+    evaluate) without its closing barrier, an all_sum on the CPU stream, which the NCCL
+    backend (GPU only) does not run: the caller's next collective is the barrier."""
     check_model_folder(Path(folder))
     try:
-        return sharded_load(str(folder), tensor_group=group)
+        if backend == "ring":
+            from mlx_lm.utils import sharded_load
+
+            return sharded_load(str(folder), tensor_group=group)
+        import mlx.core as mx
+        from mlx_lm.utils import load_model, load_tokenizer
+
+        model, config = load_model(Path(folder), lazy=True, strict=False)
+        model.shard(group)
+        mx.eval(model.parameters())
+        tokenizer = load_tokenizer(Path(folder), {"trust_remote_code": True},
+                                   eos_token_ids=config.get("eos_token_id", None))
+        return model, tokenizer
     except Exception as e:
         raise ModelError(f"could not load model folder {folder} tensor-parallel over "
                          f"{group.size()} ranks: {type(e).__name__}: {e}") from e

@@ -154,3 +154,17 @@ def test_probe_on_one_process_is_a_bad_request(tiny_path):
 
     with pytest.raises(BadRequest, match="not a distributed group"):
         run(go())
+
+
+def test_nccl_load_path_matches_plain_load(tiny_path):
+    # the NCCL branch of load_sharded (no CPU-stream barrier) on a one-process group
+    import mlx.core as mx
+
+    from krmlx import gen
+    from krmlx.models import load, load_sharded
+
+    ids = [5, 6, 7, 8]
+    outs = []
+    for model, tok in (load(tiny_path), load_sharded(tiny_path, mx.distributed.init(), "nccl")):
+        outs.append([t for t, _ in gen.iter_tokens(model, tok, ids, max_tokens=8)])
+    assert outs[0] == outs[1] and len(outs[0]) > 0

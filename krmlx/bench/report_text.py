@@ -64,7 +64,12 @@ def format_summary(doc: dict) -> str:
     if summary.get("headline"):
         rows = summary["headline"]
         parts += ["", f"{cfg.get('workload')} results", _table(rows, {k: k for k in rows[0]}, "{:.4g}")]
-    matches = [r for key in ("outputs_match", "outputs_match_phase0") for r in summary.get(key) or []]
+    if summary.get("collectives"):
+        rows = summary["collectives"]
+        parts += ["", "collectives (median of all_sum; per token: 2 x layers x hidden + 1 step flag)",
+                  _table(rows, {k: k for k in rows[0]}, "{:.4g}")]
+    matches = [r for key in ("outputs_match", "outputs_match_phase0", "outputs_match_rank1")
+               for r in summary.get(key) or []]
     if matches:
         parts += ["", "greedy outputs identical: " + _matches_line(matches)]
     if summary.get("estimates"):

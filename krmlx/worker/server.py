@@ -353,7 +353,7 @@ class Worker:
 
         self.group.command("load", model=model_id)
         try:
-            model, tokenizer = load_sharded(path, self.group.group)
+            model, tokenizer = load_sharded(path, self.group.group, self.group.backend)
         except Exception:
             self.group.all_ok(False)
             raise
@@ -509,7 +509,7 @@ def join_group(backend: str):
     try:
         from ..models import load_sharded, resolve_model
 
-        follow(g, lambda model_id: load_sharded(resolve_model(model_id), g))
+        follow(g, lambda model_id: load_sharded(resolve_model(model_id), g, backend))
     except BaseException:  # noqa: BLE001 - out of step: leave, the launcher ends the group
         log.exception("rank %d stopped", g.rank())
         code = 3
