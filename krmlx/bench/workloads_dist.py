@@ -1,10 +1,13 @@
 """``distributed``: the same questions through one worker process and through the worker
 as an MLX distributed group of ``ranks`` (tensor parallel, :mod:`krmlx.worker.group`).
 
-Engines (phase 0 each, interleaved per question): ``rank1`` (the plain worker),
-``ranksN`` (krmlx's launcher: rank 0 holds the engine's pipes) and, with ``mlx_launch``,
-``ranksN-mlx.launch`` (MLX's launcher, which relays stdio). After the questions each group
-runs ``group_probe``: the median cost of one all_sum of a scalar (a step flag, once per
+Engines (phase 0 each): ``rank1`` (the plain worker), ``ranksN`` (krmlx's launcher: rank 0
+holds the engine's pipes) and, with ``mlx_launch``, ``ranksN-mlx.launch`` (MLX's launcher,
+which relays stdio). Each runs alone (its own engine group, started and closed in turn), not
+interleaved with the others: an idle group is not idle (a follower waiting in a collective
+spins a CPU core, or an NCCL kernel on its GPU; mlx.launch's relay spins too), so a live
+group would slow whatever is measured beside it. After the questions each group runs
+``group_probe``: the median cost of one all_sum of a scalar (a step flag, once per
 token) and of a hidden-size vector (twice per layer per token), so the per-token cost of
 the collectives can be set beside the measured TPOT difference.
 """
@@ -55,12 +58,12 @@ class Distributed(Baseline):
 
     def engine_groups(self, model, phases):
         n = self.ranks
-        group = {BASE_RANK: StackConfig(),
-                 f"ranks{n}": StackConfig(distributed=DistributedConfig(n, self.backend))}
+        groups = [{BASE_RANK: StackConfig()},
+                  {f"ranks{n}": StackConfig(distributed=DistributedConfig(n, self.backend))}]
         if self.mlx_launch:
-            group[f"ranks{n}-mlx.launch"] = StackConfig(
-                distributed=DistributedConfig(n, self.backend, "mlx.launch"))
-        return [group]
+            groups.append({f"ranks{n}-mlx.launch": StackConfig(
+                distributed=DistributedConfig(n, self.backend, "mlx.launch"))})
+        return groups
 
     async def run(self, engines, ctx, group=0):
         await super().run(engines, ctx, group)

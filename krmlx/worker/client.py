@@ -435,8 +435,12 @@ class WorkerClient:
             self._send(call_frame(fid, call.method, call.params, call.model))
             index = consumed = 0
             window = self.stream_opts.window
+            items = inbox.items
             while True:
-                frame = await self._next(inbox, deadline, call)
+                if items and not isinstance(items[0], BaseException):
+                    frame = items.popleft()  # already here: no await (the per-token fast path)
+                else:
+                    frame = await self._next(inbox, deadline, call)
                 kind = frame["kind"]
                 if kind == "token":
                     for token, text in frame["tokens"]:

@@ -157,10 +157,10 @@ class MsgpackCodec:
             self._skip -= dropped
             data = data[dropped:]
         buf = bytes(self._buf) + data if self._buf else data
-        view = memoryview(buf)  # of immutable bytes: slices copy nothing and lock nothing
         pos, end, limit = 0, len(buf), self.max_frame_bytes
+        decode = self._decode
         while end - pos >= 4:
-            (n,) = _LEN.unpack_from(buf, pos)
+            n = int.from_bytes(buf[pos:pos + 4], "big")
             if n > limit:
                 out.append(FrameTooLarge(f"frame of {n} bytes exceeds the limit of {limit}"))
                 if end - pos - 4 >= n:
@@ -171,16 +171,17 @@ class MsgpackCodec:
                 break
             if end - pos - 4 < n:
                 break
-            out.append(self._decode(view[pos + 4:pos + 4 + n]))
+            # a bytes slice (a small copy) unpacks faster than a memoryview slice
+            out.append(decode(buf[pos + 4:pos + 4 + n]))
             pos += 4 + n
-        self._buf = bytearray(view[pos:])
+        self._buf = bytearray(buf[pos:]) if pos < end else bytearray()
         return out
 
     @staticmethod
     def _decode(body) -> dict | ProtocolError:
         """A frame, or a ProtocolError: never raises (any exception becomes one)."""
         try:
-            frame = msgpack.unpackb(body, strict_map_key=False)
+            frame = msgpack.unpackb(body)  # map keys must be strings (the envelope's are)
         except Exception as e:  # noqa: BLE001 - msgpack raises several types for bad input
             return ProtocolError(f"malformed msgpack frame: {type(e).__name__}: {e}")
         try:
