@@ -6,6 +6,7 @@
         [--smoke] [--out DIR] [--requests N] [--concurrency C] [--rate R[,R...]] [--duration-s S]
         [--max-tokens N] [--seed S] [--ranks N] [--backend ring|nccl]
     python -m krmlx compare A.json B.json
+    python -m krmlx resummarize RESULTS...
     python -m krmlx report RESULTS... [--out DIR]
 
 Model code runs under the fastest BLAS available: on Linux the command re-executes
@@ -104,7 +105,7 @@ def run_special_bench(args) -> int:
         levels = args.levels.split(",") if args.levels else DEFAULT_LEVELS
         doc = asyncio.run(run_concurrency(
             args.model, levels=levels, max_tokens=args.max_tokens or 64, smoke=args.smoke,
-            server=not args.no_server,
+            server=not args.no_server, scheduler=args.scheduler or "batched",
             checkpoint=lambda d: write_results(path, **d, complete=False)))
         tables = {"levels": doc["summary"]["levels"], "targets": doc["summary"]["targets"]}
     write_results(path, **doc)
@@ -214,6 +215,34 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_resummarize(args) -> int:
+    """Recompute each workload results file's ``summary`` from its raw records and config
+    with this krmlx (the records are not touched; the file is rewritten atomically and
+    records which krmlx summarized it)."""
+    from .bench.results import read_results, write_results
+    from .bench.workloads import WORKLOADS, make_workload
+    from .doctor import git_sha
+    from .errors import KrmlxError
+
+    for path in args.results:
+        try:
+            doc = read_results(path)
+            cfg = doc["config"]
+            if cfg.get("workload") not in WORKLOADS:
+                raise KrmlxError(f"{path}: workload {cfg.get('workload')!r} has no summarize step here")
+            params = {k: tuple(v) if isinstance(v, list) else v
+                      for k, v in (cfg.get("params") or {}).items() if k != "smoke"}
+            wl = make_workload(cfg["workload"], smoke=bool(cfg.get("smoke")), **params)
+            cfg["resummarized_by"] = git_sha()
+            write_results(path, env=doc["env"], config=cfg, records=doc["records"],
+                          summary=wl.summarize(doc["records"], cfg), complete=doc.get("complete", True))
+            print(f"{path}: summary recomputed from {len(doc['records'])} records")
+        except KrmlxError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def cmd_report(args) -> int:
     from .errors import ResultsError
     from .report.export import build_report
@@ -257,10 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--levels", default=None, help="concurrency: comma list of levels (default 1..64)")
     b.add_argument("--ranks", type=int, default=None, help="distributed: ranks of the group (2)")
     b.add_argument("--backend", default=None, help="distributed: ring (CPU) or nccl (GPUs)")
+    b.add_argument("--scheduler", default=None,
+                   help="concurrency: batched (default) or batched-staged (staged admission)")
     b.add_argument("--no-server", action="store_true", help="concurrency: skip the mlx_lm.server peer")
     c = sub.add_parser("compare", help="compare two results files")
     c.add_argument("a")
     c.add_argument("b")
+    s = sub.add_parser("resummarize", help="recompute workload results files' summaries from their records")
+    s.add_argument("results", nargs="+")
     r = sub.add_parser("report", help="write an offline HTML/Markdown/CSV report of results files")
     r.add_argument("results", nargs="+", help="results files or folders of them")
     r.add_argument("--out", default="report", help="output folder")
@@ -274,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         reexec_under_blas()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handler = {"doctor": cmd_doctor, "models": cmd_models, "bench": cmd_bench,
-               "compare": cmd_compare, "report": cmd_report}[args.cmd]
+               "compare": cmd_compare, "report": cmd_report,
+               "resummarize": cmd_resummarize}[args.cmd]
     return handler(args)
 
 

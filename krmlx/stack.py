@@ -27,7 +27,7 @@ from .worker.protocol import CODECS
 from .worker.scheduler import StreamOptions
 
 PHASES = ("batching", "caching", "retry", "framing")
-SCHEDULERS = ("serial", "batched")
+SCHEDULERS = ("serial", "batched", "batched-staged")
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ import time
 import psutil
 import pytest
 
-from krmlx.stack import StackConfig
-from krmlx.types import Request
 from krmlx.engine import Engine
 from krmlx.errors import BadRequest, ConfigError, WorkerCrashed
 from krmlx.questions import load_questions
+from krmlx.stack import StackConfig
+from krmlx.types import Request
 from krmlx.worker.launch import DistributedConfig
 
 TWO = DistributedConfig(2)

@@ -183,3 +183,23 @@ def test_cli_options_map_to_each_workloads_parameters():
     assert workload_params("tokenize_flood", args, note=False) == {"requests": 5, "concurrency": 3}
     assert workload_params("error_rates", args, note=False) == {"questions": 5, "max_tokens": 7}
     assert args.phases is None  # each workload's default
+
+
+def test_resummarize_recomputes_the_summary_from_the_records(docs, tmp_path):
+    doc = docs["tokenize_flood"]
+    path = write_results(tmp_path / "flood.json", env=doc["env"], config=doc["config"],
+                         records=doc["records"], summary={"stale": True})
+    assert main(["resummarize", str(path)]) == 0
+    again = read_results(path)
+    assert again["records"] == doc["records"]
+    assert again["summary"]["flood"] == doc["summary"]["flood"]
+    assert "stale" not in again["summary"] and "resummarized_by" in again["config"]
+
+
+def test_stats_delta_keeps_counters_only():
+    from krmlx.bench.workloads_core import stats_delta
+
+    before = {"batcher": {"batches": 2, "items": 10, "mean_batch_size": 5.0, "max_batch_size": 8}}
+    after = {"batcher": {"batches": 6, "items": 30, "mean_batch_size": 5.0, "max_batch_size": 8}}
+    assert stats_delta(before, after) == {"batcher.batches": 4, "batcher.items": 20,
+                                          "batcher.mean_batch_size": 5.0}

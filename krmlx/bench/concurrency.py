@@ -226,7 +226,8 @@ SERVER_MAX_LEVEL = 64  # ThreadingHTTPServer's small accept backlog resets more 
 
 async def run_concurrency(model: str = "mini", *, levels=DEFAULT_LEVELS, max_tokens: int = 64,
                           smoke: bool = False, raw: bool = True, server: bool = True,
-                          progress=None, checkpoint=None, warmup: bool = True) -> dict:
+                          progress=None, checkpoint=None, warmup: bool = True,
+                          scheduler: str = "batched") -> dict:
     """Run the sweep; ``checkpoint(doc)``, if given, is called after each path so a failure
     later (or a time limit) keeps what was measured."""
     from ..doctor import collect_env
@@ -240,7 +241,7 @@ async def run_concurrency(model: str = "mini", *, levels=DEFAULT_LEVELS, max_tok
     env = {**collect_env(), "model": model, "model_path": str(folder), "model_bytes": model_bytes(folder)}
     rows, records = [], []
     config = {"workload": "concurrency", "model": model, "levels": levels, "max_tokens": max_tokens,
-              "smoke": smoke, "scheduler": "batched", "warmup": warmup}
+              "smoke": smoke, "scheduler": scheduler, "warmup": warmup}
 
     def document() -> dict:
         summary = {"levels": level_table(rows), "paths": rows, "targets": targets(rows)}
@@ -250,7 +251,7 @@ async def run_concurrency(model: str = "mini", *, levels=DEFAULT_LEVELS, max_tok
         if checkpoint is not None:
             checkpoint(document())
 
-    async with Engine(model, StackConfig(scheduler="batched")) as engine:
+    async with Engine(model, StackConfig(scheduler=scheduler)) as engine:
         for c in levels if warmup else (2,):  # each batch shape once (GPUs compile per shape)
             await run_engine_level(engine, c, 4)
         for c in levels:

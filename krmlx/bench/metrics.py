@@ -208,8 +208,15 @@ def wall_speedup(df: pd.DataFrame, base: str, other: str, *, seed: int = 0) -> d
     wall_s_other (means over trials), speedup_x = their ratio, with a bootstrap CI over trials
     (NaN with fewer than 2 trials each). None if either engine has no completed request."""
     totals = trial_totals(df)
-    a = totals[totals["engine"] == other]["wall_s"].values
-    b = totals[totals["engine"] == base]["wall_s"].values
+    return speedup_of(totals[totals["engine"] == base]["wall_s"].values,
+                      totals[totals["engine"] == other]["wall_s"].values, base, other, seed=seed)
+
+
+def speedup_of(base_walls, other_walls, base: str = "base", other: str = "other", *,
+               seed: int = 0) -> dict | None:
+    """mean(base_walls) / mean(other_walls), one wall time per trial each, with a bootstrap
+    CI over trials (NaN with fewer than 2 each); None if either has none."""
+    a, b = np.asarray(other_walls, dtype=float), np.asarray(base_walls, dtype=float)
     if len(a) == 0 or len(b) == 0:
         return None
     row = {"base": base, "other": other, "trials": int(min(len(a), len(b))),

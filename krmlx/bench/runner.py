@@ -9,6 +9,7 @@ complete, so an interrupted run keeps every finished record.
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 
@@ -73,6 +74,14 @@ def record_of(engine: str, trial: int, request: Request, completion=None, error=
     return rec
 
 
+def settle() -> None:
+    """Before a timed stretch: collect garbage now and freeze what survives, so a full
+    collection (which walks every live object, e.g. the records gathered so far) does not
+    land inside a measurement. Frozen objects stay alive; later garbage is collected."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run_interleaved(engines: dict, requests: list[Request], plan: RunPlan, sink: list,
                           *, workload: str = "baseline", progress=None) -> list[dict]:
     """Send every request through every (started) engine, ``plan.trials`` times."""
@@ -84,6 +93,7 @@ async def run_interleaved(engines: dict, requests: list[Request], plan: RunPlan,
     reruns = 0
     while trial < plan.trials:
         start = len(sink)
+        settle()
         with LoadMeter() as meter:
             for i, req in enumerate(requests):
                 order = names[i % len(names):] + names[: i % len(names)]

@@ -35,7 +35,7 @@ from ..stack import FramerConfig, StackConfig
 from ..types import Request
 from . import metrics
 from .baseline import make_configs
-from .runner import LoadMeter, RunPlan, record_of
+from .runner import LoadMeter, RunPlan, record_of, settle
 
 DIRECT = "direct"  # the engine spec of the in-process baseline
 BASE = "phase0"
@@ -159,13 +159,22 @@ def stage_stats(engine) -> dict:
     return engine.stats() if isinstance(engine, Engine) else {}
 
 
+GAUGES = ("mean", "max", "min")  # stats named so are not counters: a difference means nothing
+
+
 def stats_delta(before: dict, after: dict) -> dict:
-    """Numeric stage stats that changed, flattened to ``stage.key``: after - before."""
+    """Numeric counters of the stages, flattened to ``stage.key``: after - before. Means and
+    maxima are left out (a batcher's ``mean_batch_size`` is recomputed from the deltas of
+    its ``items`` and ``batches``)."""
     out = {}
     for stage, stats in after.items():
         for key, value in stats.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and not any(g in key for g in GAUGES):
                 out[f"{stage}.{key}"] = value - before.get(stage, {}).get(key, 0)
+        batches = out.get(f"{stage}.batches")
+        if batches and f"{stage}.items" in out:
+            out[f"{stage}.mean_batch_size"] = out[f"{stage}.items"] / batches
     return out
 
 
@@ -222,6 +231,7 @@ class RunContext:
         trial = reruns = 0
         while trial < self.plan.trials:
             start, mstart = len(self.sink), len(self.measurements)
+            settle()
             with LoadMeter() as meter:
                 await body(trial)
             disturbed = meter.cores > self.plan.load_limit_cores

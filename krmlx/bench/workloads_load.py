@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..types import Request
 from . import metrics
+from .runner import settle
 from .workloads_core import (
     BASE,
     DIRECT,
@@ -51,6 +52,7 @@ async def run_batch(name, engine, items: list, ctx, trial: int, series: str, con
                     **extra) -> None:
     """Run (kind, request) items on one engine, ``concurrency`` at a time; record wall time
     and stage-stat deltas as a measurement."""
+    settle()
     before, t0 = stage_stats(engine), time.perf_counter()
 
     async def one(kind, req):
@@ -77,11 +79,21 @@ def wall_rows(df, config, series: str, base: str = BASE) -> list[dict]:
                "e2e_ms_mean": float(part[part["ok"]]["e2e_ms"].mean()),
                **{f"e2e_ms_{k}": v for k, v in metrics.percentiles(part[part["ok"]]["e2e_ms"]).items()},
                "batches": m.get("batcher.batches", math.nan)}
-        s = metrics.wall_speedup(df, base, engine) if engine != base and base in set(df["engine"]) else None
+        s = measured_speedup(config, series, base, engine) if engine != base else None
         if s:
             row.update({"speedup_x": s["speedup_x"], "ci_low": s["ci_low"], "ci_high": s["ci_high"]})
         rows.append(row)
     return rows
+
+
+def measured_speedup(config: dict, series: str, base: str, other: str) -> dict | None:
+    """``base``'s wall time over ``other``'s, each as measured around its trial's batch of
+    requests (the ``wall_s`` the tables show beside it), with a CI over trials."""
+    def walls(engine):
+        return [m["wall_s"] for m in config.get("measurements", [])
+                if m.get("series") == series and m.get("engine") == engine and "wall_s" in m]
+
+    return metrics.speedup_of(walls(base), walls(other), base, other)
 
 
 def less_pct(speedup: float) -> float:
@@ -140,7 +152,7 @@ class TokenizeFlood(Workload):
                     source=f"phase0 wall time for {self.requests} requests")]
         if opt:
             m = measurement_means(config, "flood", opt)
-            s = metrics.wall_speedup(df, BASE, opt)
+            s = measured_speedup(config, "flood", BASE, opt)
             rows.append(est(w, "total_s_optimized", m.get("wall_s"), source=f"{opt} wall time"))
             if m.get("batcher.batches"):
                 rows.append(est(w, "tokenize_batch_ms_optimized", m["wall_s"] * 1e3 / m["batcher.batches"],
@@ -225,7 +237,7 @@ class Mixed(Workload):
         if BASE not in set(df["engine"]) or not opt:
             return out
         w, rows = self.name, []
-        s = metrics.wall_speedup(df, BASE, opt)
+        s = measured_speedup(config, "mixed", BASE, opt)
         if s:
             rows.append(est(w, "total_reduction_pct", less_pct(s["speedup_x"]), less_pct(s["ci_low"]),
                             less_pct(s["ci_high"]), f"1 - {opt} wall / phase0 wall"))

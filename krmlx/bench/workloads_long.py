@@ -94,7 +94,9 @@ class LongForm(Workload):
             o = cost[opt]
             rows.append(est("stream_per_token", "chunk_ms_per_token_optimized", o["per_token_cost_ms"],
                             o["ci_low"], o["ci_high"], f"{opt} TPOT - direct TPOT"))
-            if BASE in cost:
+            base_cost = cost.get(BASE, {}).get("per_token_cost_ms")
+            if base_cost is not None and base_cost > 0 and cost[BASE]["ci_low"] > 0:
+                # a share of a cost only means something where the cost itself is measurably > 0
                 rows.append(est("stream_per_token", "stream_overhead_reduction_pct",
                                 pct_less(o["per_token_cost_ms"], cost[BASE]["per_token_cost_ms"]),
                                 source=f"1 - {opt} per-token cost / phase0 per-token cost"))

@@ -19,6 +19,12 @@ value, the others zeros; as mlx-lm's server shares requests):
 - after a load, whether every rank loaded it (a rank that failed says so; rank 0 then
   fails the call with a clear error and all ranks drop the model).
 
+Doorbells (krmlx's launcher only): a follower waiting in a collective spins (a core on
+the ring backend, an NCCL kernel on a GPU), so between commands it waits on a pipe
+instead: rank 0 writes one byte to each follower's pipe before each command. A pipe that
+closes (rank 0 died) ends the follower. Across hosts (mlx.launch) there are no pipes and
+idle followers spin.
+
 A rank that dies takes the group down: the launcher (:mod:`krmlx.worker.launch`, or
 ``mlx.launch``) kills the other ranks when one exits, so rank 0's stdout closes and
 the engine sees :class:`~krmlx.errors.WorkerCrashed`; nothing waits on a collective
@@ -28,6 +34,7 @@ forever. Limits: the serial scheduler only; no draft model, no prompt-cache reus
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import orjson
@@ -98,8 +105,9 @@ class Leader:
     """Rank 0's side of the group, used by the worker on its compute thread (collectives
     are never run from two threads at once). ``stats`` go into the worker's ``stats``."""
 
-    def __init__(self, group, backend: str):
+    def __init__(self, group, backend: str, doorbells: list[int] = ()):
         self.group = group
+        self.doorbells = list(doorbells)  # write ends of the followers' pipes (may be none)
         self.size = group.size()
         self.backend = backend
         self.stats = {"ranks": self.size, "backend": backend, "commands": 0, "steps": 0,
@@ -107,6 +115,8 @@ class Leader:
 
     def command(self, op: str, **fields) -> None:
         self.stats["commands"] += 1
+        for fd in self.doorbells:
+            os.write(fd, b"\x01")
         share(self.group, {"op": op, **fields})
 
     def step(self, go: bool) -> bool:
@@ -124,14 +134,18 @@ class Leader:
         return probe(self.group, hidden, iters)
 
 
-def follow(group, load) -> None:
+def follow(group, load, doorbell: int | None = None) -> None:
     """A follower rank's loop: run rank 0's commands until ``shutdown``. ``load(model_id)``
-    returns (model, tokenizer) loaded tensor-parallel. An unexpected error ends the
-    process (the launcher then takes the group down): a rank out of step must not go on."""
+    returns (model, tokenizer) loaded tensor-parallel; ``doorbell``, if given, is the read
+    end of this rank's pipe from rank 0 (wait on it, not in a spinning collective). An
+    unexpected error ends the process (the launcher then takes the group down): a rank
+    out of step must not go on."""
     import mlx.core as mx
 
     models: dict[str, tuple] = {}
     while True:
+        if doorbell is not None and not os.read(doorbell, 1):
+            raise RuntimeError(f"rank {group.rank()}: rank 0 is gone (its doorbell closed)")
         cmd = share(group)
         op = cmd.get("op")
         if op == "shutdown":

@@ -7,7 +7,8 @@ Two launchers, chosen by :class:`DistributedConfig.launcher`:
   stdin and stdout, so frames go straight between the engine and rank 0 (no relay);
   the other ranks read nothing and write to stderr. It then lets go of its own stdio and
   waits: when any rank exits it kills the others, reaps them all and exits with the
-  first failing rank's code. Ranks die with it (PR_SET_PDEATHSIG) and share its process
+  first failing rank's code. Each follower gets a doorbell pipe from rank 0, so it waits
+  for the next command on the pipe rather than in a spinning collective. Ranks die with it (PR_SET_PDEATHSIG) and share its process
   group, which the client kills on close.
 - ``mlx.launch`` (a hostfile, or ``-n N`` on one host): MLX's own launcher, which ssh-es
   into each host of the hostfile and relays every rank's stdio through itself. The
@@ -39,6 +40,7 @@ from ..errors import ConfigError
 BACKENDS = ("ring", "nccl")
 LAUNCHERS = ("krmlx", "mlx.launch")
 FOLLOWER_GRACE_S = 5.0  # after rank 0 exits cleanly, how long the others get to follow
+DOORBELLS_ENV = "KRMLX_DOORBELLS"  # rank 0: write fds, comma-separated; a follower: its read fd
 
 
 @dataclass(frozen=True)
@@ -194,12 +196,24 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
+        # one doorbell pipe per follower: rank 0 rings it before each command (krmlx.worker.group)
+        bells = [os.pipe() for _ in range(args.ranks - 1)]
         for i, extra in enumerate(rank_envs(args.ranks, args.backend, port, folder)):
             env = {**os.environ, **extra}
             lead = i == 0
+            if lead:
+                env[DOORBELLS_ENV] = ",".join(str(w) for _, w in bells)
+                fds = [w for _, w in bells]
+            else:
+                env[DOORBELLS_ENV] = str(bells[i - 1][0])
+                fds = [bells[i - 1][0]]
             procs.append(subprocess.Popen(
                 command, env=env, stdin=None if lead else subprocess.DEVNULL,
-                stdout=None if lead else sys.stderr.fileno(), preexec_fn=_die_with_parent))
+                stdout=None if lead else sys.stderr.fileno(), preexec_fn=_die_with_parent,
+                pass_fds=fds))
+        for r, w in bells:  # the ranks hold them now: a rank's death closes its ends
+            os.close(r)
+            os.close(w)
         # Let go of stdin/stdout: rank 0 holds them now, so the engine sees EOF when it dies.
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)

@@ -247,17 +247,30 @@ class BatchScheduler:
     Backpressure in this mode never blocks the shared step: a stream whose window is full
     keeps its tokens in its StreamOut (coalesced into its next frame) instead of pausing
     the batch. The null model is served serially, as in :class:`SerialScheduler`.
+
+    ``staged=True`` ("batched-staged"): a BatchGenerator step that has prompts waiting
+    decodes *and* prefills the next group of up to ``prefill_batch_size`` prompts before it
+    returns, so the first tokens of one group reach their clients only after the next
+    group's prefill. Staged admission holds new prompts back until every prompt already
+    inserted has produced its first token, so each group's first tokens go out before the
+    next prefill starts: lower TTFT where prefill is slow (a CPU), at the price of a slower
+    ramp-up (a group per ~3 steps instead of one per step).
     """
 
     name = "batched"
 
-    def __init__(self, on_error, *, completion_batch_size: int = 64, prefill_batch_size: int = 8):
+    def __init__(self, on_error, *, completion_batch_size: int = 64, prefill_batch_size: int = 8,
+                 staged: bool = False):
         self._jobs: queue.Queue = queue.Queue()
         self._on_error = on_error
         self.completion_batch_size = completion_batch_size
         self.prefill_batch_size = prefill_batch_size
+        self.staged = staged
+        if staged:
+            self.name = "batched-staged"
         self._gens: dict[str, object] = {}  # model id -> BatchGenerator
         self._active: dict[tuple[str, int], _Active] = {}
+        self._waiting: list[tuple] = []  # staged: (job, prompt_ids, sampler) not yet inserted
         self.steps = 0
 
     @property
@@ -274,12 +287,14 @@ class BatchScheduler:
         while True:
             try:
                 while True:  # admit everything that arrived, blocking only when idle
-                    job = self._jobs.get(block=not self._active)
+                    job = self._jobs.get(block=not (self._active or self._waiting))
                     if job is None:
                         return
                     self._handle(job)
             except queue.Empty:
                 pass
+            if self._waiting:
+                self._insert_waiting()
             if self._active:
                 self._step()
 
@@ -314,11 +329,37 @@ class BatchScheduler:
             return
         prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.vocab_size)
         sampler = gen.make_sampler(params.get("temperature", 0.0), params.get("seed"))
-        (uid,) = self._generator(entry).insert([prompt_ids], max_tokens=[params["max_tokens"]],
-                                               samplers=[sampler])
         out.nonblocking = True
         entry.refs += 1
-        self._active[(entry.id, uid)] = _Active(out, entry, entry.tokenizer.detokenizer, len(prompt_ids))
+        if self.staged:
+            self._waiting.append((job, prompt_ids, sampler))
+        else:
+            self._insert(job, prompt_ids, sampler)
+
+    def _insert(self, job: GenerateJob, prompt_ids: list[int], sampler) -> None:
+        entry = job.entry
+        (uid,) = self._generator(entry).insert([prompt_ids], max_tokens=[job.params["max_tokens"]],
+                                               samplers=[sampler])
+        self._active[(entry.id, uid)] = _Active(job.out, entry, entry.tokenizer.detokenizer,
+                                                len(prompt_ids))
+
+    def _insert_waiting(self) -> None:
+        """Staged admission: cancelled waiters leave; the next group goes in once every
+        inserted prompt has produced its first token."""
+        for item in [w for w in self._waiting if w[0].out.cancelled.is_set()]:
+            self._waiting.remove(item)
+            item[0].entry.refs -= 1
+            item[0].out.finish("cancelled", len(item[1]))
+        if any(a.out.tokens == 0 for a in self._active.values()):
+            return
+        group, self._waiting = (self._waiting[:self.prefill_batch_size],
+                                self._waiting[self.prefill_batch_size:])
+        for job, prompt_ids, sampler in group:
+            try:
+                self._insert(job, prompt_ids, sampler)
+            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
+                job.entry.refs -= 1
+                self._on_error(job, e)
 
     def _finish(self, key, reason: str, tail: str = "") -> None:
         a = self._active.pop(key)
@@ -371,4 +412,6 @@ def make_scheduler(name: str, on_error):
         return SerialScheduler(on_error)
     if name == "batched":
         return BatchScheduler(on_error)
+    if name == "batched-staged":
+        return BatchScheduler(on_error, staged=True)
     raise ValueError(f"scheduler: must be serial or batched, got {name!r}")

@@ -499,17 +499,20 @@ def join_group(backend: str):
     import mlx.core as mx
 
     from .group import Leader, follow
+    from .launch import DOORBELLS_ENV
 
     g = mx.distributed.init(strict=True, backend=backend)
+    bells = [int(fd) for fd in os.environ.pop(DOORBELLS_ENV, "").split(",") if fd]
     if g.rank() == 0:
-        return Leader(g, backend)
+        return Leader(g, backend, bells)
     # A follower reads no frames: drain stdin (mlx.launch copies it to every rank).
     threading.Thread(target=_drain, args=(0,), daemon=True).start()
     code = 0
     try:
         from ..models import load_sharded, resolve_model
 
-        follow(g, lambda model_id: load_sharded(resolve_model(model_id), g, backend))
+        follow(g, lambda model_id: load_sharded(resolve_model(model_id), g, backend),
+               bells[0] if bells else None)
     except BaseException:  # noqa: BLE001 - out of step: leave, the launcher ends the group
         log.exception("rank %d stopped", g.rank())
         code = 3
@@ -533,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-frame-bytes", type=int, default=None)
     parser.add_argument("--faults", default=None, help="fault plan as JSON")
     parser.add_argument("--stream", default=None, help="stream options as JSON")
-    parser.add_argument("--scheduler", default="serial", choices=["serial", "batched"])
+    parser.add_argument("--scheduler", default="serial", choices=["serial", "batched", "batched-staged"])
     parser.add_argument("--prompt-cache", default=None, help="prompt-cache reuse config as JSON")
     parser.add_argument("--distributed", default=None, choices=["ring", "nccl"],
                         help="run as one rank of an MLX distributed group (see krmlx.worker.launch)")
