@@ -14,7 +14,6 @@
 #     name: python3
 # ---
 
-
 # %% tags=["parameters"]
 # 09 · Past one machine. Parameters: KRMLX_SMOKE=1 runs everything small (tiny model).
 import os

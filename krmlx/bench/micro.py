@@ -49,23 +49,31 @@ async def bench_ping(codec: str, n: int = 3000, warmup: int = 300) -> dict:
     return {"bench": "ping", "codec": codec, **_pcts(samples)}
 
 
-async def bench_stream(codec: str, opts: StreamOptions, n: int = 20000) -> dict:
+async def bench_stream(codec: str, opts: StreamOptions, n: int = 20000, reps: int = 5) -> dict:
+    """``reps`` streams of ``n`` synthetic tokens after a warm-up one; the medians over the
+    streams (one stream of 20k tokens lasts ~0.1 s, so single runs vary by tens of %)."""
+    import statistics
+
     async with WorkerClient(codec=codec, stream=opts) as c:
         worker = psutil.Process(c.pid)
         call = Call("generate", {"prompt": "x", "max_tokens": n}, "null")
         async for _ in c.call(Call("generate", {"prompt": "x", "max_tokens": 2000}, "null")):
             pass  # warm up
-        c0, w0, t0 = time.process_time(), _cpu(worker), time.perf_counter()
-        tokens = 0
-        async for _ in c.call(call):
-            tokens += 1
-        wall = time.perf_counter() - t0
-        tokens -= 1  # the Done
+        walls, clients, workers = [], [], []
+        for _ in range(reps):
+            c0, w0, t0 = time.process_time(), _cpu(worker), time.perf_counter()
+            tokens = -1  # the Done is not a token
+            async for _ in c.call(call):
+                tokens += 1
+            walls.append((time.perf_counter() - t0) / tokens * 1e6)
+            clients.append((time.process_time() - c0) / tokens * 1e6)
+            workers.append((_cpu(worker) - w0) / tokens * 1e6)
         return {"bench": "stream", "codec": codec, "coalesce_tokens": opts.coalesce_tokens,
-                "coalesce_ms": opts.coalesce_ms, "window": opts.window, "tokens": tokens,
-                "wall_us_per_token": wall / tokens * 1e6,
-                "client_cpu_us_per_token": (time.process_time() - c0) / tokens * 1e6,
-                "worker_cpu_us_per_token": (_cpu(worker) - w0) / tokens * 1e6}
+                "coalesce_ms": opts.coalesce_ms, "window": opts.window, "tokens": tokens, "reps": reps,
+                "wall_us_per_token": statistics.median(walls),
+                "wall_us_per_token_min": min(walls), "wall_us_per_token_max": max(walls),
+                "client_cpu_us_per_token": statistics.median(clients),
+                "worker_cpu_us_per_token": statistics.median(workers)}
 
 
 async def bench_tokenize(model: str, n: int = 500) -> list[dict]:
@@ -113,7 +121,7 @@ async def run_micro(model: str = "tiny", *, smoke: bool = False) -> dict:
     env = collect_env()
     n_ping, n_tok, n_stream = (300, 50, 2000) if smoke else (3000, 500, 20000)
     ping = [await bench_ping(codec, n_ping) for codec in ("json", "msgpack")]
-    stream = [await bench_stream(codec, opts, n_stream) for codec in ("json", "msgpack")
+    stream = [await bench_stream(codec, opts, n_stream, 2 if smoke else 5) for codec in ("json", "msgpack")
               for opts in STREAM_VARIANTS]
     tokenize = await bench_tokenize(model, n_tok)
     return {"env": {**env, "model": model},

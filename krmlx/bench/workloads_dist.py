@@ -4,9 +4,10 @@ as an MLX distributed group of ``ranks`` (tensor parallel, :mod:`krmlx.worker.gr
 Engines (phase 0 each): ``rank1`` (the plain worker), ``ranksN`` (krmlx's launcher: rank 0
 holds the engine's pipes) and, with ``mlx_launch``, ``ranksN-mlx.launch`` (MLX's launcher,
 which relays stdio). Each runs alone (its own engine group, started and closed in turn), not
-interleaved with the others: an idle group is not idle (a follower waiting in a collective
-spins a CPU core, or an NCCL kernel on its GPU; mlx.launch's relay spins too), so a live
-group would slow whatever is measured beside it. After the questions each group runs
+interleaved with the others: a group is never quite idle (under mlx.launch a follower
+waits in a spinning collective and the relay spins; under krmlx's launcher followers wait
+on a doorbell pipe, but spin between decode steps), so a live group would slow whatever
+is measured beside it. After the questions each group runs
 ``group_probe``: the median cost of one all_sum of a scalar (a step flag, once per
 token) and of a hidden-size vector (twice per layer per token), so the per-token cost of
 the collectives can be set beside the measured TPOT difference.
