@@ -414,4 +414,4 @@ def make_scheduler(name: str, on_error):
         return BatchScheduler(on_error)
     if name == "batched-staged":
         return BatchScheduler(on_error, staged=True)
-    raise ValueError(f"scheduler: must be serial or batched, got {name!r}")
+    raise ValueError(f"scheduler: must be serial, batched or batched-staged, got {name!r}")
