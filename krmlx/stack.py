@@ -89,9 +89,7 @@ class StackConfig:
             if self.scheduler != "serial" or self.prompt_cache is not None or self.draft:
                 raise ConfigError("distributed: a worker of several ranks runs the serial "
                                   "scheduler, without prompt_cache or draft")
-            if d.launcher == "mlx.launch" and self.wire_codec != "json":
-                raise ConfigError("distributed: mlx.launch relays stdout as text; use the json "
-                                  f"codec (framing's codec is {self.wire_codec!r})")
+            d.check_codec(self.wire_codec)
 
     @classmethod
     def phases(cls, names=(), **overrides) -> StackConfig:

@@ -11,6 +11,8 @@ Both return results documents (``env``, ``config``, ``records``, ``summary``).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..doctor import collect_env
@@ -43,8 +45,6 @@ async def _run(cfg: StackConfig, name: str, model: str, requests: list[Request])
     async with Engine(model, cfg) as eng:
         await eng.complete(Request("warm up", max_tokens=2))
         for req in requests:
-            import time
-
             t0 = time.perf_counter()
             done = await eng.complete(req)
             records.append(record_of(name, 0, req, done, t_start_s=t0, workload="beyond",

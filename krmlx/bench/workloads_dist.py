@@ -15,13 +15,14 @@ the collectives can be set beside the measured TPOT difference.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..models import PRESETS, parse_name
 from ..stack import StackConfig
 from ..worker.launch import BACKENDS, DistributedConfig
-from .workloads_core import engine_tables, frame, outputs_match
+from .workloads_core import comparisons, engine_tables, frame, outputs_match
 from .workloads_seq import Baseline
 
 BASE_RANK = "rank1"
@@ -71,25 +72,16 @@ class Distributed(Baseline):
         for name, engine in engines.items():
             if name == BASE_RANK:
                 continue
-            probe = await engine.call("group_probe", {"hidden": self.hidden(engine),
+            shape = _config(engine)
+            probe = await engine.call("group_probe", {"hidden": int(shape.get("hidden_size", 128)),
                                                       "iters": self.probe_iters})
             stats = (await engine.client.worker_stats()).get("group") or {}
             ctx.measurements.append({"series": "probe", "engine": name, **probe,
-                                     "layers": self.layers(engine), **stats})
-
-    @staticmethod
-    def hidden(engine) -> int:
-        return int(_config(engine).get("hidden_size", 128))
-
-    @staticmethod
-    def layers(engine) -> int:
-        return int(_config(engine).get("num_hidden_layers", 0))
+                                     "layers": int(shape.get("num_hidden_layers", 0)), **stats})
 
     def summarize(self, records, config):
         df = frame(records)
         others = [e for e in df["engine"].unique() if e != BASE_RANK]
-        from .workloads_core import comparisons
-
         probes = [m for m in config.get("measurements", []) if m.get("series") == "probe"]
         return {"engines": engine_tables(df),
                 "comparisons": comparisons(df, BASE_RANK, others, ("ttft_ms", "tpot_ms", "e2e_ms")),
@@ -110,8 +102,7 @@ def collective_row(p: dict) -> dict:
 
 
 def _config(engine) -> dict:
-    import json
-
+    """The model folder's config.json ({} when it can't be read)."""
     try:
         return json.loads((engine.path / "config.json").read_text())
     except (OSError, ValueError, TypeError):

@@ -128,12 +128,8 @@ class WorkerClient:
                  prompt_cache: dict | None = None, fast_blas: bool = False,
                  reload_attempts: int = 3, distributed=None):
         make_codec(codec)  # validate early
-        if distributed is not None and distributed.ranks > 1 and distributed.launcher == "mlx.launch" \
-                and codec != "json":
-            from ..errors import ConfigError
-
-            raise ConfigError("distributed: mlx.launch relays the worker's stdout as text: "
-                              f"use the json codec, not {codec!r}")
+        if distributed is not None:
+            distributed.check_codec(codec)
         # krmlx.worker.launch.DistributedConfig; one rank is the plain worker
         self.distributed = distributed if distributed is not None and distributed.ranks > 1 else None
         if isinstance(reload_attempts, bool) or not isinstance(reload_attempts, int) \

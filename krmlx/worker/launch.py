@@ -70,6 +70,12 @@ class DistributedConfig:
         if self.port is not None and not 1024 <= self.port <= 65535 - self.ranks:
             raise ConfigError(f"distributed.port: must be in [1024, {65535 - self.ranks}], got {self.port!r}")
 
+    def check_codec(self, codec: str) -> None:
+        """mlx.launch relays every rank's stdout as text: a group it starts speaks JSON."""
+        if self.ranks > 1 and self.launcher == "mlx.launch" and codec != "json":
+            raise ConfigError("distributed: mlx.launch relays the worker's stdout as text; "
+                              f"use the json codec, not {codec!r}")
+
     def argv(self, python: str, worker_argv: list[str], port: int) -> list[str]:
         """The command that starts the group; ``worker_argv`` is one rank's worker command."""
         worker = [*worker_argv, "--distributed", self.backend]
@@ -138,6 +144,15 @@ def _die_with_parent() -> None:
         pass
 
 
+def kill_all(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL every rank still running, then reap them all."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        p.wait()
+
+
 def supervise(procs: list[subprocess.Popen]) -> int:
     """Wait until a rank exits; then end the others. The exit code: the first failing
     rank's (a signal as 128 + its number), else 0."""
@@ -157,11 +172,7 @@ def supervise(procs: list[subprocess.Popen]) -> int:
         deadline = time.monotonic() + FOLLOWER_GRACE_S
         while time.monotonic() < deadline and any(p.poll() is None for p in procs):
             time.sleep(0.02)
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-    for p in procs:
-        p.wait()
+    kill_all(procs)
     codes = [p.returncode for p in procs]
     failed = [c for c in [code, *codes] if c]
     if not failed:
@@ -187,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[subprocess.Popen] = []
 
     def stop(signum, _frame):
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        kill_all(procs)
         shutil.rmtree(folder, ignore_errors=True)
         os._exit(128 + signum)
 
@@ -220,10 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(null, 1)
         return supervise(procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(procs)
         shutil.rmtree(folder, ignore_errors=True)
 
 
