@@ -24,8 +24,9 @@ TWO = DistributedConfig(2)
 QUESTIONS = [q.question for q in load_questions()[0][:4]]
 
 
-def run(coro):
-    return asyncio.run(coro)
+def run(coro, timeout_s: float = 120):
+    # a group out of step hangs in a collective: fail the test instead of hanging it
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
 def ranks_of(engine) -> list[psutil.Process]:
@@ -81,17 +82,24 @@ def test_cancel_keeps_ranks_in_step_and_probe_reports(tiny_path, reference):
 
 
 def test_sampling_agrees_across_ranks(tiny_path):
-    # temperature > 0 without a seed: rank 0 draws one and shares it, so the ranks sample
-    # the same tokens (else the run would desync or hang); a fixed seed repeats itself
+    # Sampling with temperature: every rank must draw the same token, so a seeded group
+    # run equals a one-process run with that seed; without a seed rank 0 draws one, shares
+    # it and reports it (the run then equals a one-process run with the reported seed).
+    def req(seed=None):
+        return Request(QUESTIONS[0], max_tokens=12, temperature=1.0, seed=seed)
+
     async def go():
         async with Engine(str(tiny_path), StackConfig(distributed=TWO)) as eng:
-            free = await eng.complete(Request(QUESTIONS[0], max_tokens=12, temperature=1.0))
-            a = await eng.complete(Request(QUESTIONS[0], max_tokens=12, temperature=1.0, seed=7))
-            b = await eng.complete(Request(QUESTIONS[0], max_tokens=12, temperature=1.0, seed=7))
-            return free, a, b
+            free = await eng.complete(req())
+            seeded = await eng.complete(req(7))
+        async with Engine(str(tiny_path)) as one:
+            again = await one.complete(req(free.extra["seed"]))
+            seeded_one = await one.complete(req(7))
+        return free, seeded, again, seeded_one
 
-    free, a, b = run(go())
-    assert len(free.token_ids) > 0 and a.token_ids == b.token_ids
+    free, seeded, again, seeded_one = run(go())
+    assert seeded.token_ids == seeded_one.token_ids
+    assert free.token_ids == again.token_ids
 
 
 @pytest.mark.parametrize("victim", ["follower", "rank0"])
@@ -122,14 +130,21 @@ def test_dead_rank_fails_calls_fast_and_group_restarts(tiny_path, reference, vic
     assert after == reference[0] and restarts == 1
 
 
-def test_close_reaps_every_rank(tiny_path):
+def test_idle_follower_waits_without_spinning_and_close_reaps_every_rank(tiny_path):
     async def go():
         eng = await Engine(str(tiny_path), StackConfig(distributed=TWO)).start()
+        lead = eng.client.ready["pid"]
+        follower = next(p for p in ranks_of(eng) if p.pid != lead)
+        before = sum(follower.cpu_times()[:2])
+        await asyncio.sleep(1.0)  # idle: the follower waits on its doorbell pipe
+        idle_cpu_s = sum(follower.cpu_times()[:2]) - before
         procs = [psutil.Process(eng.client.pid), *ranks_of(eng)]
         await eng.close()
-        return psutil.wait_procs(procs, timeout=5)[1]
+        return idle_cpu_s, psutil.wait_procs(procs, timeout=5)[1]
 
-    assert run(go()) == []
+    idle_cpu_s, still_alive = run(go())
+    assert idle_cpu_s < 0.3, f"an idle follower used {idle_cpu_s:.2f} s of CPU in 1 s (spinning)"
+    assert still_alive == []
 
 
 def test_bad_configs_are_clear():

@@ -187,6 +187,7 @@ def run_generate(job: GenerateJob) -> None:
     if group is not None:  # the other ranks run this generation in lockstep
         if temperature and seed is None:
             seed = random.getrandbits(63)  # every rank must draw the same samples
+            info["seed"] = seed  # reported, so the run can be repeated
         group.command("generate", model=entry.id, prompt_ids=prompt_ids,
                       max_tokens=params["max_tokens"], temperature=temperature, seed=seed)
     steps = gen.iter_tokens(entry.model, entry.tokenizer, rest, max_tokens=params["max_tokens"],
