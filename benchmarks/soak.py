@@ -16,6 +16,13 @@ on every method, ``seed``); kills are SIGKILLs of the worker at seeded points: a
 given number of finished requests (``--requests`` mode) or at seeded times
 (``--duration-s`` mode). ``--retry`` switches the stack's retry phase on.
 
+``--hostile`` runs the same well-formed ops twice, first alone ("calm"), then beside a
+hostile mix (:class:`Hostile`): long prompts cancelled during their prefill, streams read
+once and abandoned (still referenced), SIGSTOP/SIGCONT of the worker, and bad requests.
+Well-formed generate ops then go through ``complete()`` (so the retry stage can re-run one
+caught by a stopped worker), every one must complete, and the summary sets their latency
+percentiles with and without the mix side by side.
+
 The harness (:func:`run_soak`, :func:`make_ops`, :class:`Ledger`) is also what
 ``tests/test_reliability_faults.py`` runs at CI size, so this script can't rot.
 """
@@ -158,8 +165,10 @@ def rss_of(pid: int | None) -> int | None:
         return None
 
 
-async def run_op(engine: Engine, op: Op, timeout_s: float) -> dict:
-    """Run one op; return its record. Never raises (except cancellation of the caller)."""
+async def run_op(engine: Engine, op: Op, timeout_s: float, *, buffered: bool = False) -> dict:
+    """Run one op; return its record. Never raises (except cancellation of the caller).
+    ``buffered``: a generate goes through ``complete()`` (retried whole by the retry stage)
+    instead of ``stream()``."""
     t0 = time.perf_counter()
     ids: list[int] = []
     rec = {"request_id": op.id, "kind": op.kind, "ok": False, "cause": None, "error": None,
@@ -169,6 +178,10 @@ async def run_op(engine: Engine, op: Op, timeout_s: float) -> dict:
         if op.kind == "tokenize":
             ids.extend(await engine.tokenize(op.text))
             return None
+        if buffered:
+            done = await engine.complete(Request(op.text, max_tokens=op.max_tokens))
+            ids.extend(done.token_ids)
+            return done.finish_reason
         stream = engine.stream(Request(op.text, max_tokens=op.max_tokens))
         try:
             async for chunk in stream:
@@ -207,10 +220,72 @@ def kill_worker(engine: Engine, ledger: Ledger, t0: float) -> dict:
             "t_s": round(time.perf_counter() - t0, 3)}
 
 
+@dataclass
+class Hostile:
+    """The hostile mix, one seeded action every ``every_s`` while a soak runs: a
+    4000-token prompt cancelled ``cancel_after_s`` into its prefill, a stream read once
+    and abandoned (kept referenced: the client's stall timeout must cancel it), a
+    SIGSTOP of the worker for ``stop_s`` then SIGCONT (the liveness check must fail and
+    replace it), or a bad request (each must be refused with BadRequest)."""
+
+    seed: int = 0
+    every_s: float = 0.5
+    cancel_after_s: float = 0.2
+    stop_s: float = 2.0
+    counts: collections.Counter = field(default_factory=collections.Counter)
+    kept: list = field(default_factory=list)  # abandoned streams, referenced to the end
+
+    BAD = ({"prompt": "x", "temperature": float("nan")}, {"prompt": "x\udc80"},
+           {"prompt": "x", "seed": 2**70}, {"prompt_ids": (5, 2**40)}, {"prompt": "x", "max_tokens": 0})
+
+    async def run(self, engine: Engine, stop: asyncio.Event) -> None:
+        from krmlx.errors import BadRequest
+
+        rng = random.Random(self.seed)
+        long_ids = tuple(5 + (i * 7) % 3000 for i in range(4000))
+        while not stop.is_set():
+            await asyncio.sleep(self.every_s)
+            action = rng.choice(("long_cancel", "abandon", "stop", "bad", "bad"))
+            try:
+                if action == "long_cancel":
+                    stream = engine.stream(Request(prompt_ids=long_ids, max_tokens=8))
+                    try:
+                        await asyncio.wait_for(stream.__anext__(), self.cancel_after_s)
+                    except (TimeoutError, StopAsyncIteration):
+                        pass
+                    await stream.aclose()
+                elif action == "abandon":
+                    stream = engine.stream(Request(rng.choice(PROMPTS), max_tokens=2000))
+                    async for _ in stream:
+                        break
+                    self.kept.append(stream)
+                elif action == "stop":
+                    pid = engine.client.pid
+                    os.kill(pid, signal.SIGSTOP)
+                    try:
+                        await asyncio.sleep(self.stop_s)
+                    finally:
+                        try:
+                            os.kill(pid, signal.SIGCONT)
+                        except ProcessLookupError:
+                            pass  # the liveness check killed it already
+                else:
+                    try:
+                        Request(**rng.choice(self.BAD))
+                        self.counts["bad_accepted"] += 1
+                    except BadRequest:
+                        action = "bad_refused"
+            except Exception as e:  # noqa: BLE001 - hostile actions may fail; count how
+                self.counts[f"{action}_error:{type(e).__name__}"] += 1
+                continue
+            self.counts[action] += 1
+
+
 async def run_soak(engine: Engine, ops: Iterable[Op], *, concurrency: int = 16,
                    kill_at: Iterable[int] = (), kill_at_s: Iterable[float] = (),
                    duration_s: float | None = None, op_timeout_s: float = DEFAULT_OP_TIMEOUT_S,
-                   stop_on_hang: bool = False) -> SoakResult:
+                   stop_on_hang: bool = False, hostile: Hostile | None = None,
+                   buffered: bool = False) -> SoakResult:
     """Send ``ops`` through a started ``engine`` from ``concurrency`` tasks.
 
     Kills the worker (SIGKILL) when the number of finished ops reaches each of
@@ -218,6 +293,7 @@ async def run_soak(engine: Engine, ops: Iterable[Op], *, concurrency: int = 16,
     after ``duration_s``. Each op has a guard timeout (``op_timeout_s``): an op that
     outlives it is recorded with cause "hung" (a deadlock finding); with ``stop_on_hang``
     the run then stops issuing ops, so a CI test fails fast instead of hanging.
+    ``hostile`` runs beside the ops until they are done; ``buffered`` (see :func:`run_op`).
     """
     ledger = Ledger()
     kills: list[dict] = []
@@ -237,7 +313,7 @@ async def run_soak(engine: Engine, ops: Iterable[Op], *, concurrency: int = 16,
             if op is None:
                 return
             ledger.start(op)
-            rec = await run_op(engine, op, op_timeout_s)
+            rec = await run_op(engine, op, op_timeout_s, buffered=buffered)
             rec["t_start_s"] = round(time.perf_counter() - t0 - rec["e2e_ms"] / 1e3, 4)
             ledger.end(op, rec)
             if rec["cause"] == "hung":
@@ -254,11 +330,17 @@ async def run_soak(engine: Engine, ops: Iterable[Op], *, concurrency: int = 16,
             kills.append(kill_worker(engine, ledger, t0))
 
     killer = asyncio.create_task(timed_kills())
+    done_ops = asyncio.Event()
+    hostility = asyncio.create_task(hostile.run(engine, done_ops)) if hostile else None
     try:
         await asyncio.gather(*(client_task() for _ in range(concurrency)))
     finally:
+        done_ops.set()
         killer.cancel()
         await asyncio.gather(killer, return_exceptions=True)
+        if hostility is not None:
+            hostility.cancel()
+            await asyncio.gather(hostility, return_exceptions=True)
     wall = time.perf_counter() - t0
     rss = {"client_before": rss_before["client"], "client_after": rss_of(os.getpid()),
            "worker_before": rss_before["worker"], "worker_after": rss_of(engine.client.pid)}
@@ -321,10 +403,42 @@ def summarize(result: SoakResult, reference: dict[int, list[int]] | None = None)
 def make_config(*, error_rate: float, seed: int, retry: bool, attempts: int) -> StackConfig:
     faults = {"error_rate": {"*": error_rate}, "seed": seed} if error_rate else None
     if not retry:
-        return StackConfig(faults=faults)
+        return StackConfig.phases(faults=faults)
     from krmlx.stages.retry import RetryPolicy
 
     return StackConfig.phases(["retry"], faults=faults, retry=RetryPolicy(attempts=attempts))
+
+
+HOSTILE_WORKER = {"liveness_timeout_s": 1.0, "stall_timeout_s": 1.0}
+
+
+async def soak_hostile(args) -> tuple[dict, dict]:
+    """The same well-formed ops alone, then beside the hostile mix (retry on, no injected
+    faults or kills: what fails in the second run, the mix caused)."""
+    from krmlx.stages.retry import RetryPolicy
+
+    cfg = StackConfig.phases(["retry"], retry=RetryPolicy(attempts=args.attempts), **HOSTILE_WORKER)
+    gen = {"gen_fraction": args.gen_fraction, "max_tokens": args.max_tokens, "seed": args.seed}
+    ops = make_ops(args.requests, **gen)
+    runs, hostile = {}, Hostile(seed=args.seed)
+    for name in ("calm", "hostile"):
+        async with Engine(args.model, cfg) as eng:
+            for op in make_ops(20, **{**gen, "seed": args.seed + 1}):
+                await run_op(eng, op, DEFAULT_OP_TIMEOUT_S)
+            runs[name] = await run_soak(eng, ops, concurrency=args.concurrency,
+                                        op_timeout_s=args.op_timeout_s, buffered=True,
+                                        hostile=hostile if name == "hostile" else None)
+    summary = {name: summarize(r) for name, r in runs.items()}
+    summary["hostile_actions"] = dict(hostile.counts)
+    summary["p99_ms"] = {name: summary[name]["latency"]["all"]["p99_ms"] for name in runs}
+    config = {"workload": "soak-hostile", "model": args.model, "requests": args.requests,
+              "concurrency": args.concurrency, "gen_fraction": args.gen_fraction,
+              "max_tokens": args.max_tokens, "seed": args.seed, "op_timeout_s": args.op_timeout_s,
+              "stack": cfg.to_dict(), "hostile": {"every_s": hostile.every_s,
+                                                  "cancel_after_s": hostile.cancel_after_s,
+                                                  "stop_s": hostile.stop_s}}
+    records = [{**r, "run": name} for name, res in runs.items() for r in res.records]
+    return config, {"result": runs["hostile"], "records": records, "summary": summary}
 
 
 async def soak(args) -> tuple[dict, dict]:
@@ -401,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--op-timeout-s", type=float, default=DEFAULT_OP_TIMEOUT_S)
     p.add_argument("--check-outputs", action="store_true",
                    help="re-run the issued requests fault-free and compare greedy outputs")
+    p.add_argument("--hostile", action="store_true",
+                   help="the ops alone, then beside a hostile mix (see the module docstring)")
     return p
 
 
@@ -413,19 +529,23 @@ def main(argv: list[str] | None = None) -> int:
     from krmlx.bench.results import write_results
     from krmlx.doctor import collect_env
 
-    config, out = asyncio.run(soak(args))
+    config, out = asyncio.run(soak_hostile(args) if args.hostile else soak(args))
     summary = out["summary"]
     path = Path(args.out)
     if path.suffix != ".json":
         path = path / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
     write_results(path, env=collect_env(load_interval_s=0.1), config=config,
-                  records=out["result"].records, summary=summary,
+                  records=out.get("records", out["result"].records), summary=summary,
                   complete=not out["result"].hung)
-    print(format_summary(summary))
+    parts = [summary[k] for k in ("calm", "hostile")] if args.hostile else [summary]
+    for name, part in zip(("calm", "hostile") if args.hostile else ("",), parts, strict=True):
+        print((f"-- {name}\n" if name else "") + format_summary(part))
+    if args.hostile:
+        print(f"hostile actions: {summary['hostile_actions']}; p99 ms: {summary['p99_ms']}")
     print(f"results: {path}")
-    c = summary["counts"]
-    lost = c["never_ended"] or c["ended_twice"] or out["result"].hung
-    return 1 if lost else 0
+    lost = any(p["counts"]["never_ended"] or p["counts"]["ended_twice"] for p in parts)
+    failed = args.hostile and summary["hostile"]["counts"]["failed"]
+    return 1 if lost or out["result"].hung or failed else 0
 
 
 if __name__ == "__main__":

@@ -201,7 +201,7 @@ def cmd_bench(args) -> int:
             return code
         docs.append(doc)
     if len(docs) > 1:
-        print("estimate vs measured, all workloads" + (" (SMOKE sizes: not the seed's workloads)"
+        print("estimate vs measured, all workloads" + (" (SMOKE sizes: not the reference's workloads)"
                                                         if args.smoke else ""))
         print(format_estimates(estimate_tables(docs, measured_only=True)))
     return 0
@@ -210,8 +210,18 @@ def cmd_bench(args) -> int:
 def cmd_compare(args) -> int:
     from .bench.report_text import format_compare
     from .bench.results import read_results
+    from .errors import ResultsError
 
-    print(format_compare(read_results(args.a), read_results(args.b)))
+    try:
+        a, b = read_results(args.a), read_results(args.b)
+        for path, doc in ((args.a, a), (args.b, b)):
+            if not doc["records"]:
+                raise ResultsError(f"{path}: no request records to compare (an interrupted "
+                                   "run's partial file may hold none)")
+        print(format_compare(a, b))
+    except ResultsError as e:
+        print(f"krmlx compare: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -26,11 +26,14 @@ from .types import Chunk, ChunkStream, Completion, Done, Request, complete_strea
 class DirectEngine(BaseEngine):
     name = "direct"
 
-    def __init__(self, model: str | Path = DEFAULT_MODEL, *, trust_remote_code: bool = False):
+    def __init__(self, model: str | Path = DEFAULT_MODEL, *, trust_remote_code: bool = False,
+                 max_prompt_tokens: int | None = None):
+        """``max_prompt_tokens``: refuse longer prompts (default: the model's context)."""
         self.model_name = str(model)
         self.trust_remote_code = trust_remote_code
+        self.max_prompt_tokens = max_prompt_tokens
         self.model = self.tokenizer = None
-        self.vocab_size: int | None = None  # prompt_ids must lie in [0, vocab_size)
+        self.limits = gen.NO_LIMITS  # the model's vocabulary and context, once loaded
         self.path: Path | None = None
         self.load_ms: float | None = None
 
@@ -39,7 +42,7 @@ class DirectEngine(BaseEngine):
             self.path = resolve_model(self.model_name)
             t0 = time.perf_counter()
             self.model, self.tokenizer = load(self.path, trust_remote_code=self.trust_remote_code)
-            self.vocab_size = gen.vocab_size(self.model)
+            self.limits = gen.PromptLimits.of(self.model, self.tokenizer, self.max_prompt_tokens)
             self.load_ms = (time.perf_counter() - t0) * 1e3
         return self
 
@@ -56,7 +59,7 @@ class DirectEngine(BaseEngine):
         return ChunkStream(self._generate(request))
 
     async def _generate(self, request: Request):
-        prompt_ids = gen.encode_prompt(self.tokenizer, request.to_params(), self.vocab_size)
+        prompt_ids = gen.encode_prompt(self.tokenizer, request.to_params(), self.limits)
         steps = gen.iter_tokens(self.model, self.tokenizer, prompt_ids,
                                 max_tokens=request.max_tokens,
                                 temperature=request.temperature, seed=request.seed)

@@ -18,18 +18,17 @@ from .service import Call, unary
 from .stack import StackConfig, build_stack
 from .types import ChunkStream, Completion, Request, complete_stream
 from .worker.client import WorkerClient
-from .worker.faults import FaultPlan
-from .worker.scheduler import StreamOptions
 
 
 class Engine(BaseEngine):
     def __init__(self, model: str | Path = DEFAULT_MODEL, config: StackConfig | None = None, *,
-                 env: dict | None = None, ready_timeout_s: float = 120.0):
+                 env: dict | None = None):
+        """``config``: the stage stack and the worker (:class:`~krmlx.stack.StackConfig`);
+        ``env``: the worker's environment (default: this process's)."""
         self.model_name = str(model)
         self.config = config or StackConfig()
         self.name = self.config.label
         self.env = env
-        self.ready_timeout_s = ready_timeout_s
         self.client: WorkerClient | None = None
         self.service = None
         self.stages: list = []
@@ -41,17 +40,12 @@ class Engine(BaseEngine):
             return self
         cfg = self.config
         self.path = resolve_model(self.model_name)  # build synthetic presets here, not in the worker
-        self.client = WorkerClient(
-            codec=cfg.wire_codec,
-            stream=cfg.framer.stream_options() if cfg.framer else StreamOptions(),
-            faults=FaultPlan.from_dict(cfg.faults), timeout_s=cfg.timeout_s, env=self.env,
-            ready_timeout_s=self.ready_timeout_s, scheduler=cfg.scheduler,
-            prompt_cache=cfg.prompt_cache.to_dict() if cfg.prompt_cache else None,
-            distributed=cfg.distributed)
+        self.client = WorkerClient(cfg.worker_config, env=self.env)
         await self.client.start()
         self.service, self.stages = build_stack(cfg, self.client)
         t0 = time.perf_counter()
-        await unary(self.service, Call("load_model", {"draft": cfg.draft} if cfg.draft else {},
+        draft = cfg.worker.draft
+        await unary(self.service, Call("load_model", {"draft": draft} if draft else {},
                                        self.model_name))
         self.load_ms = (time.perf_counter() - t0) * 1e3
         return self
@@ -96,7 +90,8 @@ class Engine(BaseEngine):
 
     def stats(self) -> dict:
         """Each stage's stats (top first) and the client's."""
-        out = {s.name: dict(s.stats) for s in self.stages}
+        out = {getattr(s, "name", type(s).__name__): dict(getattr(s, "stats", {}))
+               for s in self.stages}
         if self.client is not None:
             out["client"] = dict(self.client.stats)
         return out

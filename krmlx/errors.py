@@ -2,27 +2,46 @@
 
     KrmlxError
     ├── BadRequest          a parameter is invalid (also a ValueError); names the field
+    │   └── UnknownMethod   the worker has no method by that name
+    ├── NotFound            the thing a call names does not exist (e.g. a stream to cancel)
     ├── ModelError          a model can't be found, built or loaded
     │   └── UnknownModel    no preset, folder or reachable hub id by that name
-    ├── ProtocolError       a frame could not be decoded or is malformed
-    │   └── FrameTooLarge   a frame exceeds the size limit
-    ├── WorkerError         the worker answered a call with an error frame (has .code)
+    ├── ProtocolError       a frame could not be decoded or is malformed (names the field)
+    │   ├── FrameTooLarge   a frame exceeds the size limit
+    │   └── ProtocolDesync  a length prefix no frame can have: the pipe can't be read on
+    ├── WorkerError         the worker answered with an error code krmlx has no class for
     │   └── TransientError  an error worth retrying (code "transient")
-    ├── WorkerCrashed       the worker process died; every pending call fails with it
-    ├── CallTimeout         a call took longer than its timeout
+    ├── WorkerCrashed       the worker process died or was closed; pending calls fail with it
+    │   └── EngineClosed    the engine was closed while the call was open
+    ├── CallTimeout         a call took longer than its deadline (also a TimeoutError)
+    │   └── WorkerUnresponsive  no frame or heartbeat from the worker for too long
     ├── CircuitOpen         the circuit breaker rejects calls fast
     ├── ConfigError         a StackConfig / workload setting is invalid (also a ValueError)
     └── ResultsError        a results file is truncated or of another schema
+
+Errors that cross the worker's pipe travel as a code; the table of codes and classes is
+:data:`krmlx.worker.protocol.ERROR_CODES` (every such exception carries ``.code``).
 """
 
 from __future__ import annotations
 
 
 class KrmlxError(Exception):
-    """Root of krmlx's exceptions."""
+    """Root of krmlx's exceptions. ``code``: the protocol's name for it, once it has
+    crossed the worker's pipe (None before)."""
+
+    code: str | None = None
 
 
 class BadRequest(KrmlxError, ValueError):
+    pass
+
+
+class UnknownMethod(BadRequest):
+    pass
+
+
+class NotFound(KrmlxError):
     pass
 
 
@@ -39,6 +58,10 @@ class ProtocolError(KrmlxError):
 
 
 class FrameTooLarge(ProtocolError):
+    pass
+
+
+class ProtocolDesync(ProtocolError):
     pass
 
 
@@ -60,7 +83,15 @@ class WorkerCrashed(KrmlxError):
     pass
 
 
+class EngineClosed(WorkerCrashed):
+    pass
+
+
 class CallTimeout(KrmlxError, TimeoutError):
+    pass
+
+
+class WorkerUnresponsive(CallTimeout):
     pass
 
 
@@ -74,16 +105,3 @@ class ConfigError(KrmlxError, ValueError):
 
 class ResultsError(KrmlxError):
     pass
-
-
-def error_from_code(code: str, message: str) -> WorkerError | KrmlxError:
-    """The exception a client raises for an error frame with ``code``."""
-    if code == "transient":
-        return TransientError(message)
-    if code == "bad_request":
-        return BadRequest(message)
-    if code == "unknown_model":
-        return UnknownModel(message)
-    if code == "frame_too_large":
-        return FrameTooLarge(message)
-    return WorkerError(code, message)

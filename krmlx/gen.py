@@ -6,9 +6,13 @@ detokenizer), so any difference between them is the serving layer, not the loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from .errors import BadRequest
+from .validate import check_token_ids
+
+DEFAULT_PREFILL_STEP = 512  # prompt tokens per prefill chunk: cancel and admission points
 
 
 def vocab_size(model) -> int | None:
@@ -29,40 +33,79 @@ def vocab_size(model) -> int | None:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
-def check_prompt_ids(ids, vocab_size: int | None = None) -> list[int]:
-    """``ids`` as a list, or BadRequest naming ``prompt_ids``: every id must be an int in
-    ``[0, vocab_size)`` (an id outside the embedding table would make the model read
-    outside it: wrong output, or a crash of the process)."""
-    if not isinstance(ids, (list, tuple)):
-        raise BadRequest(f"prompt_ids: must be a list of token ids, got {type(ids).__name__}")
-    for i, t in enumerate(ids):
-        if type(t) is not int:
-            raise BadRequest(f"prompt_ids: must be ints, got {type(t).__name__} at index {i}")
-        if t < 0 or (vocab_size is not None and t >= vocab_size):
-            bound = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
-            raise BadRequest(f"prompt_ids: id {t} at index {i} is outside the vocabulary "
-                             f"({bound})")
-    return list(ids)
+def context_length(model) -> int | None:
+    """The model's context (``max_position_embeddings`` of its config), if it says."""
+    n = getattr(getattr(model, "args", None), "max_position_embeddings", None)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
-def encode_prompt(tokenizer, params: dict, vocab_size: int | None = None) -> list[int]:
-    """Token ids for a request's params (``prompt_ids`` wins; else template + encode).
+def longest_token_chars(tokenizer) -> int:
+    """The most characters one token of the vocabulary spells (so a text of ``n``
+    characters is at least ``n / longest_token_chars`` tokens); 1 when unknown."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    return max((len(t) for t in vocab), default=1) or 1
 
-    ``prompt_ids`` are checked against ``vocab_size`` (the model's, see
-    :func:`vocab_size`): an id outside ``[0, vocab_size)`` is a BadRequest."""
+
+@dataclass(frozen=True)
+class PromptLimits:
+    """What a prompt may be on one model: ids below ``vocab_size``, at most ``max_tokens``
+    tokens (the model's context, or a configured lower limit), and text that can't be
+    longer than ``max_tokens * longest_token`` characters (refused before tokenizing)."""
+
+    vocab_size: int | None = None
+    max_tokens: int | None = None
+    longest_token: int = 1
+
+    @classmethod
+    def of(cls, model, tokenizer, max_prompt_tokens: int | None = None) -> PromptLimits:
+        limit = context_length(model)
+        if max_prompt_tokens is not None:
+            limit = max_prompt_tokens if limit is None else min(limit, max_prompt_tokens)
+        return cls(vocab_size(model), limit, longest_token_chars(tokenizer))
+
+    def check_ids(self, ids) -> list[int]:
+        """The prompt's ids checked against the vocabulary and the token limit."""
+        ids = check_token_ids("prompt_ids", ids, self.vocab_size)
+        self.check_length(len(ids))
+        return ids
+
+    def check_length(self, n: int) -> None:
+        if self.max_tokens is not None and n > self.max_tokens:
+            raise BadRequest(f"prompt: {n:,} tokens exceed the limit of {self.max_tokens:,} "
+                             "(the model's context, or the configured max_prompt_tokens)")
+
+    def check_text(self, text: str) -> None:
+        if self.max_tokens is not None and len(text) > self.max_tokens * self.longest_token:
+            raise BadRequest(f"prompt: {len(text):,} characters can't fit the limit of "
+                             f"{self.max_tokens:,} tokens (a token spells at most "
+                             f"{self.longest_token} characters here)")
+
+
+NO_LIMITS = PromptLimits()
+
+
+def encode_prompt(tokenizer, params: dict, limits: PromptLimits = NO_LIMITS) -> list[int]:
+    """Token ids for a request's params (``prompt_ids`` win; else template + encode),
+    checked against ``limits`` (BadRequest naming the field and the limit): ids outside
+    the vocabulary would make the model read outside its embedding table (wrong output,
+    or a crash of the process); a text too long to fit is refused before tokenizing."""
     if params.get("prompt_ids"):
-        return check_prompt_ids(params["prompt_ids"], vocab_size)
+        return limits.check_ids(params["prompt_ids"])
     prompt = params.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest("prompt: must be a non-empty string")
+    limits.check_text(prompt + (params.get("system") or ""))
     if params.get("chat", True) and getattr(tokenizer, "chat_template", None):
         messages = []
         if params.get("system"):
             messages.append({"role": "system", "content": params["system"]})
         messages.append({"role": "user", "content": prompt})
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-    return list(tokenizer.encode(prompt))
+        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    else:
+        ids = list(tokenizer.encode(prompt))
+    limits.check_length(len(ids))
+    return ids
 
 
 def make_sampler(temperature: float, seed: int | None):
@@ -75,14 +118,24 @@ def make_sampler(temperature: float, seed: int | None):
     return _make(temp=float(temperature))
 
 
+class _PrefillCancelled(Exception):
+    """Raised between prefill chunks (through mlx-lm's progress callback) to stop there."""
+
+
 def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
                 temperature: float = 0.0, seed: int | None = None,
                 prompt_cache=None, draft_model=None, num_draft_tokens: int = 3,
-                on_draft=None) -> Iterator[tuple[int, str]]:
+                on_draft=None, prefill_step: int = DEFAULT_PREFILL_STEP,
+                cancelled: Callable[[], bool] | None = None) -> Iterator[tuple[int, str]]:
     """Yield ``(token_id, new_text)`` per generated token; return the finish reason.
 
     Stops at an EOS token ("stop", the EOS itself is not yielded) or after
     ``max_tokens`` tokens ("length"). Closing the iterator early stops the work.
+
+    The prompt is processed in chunks of ``prefill_step`` tokens; ``cancelled()`` is asked
+    between chunks, and a True stops the prefill there ("cancelled", nothing yielded): a
+    long prompt abandoned by its caller costs at most one more chunk. (Speculative
+    decoding prefills in its own loop, without that check.)
     """
     import mlx.core as mx
     from mlx_lm.generate import generate_step, speculative_generate_step
@@ -92,13 +145,21 @@ def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
     detok = tokenizer.detokenizer
     eos = tokenizer.eos_token_ids
     sampler = make_sampler(temperature, seed)
+
+    def between_chunks(done: int, total: int) -> None:
+        if cancelled is not None and done < total and cancelled():
+            raise _PrefillCancelled
+
     if draft_model is None:
         steps = generate_step(mx.array(prompt_ids), model, max_tokens=max_tokens,
-                              sampler=sampler, prompt_cache=prompt_cache)
+                              sampler=sampler, prompt_cache=prompt_cache,
+                              prefill_step_size=prefill_step,
+                              prompt_progress_callback=between_chunks)
     else:
         steps = speculative_generate_step(mx.array(prompt_ids), model, draft_model,
                                           num_draft_tokens=num_draft_tokens, max_tokens=max_tokens,
-                                          sampler=sampler, prompt_cache=prompt_cache)
+                                          sampler=sampler, prompt_cache=prompt_cache,
+                                          prefill_step_size=prefill_step)
     n = 0
     try:
         for token, _, *draft in steps:
@@ -116,5 +177,7 @@ def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
                 return "length", ""
         detok.finalize()
         return "length", detok.last_segment
+    except _PrefillCancelled:
+        return "cancelled", ""
     finally:
         steps.close()

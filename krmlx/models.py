@@ -275,25 +275,31 @@ def load(folder: Path, *, trust_remote_code: bool = False):
         raise ModelError(f"could not load model folder {folder}: {type(e).__name__}: {e}") from e
 
 
-def load_sharded(folder: Path, group, backend: str = "ring"):
+def load_sharded(folder: Path, group, backend: str = "ring", *, trust_remote_code: bool = False):
     """Load an mlx-lm model folder tensor-parallel over ``group`` (this rank's shard);
     every rank of the group must call it together. On ``ring`` this is
     ``mlx_lm.utils.sharded_load``; on ``nccl`` the same steps (lazy load, ``model.shard``,
     evaluate) without its closing barrier, an all_sum on the CPU stream, which the NCCL
-    backend (GPU only) does not run: the caller's next collective is the barrier."""
+    backend (GPU only) does not run: the caller's next collective is the barrier.
+
+    ``trust_remote_code`` is off unless asked for, for the model and its tokenizer alike
+    (mlx-lm's ``sharded_load`` would otherwise trust the tokenizer's code)."""
     check_model_folder(Path(folder))
+    tokenizer_config = {"trust_remote_code": trust_remote_code}
     try:
         if backend == "ring":
             from mlx_lm.utils import sharded_load
 
-            return sharded_load(str(folder), tensor_group=group)
+            return sharded_load(str(folder), tensor_group=group, tokenizer_config=tokenizer_config,
+                                trust_remote_code=trust_remote_code)
         import mlx.core as mx
         from mlx_lm.utils import load_model, load_tokenizer
 
-        model, config = load_model(Path(folder), lazy=True, strict=False)
+        model, config = load_model(Path(folder), lazy=True, strict=False,
+                                   trust_remote_code=trust_remote_code)
         model.shard(group)
         mx.eval(model.parameters())
-        tokenizer = load_tokenizer(Path(folder), {"trust_remote_code": True},
+        tokenizer = load_tokenizer(Path(folder), tokenizer_config,
                                    eos_token_ids=config.get("eos_token_id", None))
         return model, tokenizer
     except Exception as e:

@@ -9,7 +9,25 @@ cancels the call where it runs. Errors are raised from the iterator as
 
 A stage is a service that holds the service below it (``inner``), adds one concern,
 keeps ``stats`` (a dict of plain numbers) and has ``aclose()``. Any object with this
-shape works below a stage, so stages can wrap a user's own service.
+shape works below a stage, so stages can wrap a user's own service; and any callable
+``layer(inner) -> Service`` is a layer of :class:`krmlx.stack.StackConfig`, so a user's own
+stage goes into an Engine's stack::
+
+    class CountCalls(Stage):
+        name = "count_calls"
+
+        def __init__(self, inner):
+            super().__init__(inner)
+            self.stats = {"calls": 0}
+
+        def call(self, call):
+            self.stats["calls"] += 1
+            return self.inner.call(call)
+
+    StackConfig(layers=[RetryPolicy(), CountCalls, ModelCacheConfig()])
+
+Which methods exist, which need a model and which batch is the protocol's method table
+(:data:`krmlx.worker.protocol.METHODS`).
 """
 
 from __future__ import annotations
@@ -17,12 +35,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
-
-# Methods that touch a model (and so take ``model``) versus worker-level ones.
-MODEL_METHODS = frozenset({
-    "generate", "tokenize", "detokenize", "batch_tokenize", "check_draft",
-    "batch_check_draft", "load_model", "unload_model",
-})
 
 
 @dataclass(frozen=True)

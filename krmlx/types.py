@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import BadRequest
+from .validate import check_generate_params
 
 DEFAULT_MAX_TOKENS = 50
 
@@ -32,16 +33,18 @@ class Request:
     id: str = ""
 
     def __post_init__(self):
-        if self.prompt_ids is None and (not isinstance(self.prompt, str) or not self.prompt.strip()):
-            raise BadRequest("prompt: must be a non-empty string (or give prompt_ids)")
+        """Validated once, here, by the rules the worker applies too
+        (:func:`krmlx.validate.check_generate_params`): BadRequest names the field."""
         if self.prompt_ids is not None:
-            if not self.prompt_ids or not all(isinstance(t, int) and t >= 0 for t in self.prompt_ids):
-                raise BadRequest("prompt_ids: must be a non-empty sequence of non-negative ints")
+            if not isinstance(self.prompt_ids, (list, tuple)):
+                raise BadRequest(f"prompt_ids: must be a sequence of token ids, "
+                                 f"got {type(self.prompt_ids).__name__}")
             object.__setattr__(self, "prompt_ids", tuple(self.prompt_ids))
-        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens <= 0:
-            raise BadRequest(f"max_tokens: must be a positive int, got {self.max_tokens!r}")
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise BadRequest(f"temperature: must be >= 0, got {self.temperature!r}")
+        check_generate_params(self.to_params())
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise BadRequest(f"model: must be a non-empty string or None, got {self.model!r}")
+        if not isinstance(self.id, str):
+            raise BadRequest(f"id: must be a string, got {type(self.id).__name__}")
 
     def to_params(self) -> dict:
         """The request as plain data for the wire."""

@@ -28,7 +28,7 @@ RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 # %% [markdown]
 # # The 50-question baseline: direct vs the serving layer
 #
-# The seed analysis (kr-serve-mlx "Phase 3+") measured its serving layer at +11% total time
+# The reference analysis (kr-serve-mlx "Phase 3+") measured its serving layer at +11% total time
 # over LM Studio's mlx-engine on 50 questions. Here the same questions go through
 # `DirectEngine` (mlx-lm in this process) and `Engine` with phases off (`phase0`) and on,
 # interleaved per request, and every comparison carries a 95% bootstrap CI.
@@ -54,17 +54,17 @@ plots.latency_distributions(doc)
 plots.overhead(doc)
 
 # %% [markdown]
-# ## The seed's baseline table beside ours
+# ## The reference's baseline table beside ours
 #
-# The seed's "kr-serve-mlx" column is the serving layer as it was (our `phase0`); its
+# The reference's "kr-serve-mlx" column is the serving layer as it was (our `phase0`); its
 # "mlx-engine" column is in-process generation (our `direct`). Absolute times depend on
 # the model and machine; the overhead is what carries over.
 
 # %%
-export.beside_seed(doc, "baseline")
+export.beside_reference(doc, "baseline")
 
 # %%
-export.beside_seed(doc, "baseline_observations")
+export.beside_reference(doc, "baseline_observations")
 
 # %% [markdown]
 # ## Try it: flip a phase and rerun
@@ -88,7 +88,7 @@ tried = await panel.run()
 export.display_table("overhead", tried["summary"]["overhead"])
 
 # %% [markdown]
-# ## Estimate vs measured: every seed row the baseline measures
+# ## Estimate vs measured: every reference row the baseline measures
 
 # %%
 tables = export.estimate_tables(doc)

@@ -27,7 +27,7 @@ RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 # %% [markdown]
 # # Phase 1: request batching
 #
-# The seed expected 7.5x from batching tokenize calls (1000 calls, batches of 10) and a
+# The reference analysis expected 7.5x from batching tokenize calls (1000 calls, batches of 10) and a
 # modest gain on generation. `Batcher` groups concurrent `tokenize` calls into one
 # `batch_tokenize` message for a short window. `tokenize_flood` sends N tokenize calls with
 # C in flight through direct (in-process), phase0 and batching.
@@ -57,11 +57,11 @@ plots.latency_distributions(flood, ("e2e_ms",), title="tokenize call latency")
 # ## Estimate vs measured
 
 # %%
-export.beside_seed(flood, "phase1_tokenize")
+export.beside_reference(flood, "phase1_tokenize")
 
 # %%
 tables = export.estimate_tables(flood)
 export.stack_tables(tables)
 
 # %%
-plots.estimates_vs_measured(tables, title="Phase 1 (batching): seed estimate vs measured")
+plots.estimates_vs_measured(tables, title="Phase 1 (batching): reference estimate vs measured")

@@ -28,7 +28,7 @@ RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 # # Phase 2: model caching
 #
 # Without a cache the serving layer holds one model: a request for another one unloads it
-# and loads the next. The seed expected 2-3x on model switching and multi-tenant serving.
+# and loads the next. The reference analysis expected 2-3x on model switching and multi-tenant serving.
 # Both workloads use 5 variants of the model (`tiny@1` .. `tiny@5`: same size, different
 # seeded weights) and compare phase0 (one resident model) with the caching phase (5).
 
@@ -55,11 +55,11 @@ plots.latency_distributions(tenants, title="multi-tenant: 5 models round robin")
 # ## Estimate vs measured
 
 # %%
-export.beside_seed([switching, tenants], "phase2_caching")
+export.beside_reference([switching, tenants], "phase2_caching")
 
 # %%
 tables = export.estimate_tables([switching, tenants])
 export.stack_tables(tables)
 
 # %%
-plots.estimates_vs_measured(tables, title="Phase 2 (caching): seed estimate vs measured")
+plots.estimates_vs_measured(tables, title="Phase 2 (caching): reference estimate vs measured")

@@ -30,7 +30,7 @@ RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 # The worker injects seeded transient errors into `generate` at each rate. Without the
 # retry phase the caller sees the error and tries again itself (a user retry); with it,
 # `Retry` retries inside the serving layer and `CircuitBreaker` stops hammering a worker
-# that keeps failing. The seed expected ~0 overhead when nothing fails and 4-17% gains as
+# that keeps failing. The reference analysis expected ~0 overhead when nothing fails and 4-17% gains as
 # the error rate grows.
 
 # %%
@@ -73,11 +73,11 @@ outcomes, stats.get("circuit_breaker", stats)
 # ## Estimate vs measured
 
 # %%
-export.beside_seed(errors, "phase3_errors")
+export.beside_reference(errors, "phase3_errors")
 
 # %%
 tables = export.estimate_tables(errors)
 export.stack_tables(tables)
 
 # %%
-plots.estimates_vs_measured(tables, title="Phase 3 (retry): seed estimate vs measured")
+plots.estimates_vs_measured(tables, title="Phase 3 (retry): reference estimate vs measured")

@@ -28,7 +28,7 @@ RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 # %% [markdown]
 # # Phase 5: stream framing
 #
-# Every generated token crosses the process boundary as a frame. The seed expected binary
+# Every generated token crosses the process boundary as a frame. The reference analysis expected binary
 # framing to cut stream overhead by 60%, worth ~0.2% on 50-token answers and more on long
 # ones. First the per-token cost alone: the worker's null model streams tokens with no
 # MLX compute, per codec and coalescing setting.
@@ -42,11 +42,11 @@ setup_notebook()
 import pandas as pd
 
 from krmlx.bench.micro import bench_stream
-from krmlx.worker.scheduler import StreamOptions
+from krmlx.framing import FramerConfig, plain
 
-variants = [("json", StreamOptions()), ("msgpack", StreamOptions()),
-            ("msgpack", StreamOptions(coalesce_tokens=8, coalesce_ms=5.0, window=64))]
-per_token = pd.DataFrame([await bench_stream(codec, opts, STREAM_TOKENS) for codec, opts in variants])
+variants = [plain("json"), plain("msgpack"),
+            FramerConfig("msgpack", coalesce_tokens=8, coalesce_ms=5.0, window=64)]
+per_token = pd.DataFrame([await bench_stream(opts, STREAM_TOKENS) for opts in variants])
 per_token
 
 # %% [markdown]
@@ -66,11 +66,11 @@ plots.throughput(long_form, title="long form: output tokens/s")
 # ## Estimate vs measured
 
 # %%
-export.beside_seed(long_form, "phase5_streaming")
+export.beside_reference(long_form, "phase5_streaming")
 
 # %%
 tables = export.estimate_tables(long_form)
 export.stack_tables(tables)
 
 # %%
-plots.estimates_vs_measured(tables, title="Phase 5 (framing): seed estimate vs measured")
+plots.estimates_vs_measured(tables, title="Phase 5 (framing): reference estimate vs measured")

@@ -28,7 +28,7 @@ RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 # %% [markdown]
 # # All phases together: best case, realistic, mixed and an API server
 #
-# The seed's combined tables multiply phase speedups; here they are measured in one run.
+# The reference's combined tables multiply phase speedups; here they are measured in one run.
 # `mixed` is its 40% generation / 40% tokenization / 20% model switching workload,
 # `server_profile` an API server's traffic (Poisson arrivals, 20 tokenize calls per
 # generation), and `rate_sweep` that profile at several arrival rates.
@@ -54,7 +54,7 @@ plots.sweep(sweep)
 plots.latency_distributions(server, ("e2e_ms",), title="API-server profile: request latency")
 
 # %% [markdown]
-# ## The seed's combined tables beside ours
+# ## The reference's combined tables beside ours
 #
 # `combined_realistic` and `summary_50q` are measured by the baseline with every phase on
 # (notebook 01 writes it; the newest baseline under `runs/` is used when there is one).
@@ -64,13 +64,13 @@ from krmlx.report import load_results
 
 baselines = [d for d in load_results(RUNS) if d["config"].get("workload") == "baseline"][-1:]
 docs = [*baselines, mixed, server, sweep]
-export.beside_seed(docs, "mixed_workload")
+export.beside_reference(docs, "mixed_workload")
 
 # %%
-export.beside_seed(docs, "api_server")
+export.beside_reference(docs, "api_server")
 
 # %%
-export.beside_seed(docs, "combined_realistic")
+export.beside_reference(docs, "combined_realistic")
 
 # %% [markdown]
 # ## Estimate vs measured
@@ -80,4 +80,4 @@ tables = export.estimate_tables(docs)
 export.stack_tables(tables)
 
 # %%
-plots.estimates_vs_measured(tables, title="Combined workloads: seed estimate vs measured", measured_only=True)
+plots.estimates_vs_measured(tables, title="Combined workloads: reference estimate vs measured", measured_only=True)

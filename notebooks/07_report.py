@@ -28,7 +28,7 @@ OUT = RUNS / "report"
 # # Report
 #
 # Load any results files (every notebook and `python -m krmlx bench` writes them under
-# `runs/`), and export one offline HTML report (tables, plots, environment, the seed's
+# `runs/`), and export one offline HTML report (tables, plots, environment, the reference's
 # estimates beside the measurements), a Markdown twin and CSVs. Same as
 # `python -m krmlx report runs/ --out runs/report`.
 
@@ -60,10 +60,10 @@ from krmlx.report import export, plots
 
 rows = [r for d in docs for r in export.measured_rows(d)]
 tables = export.estimate_tables(rows)
-plots.estimates_vs_measured(tables, measured_only=True) if tables else "no results file carries seed measurements yet"
+plots.estimates_vs_measured(tables, measured_only=True) if tables else "no results file carries reference measurements yet"
 
 # %% [markdown]
-# The seed analysis's own arithmetic that does not add up:
+# The reference analysis's own arithmetic that does not add up:
 
 # %%
 export.inconsistencies()

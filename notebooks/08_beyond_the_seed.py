@@ -15,7 +15,7 @@
 # ---
 
 # %% tags=["parameters"]
-# 08 · Beyond the seed. Parameters: KRMLX_SMOKE=1 runs everything small (tiny model).
+# 08 · Beyond the reference. Parameters: KRMLX_SMOKE=1 runs everything small (tiny model).
 import os
 
 SMOKE = os.environ.get("KRMLX_SMOKE") == "1"
@@ -24,11 +24,11 @@ LEVELS = (1, 4) if SMOKE else (1, 2, 4, 8, 16, 32, 64)
 RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 
 # %% [markdown]
-# # Beyond the seed: continuous batching, prompt-cache reuse, speculative decoding
+# # Beyond the reference: continuous batching, prompt-cache reuse, speculative decoding
 #
-# The seed concluded its phases give ~0% on generation-heavy work and pointed at "MLX
+# The reference analysis concluded its phases give ~0% on generation-heavy work and pointed at "MLX
 # parameters" instead. Here the worker batches concurrent generations into one mlx-lm
-# `BatchGenerator` (`StackConfig(scheduler="batched")`), reuses the KV state of shared
+# `BatchGenerator` (`StackConfig.phases(scheduler="batched")`), reuses the KV state of shared
 # prompt prefixes, and decodes speculatively with a draft model.
 
 # %%

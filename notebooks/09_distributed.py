@@ -28,7 +28,7 @@ RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 # %% [markdown]
 # # Past one machine: the worker as an MLX distributed group
 #
-# `StackConfig(distributed=DistributedConfig(ranks=2))` starts the worker as 2 ranks
+# `StackConfig.phases(distributed=DistributedConfig(ranks=2))` starts the worker as 2 ranks
 # (tensor parallel: `mlx_lm`'s sharded load). Rank 0 speaks the usual stdio protocol and
 # sends every model step to the other ranks, which follow in lockstep; stages, cancel,
 # faults and metrics are unchanged. Here the same questions run through one worker

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -195,3 +197,30 @@ def _package_root() -> Path:
     import krmlx
 
     return Path(krmlx.__file__).resolve().parent.parent
+
+
+def make_custom_code_model(folder: Path, tiny: Path, layout: str) -> Path:
+    """A copy of tiny that asks for custom code; the code would write a marker. Layouts:
+    ``model_file`` (mlx-lm's custom-architecture hook), ``auto_map`` (config and tokenizer
+    name classes from the folder's code), ``tokenizer_code`` (only the tokenizer does: the
+    model itself loads without it)."""
+    shutil.copytree(tiny, folder)
+    marker = folder.parent / f"{folder.name}.EXECUTED"
+    (folder / "evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('code from the model folder ran')\n"
+        "from mlx_lm.models.llama import Model, ModelArgs  # noqa: F401\n"
+        "from transformers import PreTrainedTokenizerFast\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    cfg = json.loads((folder / "config.json").read_text())
+    if layout != "tokenizer_code":
+        cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.Model",
+                           "AutoTokenizer": ["evil.EvilTokenizer", None]}
+    if layout == "model_file":  # mlx-lm's own custom-architecture hook
+        cfg["model_file"] = "evil.py"
+    else:  # the Hugging Face hook: the tokenizer class only exists in the folder's code
+        tok = json.loads((folder / "tokenizer_config.json").read_text())
+        tok["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+        tok["tokenizer_class"] = "EvilTokenizer"
+        (folder / "tokenizer_config.json").write_text(json.dumps(tok))
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return marker

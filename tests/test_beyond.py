@@ -29,7 +29,7 @@ def test_prompt_cache_reuses_shared_prefix_with_identical_outputs(tiny_path):
     reqs = [Request(q.question, system=SYSTEM, max_tokens=10) for q in qs] + \
            [Request(qs[-1].question, system=SYSTEM, max_tokens=10)]  # an exact repeat
     plain, _ = run(_answers(StackConfig(), reqs))
-    cached, stats = run(_answers(StackConfig(prompt_cache=PromptCacheConfig(max_entries=4)), reqs))
+    cached, stats = run(_answers(StackConfig.phases(prompt_cache=PromptCacheConfig(max_entries=4)), reqs))
     assert [o.token_ids for o in cached] == [o.token_ids for o in plain]
     hits = [o.extra["cached_prompt_tokens"] for o in cached]
     assert hits[0] == 0 and all(h > 200 for h in hits[1:])
@@ -42,7 +42,7 @@ def test_prompt_cache_reuses_shared_prefix_with_identical_outputs(tiny_path):
 def test_speculative_decoding_keeps_greedy_output(draft, tiny_path):
     reqs = [Request(q.question, max_tokens=20) for q in load_questions()[0][:3]]
     plain, _ = run(_answers(StackConfig(), reqs))
-    spec, _ = run(_answers(StackConfig(draft=draft), reqs))
+    spec, _ = run(_answers(StackConfig.phases(draft=draft), reqs))
     assert [o.token_ids for o in spec] == [o.token_ids for o in plain]
     accepted = [o.extra["draft_accepted"] for o in spec]
     checked = [o.extra["draft_checked"] for o in spec]
@@ -54,7 +54,7 @@ def test_speculative_decoding_keeps_greedy_output(draft, tiny_path):
 def test_incompatible_draft_and_bad_configs(tmp_path, tiny_path):
     assert parse_name("tiny-draft1").draft_layers == 1 and parse_name("tiny-draft4") is None
     with pytest.raises(ConfigError, match="draft"):
-        StackConfig(draft="tiny", scheduler="batched")
+        StackConfig.phases(draft="tiny", scheduler="batched")
 
     async def go():
         async with Engine("tiny") as eng:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from scripted import ScriptedService
 
 from krmlx.clock import FakeClock
 from krmlx.errors import BadRequest, CircuitOpen, ConfigError, TransientError, WorkerCrashed
@@ -18,29 +19,6 @@ TOK = Call("tokenize", {"text": "hi"}, model="tiny")
 FAIL = [TransientError("busy")]
 OK = ["ok"]
 STREAM_OK = [Chunk(0, "He", 0, 0.0), Chunk(1, "llo", 1, 0.0), Done("length", 3)]
-
-
-class ScriptedService:
-    """Each call() plays the next script (the last one repeats): exceptions are
-    raised, anything else is yielded."""
-
-    def __init__(self, *scripts):
-        self.scripts = list(scripts)
-        self.calls = 0
-
-    def call(self, call):
-        script = self.scripts[min(self.calls, len(self.scripts) - 1)]
-        self.calls += 1
-        return self._play(script)
-
-    async def _play(self, script):
-        for step in script:
-            if isinstance(step, BaseException):
-                raise step
-            yield step
-
-    async def aclose(self):
-        pass
 
 
 def make(svc, clock, **policy):
@@ -68,8 +46,15 @@ def trip(clock, threshold=3, open_s=5.0, **policy):
     return svc, breaker
 
 
-def test_breaker_follows_the_protocol():
-    assert isinstance(make(ScriptedService(OK), FakeClock()), Service)
+def test_a_closed_breaker_passes_calls_through_and_counts_successes():
+    """Closed, the breaker is a Service that hands every item through unchanged and
+    counts a finished call as a success (no transition)."""
+    svc = ScriptedService(OK)
+    breaker = make(svc, FakeClock())
+    assert isinstance(breaker, Service)
+    assert outcome(breaker) == list(OK) and outcome(breaker) == list(OK)
+    assert svc.calls == 2 and svc.closed == 2
+    assert breaker.state == "closed" and breaker.transitions == []
 
 
 def test_opens_after_threshold_and_rejects_fast():

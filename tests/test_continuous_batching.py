@@ -29,7 +29,7 @@ def test_50_concurrent_requests_equal_serial_outputs(serial_outputs, scheduler):
     questions = load_questions()[0]
 
     async def go():
-        async with Engine("tiny", StackConfig(scheduler=scheduler)) as eng:
+        async with Engine("tiny", StackConfig.phases(scheduler=scheduler)) as eng:
             assert eng.client.ready["scheduler"] == scheduler
             outs = await asyncio.gather(*(eng.complete(Request(q.question, max_tokens=30, id=q.id))
                                           for q in questions))
@@ -46,7 +46,7 @@ def test_50_concurrent_requests_equal_serial_outputs(serial_outputs, scheduler):
 @pytest.mark.parametrize("scheduler", ["batched", "batched-staged"])
 def test_per_request_max_tokens_cancel_and_admission_between_steps(tiny_path, scheduler):
     async def go():
-        async with Engine("tiny", StackConfig(scheduler=scheduler)) as eng:
+        async with Engine("tiny", StackConfig.phases(scheduler=scheduler)) as eng:
             long = asyncio.create_task(eng.complete(Request("Tell me about bees", max_tokens=400)))
             await asyncio.sleep(0.3)  # the long one is decoding
             order = []

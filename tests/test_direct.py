@@ -93,7 +93,7 @@ def test_out_of_vocabulary_prompt_ids_are_bad_requests(tiny_path):
     async def go():
         out = []
         async with DirectEngine(tiny_path) as eng:
-            assert eng.vocab_size == 4096
+            assert eng.limits.vocab_size == 4096 and eng.limits.max_tokens == 4096
             for ids in ([4096], [2**31], [1, 10**9]):
                 with pytest.raises(BadRequest, match="prompt_ids"):
                     await eng.complete(Request(prompt_ids=ids, max_tokens=2))

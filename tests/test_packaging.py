@@ -36,6 +36,25 @@ def test_public_api_is_small_and_sorted():
         assert getattr(krmlx, name) is not None
 
 
+def test_public_api_has_what_a_user_needs_and_no_internals():
+    from krmlx import DirectEngine, Engine, Request, StackConfig, WorkerConfig  # noqa: F401
+    from krmlx.engine import Engine as engine_module_engine
+    from krmlx.stack import StackConfig as stack_module_config
+
+    assert Engine is engine_module_engine and StackConfig is stack_module_config
+    user_needs = {"DirectEngine", "Engine", "Request", "StackConfig", "WorkerConfig",
+                  "Completion", "Chunk", "KrmlxError"}
+    assert user_needs <= set(krmlx.__all__)
+    internals = {"Call", "Service", "WorkerClient", "build_stack", "Done", "ChunkStream"}
+    assert not internals & set(krmlx.__all__)
+    import krmlx.stages as stages
+
+    # every layer a user composes a stack from, beside its stage
+    assert {"RetryPolicy", "BreakerPolicy", "ModelCacheConfig", "SingleModelConfig",
+            "BatcherConfig", "FramerConfig", "Retry", "CircuitBreaker", "ModelCache",
+            "SingleModel", "Batcher", "StreamFramer"} <= set(stages.__all__)
+
+
 def test_top_level_layout():
     for d in ("krmlx", "notebooks", "data", "tests"):
         assert (ROOT / d).is_dir(), d

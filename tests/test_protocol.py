@@ -4,7 +4,7 @@ import msgpack
 import orjson
 import pytest
 
-from krmlx.errors import FrameTooLarge, ProtocolError
+from krmlx.errors import FrameTooLarge, ProtocolDesync, ProtocolError
 from krmlx.worker.protocol import (
     JsonCodec,
     MsgpackCodec,
@@ -26,9 +26,8 @@ def test_round_trip_byte_by_byte(codec_cls):
     assert out == frames
 
 
-@pytest.mark.parametrize("codec_cls", CODECS)
-def test_oversized_frame_is_skipped_and_stream_stays_in_sync(codec_cls):
-    codec = codec_cls(max_frame_bytes=200)
+def test_oversized_json_line_is_skipped_and_stream_stays_in_sync():
+    codec = JsonCodec(max_frame_bytes=200)
     big = codec.encode(call_frame(2, "tokenize", {"text": "x" * 5000}))
     ok = codec.encode(call_frame(3, "ping"))
     out = []
@@ -38,6 +37,30 @@ def test_oversized_frame_is_skipped_and_stream_stays_in_sync(codec_cls):
     assert isinstance(out[0], FrameTooLarge) and "200" in str(out[0])
     assert out[1:] == [call_frame(3, "ping")]
     assert len(codec._buf) < 300  # memory stays bounded by the limit
+
+
+@pytest.mark.parametrize("prefix", [2**31, 201], ids=["2GiB", "one-over"])
+def test_msgpack_length_over_the_limit_is_a_desync_not_a_skip(prefix):
+    """A length prefix no sender writes (both sides check before sending) can't be told
+    from a corrupt one; skipping it could swallow every later frame, so the decoder says
+    the stream is out of step and decodes nothing more."""
+    codec = MsgpackCodec(max_frame_bytes=200)
+    ok = codec.encode(call_frame(3, "ping"))
+    out = codec.feed(ok + prefix.to_bytes(4, "big") + b"x" * 50 + ok)
+    assert out[0] == call_frame(3, "ping")
+    assert isinstance(out[1], ProtocolDesync) and "200" in str(out[1]) and len(out) == 2
+    assert codec.desync is out[1] and codec.feed(ok) == []
+    assert len(codec._buf) == 0
+
+
+def test_truncated_msgpack_frame_ends_in_a_desync():
+    """A frame cut short makes the next frames its body, and then a garbage length: the
+    decoder reports a malformed frame, then the desync, instead of serving a dead pipe."""
+    codec = MsgpackCodec(max_frame_bytes=4096)
+    good = codec.encode(call_frame(1, "tokenize", {"text": "abc" * 20}, "tiny"))
+    cut = (len(good) + 40).to_bytes(4, "big") + good[4:]  # says 40 bytes more than it has
+    out = codec.feed(cut + b"\xff" * 40 + good + b"\xff\xff\xff\xff")
+    assert isinstance(out[0], ProtocolError) and isinstance(out[-1], ProtocolDesync)
 
 
 def test_bad_envelopes_name_the_problem():

@@ -72,7 +72,7 @@ def reference(tiny_path):
 def test_nothing_lost_under_errors_and_kills(reference):
     """No retry: 10% injected errors and 3 kills. Each request completes or fails once,
     naming its cause; completed outputs equal the fault-free run's."""
-    result = run(soak_run(StackConfig(faults=FAULTS), soak.kill_points(N, KILLS, SEED)))
+    result = run(soak_run(StackConfig.phases(faults=FAULTS), soak.kill_points(N, KILLS, SEED)))
     summary = soak.summarize(result, reference)
     print("\n[no retry]", soak.format_summary(summary))
     assert_each_request_ended_once(result)

@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,14 +25,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from reliability_support import RawWorker, run
+from reliability_support import RawWorker, make_custom_code_model, run
 
 from krmlx import load_questions
 from krmlx.bench import results as results_mod
 from krmlx.bench.results import read_results, write_results
 from krmlx.bench.runner import RunPlan, run_interleaved
 from krmlx.engine import Engine
-from krmlx.errors import ResultsError, WorkerError
+from krmlx.errors import ModelError, ResultsError
 from krmlx.service import Call, unary
 from krmlx.stack import StackConfig
 from krmlx.types import Request
@@ -229,29 +228,6 @@ def test_worker_opens_no_socket_through_the_full_stack(tiny_path):
     assert run(go()) == []
 
 
-def make_custom_code_model(folder: Path, tiny: Path, layout: str) -> Path:
-    """A copy of tiny whose config asks for custom code; the code would write a marker."""
-    shutil.copytree(tiny, folder)
-    marker = folder.parent / f"{folder.name}.EXECUTED"
-    (folder / "evil.py").write_text(
-        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('code from the model folder ran')\n"
-        "from mlx_lm.models.llama import Model, ModelArgs  # noqa: F401\n"
-        "from transformers import PreTrainedTokenizerFast\n"
-        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.Model",
-                       "AutoTokenizer": ["evil.EvilTokenizer", None]}
-    if layout == "model_file":  # mlx-lm's own custom-architecture hook
-        cfg["model_file"] = "evil.py"
-    else:  # the Hugging Face hook: the tokenizer class only exists in the folder's code
-        tok = json.loads((folder / "tokenizer_config.json").read_text())
-        tok["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
-        tok["tokenizer_class"] = "EvilTokenizer"
-        (folder / "tokenizer_config.json").write_text(json.dumps(tok))
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return marker
-
-
 @pytest.mark.parametrize("layout", ["model_file", "auto_map"])
 def test_loading_a_model_never_runs_its_code_unless_asked(layout, tmp_path, tiny_path):
     """A model folder whose config asks for custom code: loading it through the worker
@@ -263,7 +239,7 @@ def test_loading_a_model_never_runs_its_code_unless_asked(layout, tmp_path, tiny
 
     async def go():
         async with WorkerClient() as c:
-            with pytest.raises(WorkerError) as err:
+            with pytest.raises(ModelError) as err:  # the promised type, not a bare WorkerError
                 await unary(c, Call("load_model", {}, str(folder)))
             executed = marker.exists()
             await unary(c, Call("load_model", {}, "tiny"))  # still serving, stream in sync
@@ -289,21 +265,16 @@ def test_loading_a_model_never_runs_its_code_unless_asked(layout, tmp_path, tiny
         assert marker.exists(), "positive control: trusted, the folder's code should run"
 
 
-@pytest.mark.parametrize("codec", ["json", "msgpack"])
-def test_frame_limit_bounds_worker_memory_against_a_50_mb_frame(codec):
-    """50 MB frame to a worker with a 1 MB limit: one frame_too_large error (id -1), peak
-    RSS grows by well under the frame (< 8 MiB, where buffering it would cost >= 50 MiB),
-    the stream stays in sync and the worker keeps serving."""
+def test_frame_limit_bounds_worker_memory_against_a_50_mb_frame():
+    """50 MB JSON line to a worker with a 1 MB limit: one frame_too_large error (id -1),
+    peak RSS grows by well under the frame (< 8 MiB, where buffering it would cost
+    >= 50 MiB), the stream stays in sync and the worker keeps serving."""
     size = 50 * 2**20
-    with RawWorker(codec, max_frame_bytes=2**20) as w:
+    with RawWorker("json", max_frame_bytes=2**20) as w:
         before = w.request(1, "stats")
         rss0 = psutil.Process(w.pid).memory_info().rss
-        if codec == "json":
-            head = b'{"v":1,"id":2,"kind":"call","method":"ping","params":{"pad":"'
-            chunks = [head, *(b"a" * 2**20 for _ in range(size // 2**20)), b'"}}\n']
-        else:  # an honest header: 50 MB of body follow, and are skipped
-            chunks = [size.to_bytes(4, "big"), *(b"\x00" * 2**20 for _ in range(size // 2**20))]
-        for chunk in chunks:
+        head = b'{"v":1,"id":2,"kind":"call","method":"ping","params":{"pad":"'
+        for chunk in [head, *(b"a" * 2**20 for _ in range(size // 2**20)), b'"}}\n']:
             w.write(chunk)
         w.send(call_frame(3, "ping"))
         pong = w.result(3, timeout=60)
@@ -317,3 +288,61 @@ def test_frame_limit_bounds_worker_memory_against_a_50_mb_frame(codec):
     assert peak_growth_mib < 8, f"peak RSS grew {peak_growth_mib:.1f} MiB"
     assert (rss1 - rss0) / 2**20 < 8
     assert after["bad_frames"] == before["bad_frames"] + 1
+
+
+def test_a_50_mb_msgpack_header_is_a_desync_and_nothing_is_buffered():
+    """The same 50 MB as msgpack (a header over the 1 MB limit): the worker can't tell it
+    from a corrupt header, so it buffers none of it, says so and exits (code 4)."""
+    with RawWorker("msgpack", max_frame_bytes=2**20) as w:
+        w.request(1, "stats")
+        try:
+            w.write((50 * 2**20).to_bytes(4, "big") + b"\x00" * 2**20)
+        except BrokenPipeError:
+            pass  # it left without reading the rest: what a desync should do
+        code = w.proc.wait(timeout=30)
+        errors = [f for f in w.snapshot() if f["kind"] == "error"]
+    assert code == 4
+    assert [(f["id"], f["code"]) for f in errors] == [(-1, "protocol_desync")]
+
+
+def _results_file(path: Path, **overrides) -> Path:
+    doc = {"schema": {"name": "krmlx.results", "version": 2}, "complete": True, "env": {},
+           "config": {"workload": "baseline"}, "records": [
+               {"engine": "direct", "ok": True, "trial": 0, "request_id": str(i),
+                "ttft_ms": 10.0 + i, "e2e_ms": 100.0 + i} for i in range(3)],
+           "summary": {}}
+    doc.update(overrides)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("command", ["compare", "report"])
+@pytest.mark.parametrize("bad, problem", [
+    (lambda p: p.write_text('{"schema": {"name": "krmlx.results", "vers'), "not valid JSON"),
+    (lambda p: p.write_text(json.dumps({"hello": "world"})), "not a krmlx results file"),
+    (lambda p: p.write_text(json.dumps([1, 2])), "not a krmlx results file"),
+    (lambda p: _results_file(p, summary=None), "'summary' must be a map"),
+    (lambda p: _results_file(p, records="notalist"), "'records' must be a list"),
+    (lambda p: _results_file(p, records=[1]), r"records\[0\] is not a map"),
+], ids=["truncated", "foreign", "a-list", "summary-null", "records-not-a-list", "record-not-a-map"])
+def test_cli_on_a_bad_results_file_says_one_line_and_exits_2(command, bad, problem, tmp_path):
+    good = _results_file(tmp_path / "good.json")
+    path = tmp_path / "bad.json"
+    bad(path)
+    argv = [good, path] if command == "compare" else [path, "--out", tmp_path / "report"]
+    p = subprocess.run([sys.executable, "-m", "krmlx", command, *map(str, argv)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert str(path) in lines[0] and re.search(problem, lines[0]), lines[0]
+
+
+def test_compare_of_a_partial_file_with_no_records_is_one_line(tmp_path):
+    good = _results_file(tmp_path / "good.json")
+    partial = _results_file(tmp_path / "partial.json", records=[], complete=False)
+    p = subprocess.run([sys.executable, "-m", "krmlx", "compare", str(good), str(partial)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "no request records to compare" in p.stderr, p.stderr
+    assert p.stderr.startswith(f"krmlx compare: {partial}:")
+    assert "Traceback" not in p.stderr and "KeyError" not in p.stderr

@@ -113,7 +113,7 @@ def test_html_is_self_contained(report):
 def test_html_has_the_tables(report):
     html = report["html"].read_text()
     for text in ("Environment", "engines", "overhead vs direct (95% CI in brackets)",
-                 "seed estimate vs measured: baseline", "internal inconsistencies", "openblas",
+                 "reference estimate vs measured: baseline", "internal inconsistencies", "openblas",
                  "TTFT (mean)", "ΔTTFT ms"):
         assert text in html, text
     assert html.count("<table") >= 7
@@ -164,6 +164,7 @@ def test_report_renders_offline_in_chromium(report):
 def test_panel_builds_stack_configs():
     from krmlx.report.widgets import Panel, WidgetProgress
     from krmlx.stack import PHASES, StackConfig
+    from krmlx.stages import BatcherConfig, BreakerPolicy, ModelCacheConfig, RetryPolicy
 
     p = Panel("tiny")
     assert p.config() == StackConfig()
@@ -172,12 +173,13 @@ def test_panel_builds_stack_configs():
     p.batch_window_ms.value, p.cache_max_models.value, p.cache_budget_gib.value = 4.0, 2, 0
     p.retry_attempts.value, p.codec.value, p.coalesce_tokens.value = 5, "json", 4
     cfg = p.config()
-    assert cfg.label == "all" and cfg.batcher.window_ms == 4.0 and cfg.batcher.max_batch == 10
-    assert cfg.model_cache.max_models == 2 and cfg.model_cache.budget_bytes is None
-    assert cfg.retry.attempts == 5 and cfg.breaker is not None
+    batcher, cache = cfg.find(BatcherConfig), cfg.find(ModelCacheConfig)
+    assert cfg.label == "all" and batcher.window_ms == 4.0 and batcher.max_batch == 10
+    assert cache.max_models == 2 and cache.budget_bytes is None
+    assert cfg.find(RetryPolicy).attempts == 5 and cfg.find(BreakerPolicy) is not None
     assert cfg.framer.codec == "json" and cfg.framer.coalesce_tokens == 4
     p.phase["batching"].value = False
-    assert p.config().batcher is None and p.batch_window_ms.disabled
+    assert p.config().find(BatcherConfig) is None and p.batch_window_ms.disabled
     bar = WidgetProgress(p.progress)
     bar.total = 4
     bar.update(1)

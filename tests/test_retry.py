@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from scripted import ScriptedService
 from tenacity import RetryError
 
 from krmlx.clock import FakeClock
@@ -26,36 +27,6 @@ GEN = Call("generate", {"prompt": "hi"}, model="tiny")
 TOK = Call("tokenize", {"text": "hi"}, model="tiny")
 
 
-class ScriptedService:
-    """Each call() plays the next script: exceptions are raised, callables are run
-    (e.g. to advance the clock), anything else is yielded."""
-
-    def __init__(self, *scripts):
-        self.scripts = list(scripts)
-        self.calls = 0
-        self.closed = 0  # inner iterators whose body ended (finished, failed or closed)
-
-    def call(self, call):
-        script = self.scripts[min(self.calls, len(self.scripts) - 1)]
-        self.calls += 1
-        return self._play(script)
-
-    async def _play(self, script):
-        try:
-            for step in script:
-                if isinstance(step, BaseException):
-                    raise step
-                if callable(step):
-                    step()
-                    continue
-                yield step
-        finally:
-            self.closed += 1
-
-    async def aclose(self):
-        pass
-
-
 def chunk(i: int, text: str) -> Chunk:
     return Chunk(token_id=i, text=text, index=i, t_s=0.0)
 
@@ -68,9 +39,24 @@ async def drain(it):
     return [item async for item in it]
 
 
-def test_scripted_service_follows_the_protocol():
-    assert isinstance(ScriptedService(["x"]), Service)
-    assert isinstance(make(ScriptedService(["x"]), FakeClock()), Service)
+def test_passes_a_stream_through_and_closes_the_inner_one_when_closed_early():
+    """Retry is a Service; a stream goes through item for item, and a consumer that stops
+    after the first chunk closes the inner stream (which cancels it in the worker)."""
+    clock = FakeClock()
+    svc = ScriptedService([chunk(0, "a"), chunk(1, "b"), chunk(2, "c"), Done("length", 3)])
+    retry = make(svc, clock, attempts=3)
+    assert isinstance(retry, Service)
+    assert asyncio.run(drain(retry.call(GEN))) == [chunk(0, "a"), chunk(1, "b"), chunk(2, "c"),
+                                                    Done("length", 3)]
+
+    async def first_then_close():
+        it = retry.call(GEN)
+        first = await it.__anext__()
+        await it.aclose()
+        return first
+
+    assert asyncio.run(first_then_close()) == chunk(0, "a")
+    assert svc.calls == 2 and svc.closed == 2 and retry.stats["retries"] == 0
 
 
 def test_succeeds_after_transient_errors_and_counts_stats():

@@ -15,6 +15,7 @@ from krmlx.errors import (
     BadRequest,
     CallTimeout,
     FrameTooLarge,
+    NotFound,
     UnknownModel,
     WorkerCrashed,
     WorkerError,
@@ -22,6 +23,7 @@ from krmlx.errors import (
 from krmlx.service import Call, unary
 from krmlx.types import Chunk, Done
 from krmlx.worker.client import WorkerClient
+from krmlx.worker.config import WorkerConfig
 from krmlx.worker.protocol import JsonCodec, call_frame
 
 
@@ -42,7 +44,7 @@ def test_generate_matches_direct_engine(codec, tiny_path):
     async def go():
         async with DirectEngine(tiny_path) as direct:
             want = [(await direct.complete(Request(q.question, max_tokens=20))) for q in questions]
-        async with WorkerClient(codec=codec) as client:
+        async with WorkerClient(WorkerConfig(codec=codec)) as client:
             assert client.ready["codec"] == codec
             await unary(client, Call("load_model", {}, "tiny"))
             got = [await generate(client, q.question, 20) for q in questions]
@@ -78,7 +80,7 @@ def test_methods_and_errors_keep_worker_serving(tiny_path):
                          Call("tokenize", {"text": "x"}, "ghost"), Call("tokenize", {"txt": "x"}, "tiny"),
                          Call("generate", {"prompt": "x", "max_tokens": 0}, "tiny"),
                          Call("cancel", {"target": 12345})]:
-                with pytest.raises((WorkerError, BadRequest, UnknownModel)) as e:
+                with pytest.raises((WorkerError, BadRequest, UnknownModel, NotFound)) as e:
                     await unary(c, call)
                 errors[call.method + str(call.params)] = e.value
             stats = await c.worker_stats()
@@ -91,14 +93,19 @@ def test_methods_and_errors_keep_worker_serving(tiny_path):
     assert any("'text' has type int" in m for m in msgs)
     assert any("'ghost' is not loaded" in m for m in msgs)
     assert any("unknown params ['txt']" in m for m in msgs)
-    assert any("max_tokens must be positive" in m for m in msgs)
+    assert any("max_tokens: must be a positive int, got 0" in m for m in msgs)
     assert any("no active stream" in m for m in msgs)
     assert stats["errors"] == 6 and stats["active_streams"] == 0
+    # each error frame's code comes back as its exception type (the protocol's one table)
+    assert [type(e).__name__ for e in errors.values()] == [
+        "UnknownMethod", "BadRequest", "UnknownModel", "BadRequest", "BadRequest", "NotFound"]
+    assert [e.code for e in errors.values()] == [
+        "unknown_method", "bad_request", "unknown_model", "bad_request", "bad_request", "not_found"]
 
 
 def test_oversized_frames_get_clear_errors(tiny_path):
     async def go():
-        async with WorkerClient(max_frame_bytes=4096) as c:
+        async with WorkerClient(WorkerConfig(max_frame_bytes=4096)) as c:
             await unary(c, Call("load_model", {}, "tiny"))
             with pytest.raises(FrameTooLarge, match="4096"):
                 await unary(c, Call("tokenize", {"text": "word " * 2000}, "tiny"))
@@ -172,7 +179,7 @@ def test_worker_death_fails_every_pending_call_then_restarts(tiny_path):
 
 def test_injected_crash_after_tokens(tiny_path):
     async def go():
-        async with WorkerClient(faults={"crash_after_tokens": 5}) as c:
+        async with WorkerClient(WorkerConfig(faults={"crash_after_tokens": 5})) as c:
             await unary(c, Call("load_model", {}, "tiny"))
             got = []
             with pytest.raises(WorkerCrashed):

@@ -1,4 +1,4 @@
-"""Beyond the seed: prompt-cache reuse and speculative decoding, measured like the rest.
+"""Beyond the reference: prompt-cache reuse and speculative decoding, measured like the rest.
 
 - :func:`run_prompt_cache`: requests sharing a long system prompt (~``shared_tokens``
   tokens), through an engine without and with prompt-cache reuse; TTFT per request and the
@@ -58,7 +58,7 @@ async def run_prompt_cache(model: str = "mini", *, shared_tokens: int = 500, req
     qs = load_questions()[0][:requests]
     reqs = [Request(q.question, system=system, max_tokens=max_tokens, id=q.id) for q in qs]
     records = await _run(StackConfig(), "no_reuse", model, reqs)
-    records += await _run(StackConfig(prompt_cache=PromptCacheConfig()), "prompt_cache", model, reqs)
+    records += await _run(StackConfig.phases(prompt_cache=PromptCacheConfig()), "prompt_cache", model, reqs)
     by = {e: [r for r in records if r["engine"] == e] for e in ("no_reuse", "prompt_cache")}
     # The first request fills the cache: the reuse shows on the requests after it.
     ttft = {e: float(np.median([r["ttft_ms"] for r in rs[1:]])) for e, rs in by.items()}
@@ -84,7 +84,7 @@ async def run_speculative(model: str = "mini", *, drafts: tuple[str, ...] | None
     reqs = [Request(q.question, max_tokens=max_tokens, id=q.id) for q in qs]
     records = await _run(StackConfig(), "no_draft", model, reqs)
     for d in drafts:
-        records += await _run(StackConfig(draft=d), f"draft={d}", model, reqs)
+        records += await _run(StackConfig.phases(draft=d), f"draft={d}", model, reqs)
     base = {r["request_id"]: r["output_ids"] for r in records if r["engine"] == "no_draft"}
     rows = []
     for engine in dict.fromkeys(r["engine"] for r in records):

@@ -251,7 +251,7 @@ async def run_concurrency(model: str = "mini", *, levels=DEFAULT_LEVELS, max_tok
         if checkpoint is not None:
             checkpoint(document())
 
-    async with Engine(model, StackConfig(scheduler=scheduler)) as engine:
+    async with Engine(model, StackConfig.phases(scheduler=scheduler)) as engine:
         for c in levels if warmup else (2,):  # each batch shape once (GPUs compile per shape)
             await run_engine_level(engine, c, 4)
         for c in levels:

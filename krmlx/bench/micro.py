@@ -17,9 +17,11 @@ import time
 import numpy as np
 import psutil
 
+from ..framing import FramerConfig, plain
 from ..service import Call, unary
 from ..worker.client import WorkerClient
-from ..worker.scheduler import StreamOptions
+from ..worker.config import WorkerConfig
+from ..worker.protocol import NULL_MODEL
 
 TOKENIZE_TEXT = ("Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen; "
                  "the light reactions in the thylakoid membranes make ATP and NADPH, which the "
@@ -38,7 +40,7 @@ def _cpu(proc: psutil.Process) -> float:
 
 
 async def bench_ping(codec: str, n: int = 3000, warmup: int = 300) -> dict:
-    async with WorkerClient(codec=codec) as c:
+    async with WorkerClient(WorkerConfig(codec=codec)) as c:
         for _ in range(warmup):
             await c.ping()
         samples = []
@@ -49,15 +51,15 @@ async def bench_ping(codec: str, n: int = 3000, warmup: int = 300) -> dict:
     return {"bench": "ping", "codec": codec, **_pcts(samples)}
 
 
-async def bench_stream(codec: str, opts: StreamOptions, n: int = 20000, reps: int = 5) -> dict:
+async def bench_stream(opts: FramerConfig, n: int = 20000, reps: int = 5) -> dict:
     """``reps`` streams of ``n`` synthetic tokens after a warm-up one; the medians over the
     streams (one stream of 20k tokens lasts ~0.1 s, so single runs vary by tens of %)."""
     import statistics
 
-    async with WorkerClient(codec=codec, stream=opts) as c:
+    async with WorkerClient(WorkerConfig(framing=opts)) as c:
         worker = psutil.Process(c.pid)
-        call = Call("generate", {"prompt": "x", "max_tokens": n}, "null")
-        async for _ in c.call(Call("generate", {"prompt": "x", "max_tokens": 2000}, "null")):
+        call = Call("generate", {"prompt": "x", "max_tokens": n}, NULL_MODEL)
+        async for _ in c.call(Call("generate", {"prompt": "x", "max_tokens": 2000}, NULL_MODEL)):
             pass  # warm up
         walls, clients, workers = [], [], []
         for _ in range(reps):
@@ -68,7 +70,7 @@ async def bench_stream(codec: str, opts: StreamOptions, n: int = 20000, reps: in
             walls.append((time.perf_counter() - t0) / tokens * 1e6)
             clients.append((time.process_time() - c0) / tokens * 1e6)
             workers.append((_cpu(worker) - w0) / tokens * 1e6)
-        return {"bench": "stream", "codec": codec, "coalesce_tokens": opts.coalesce_tokens,
+        return {"bench": "stream", "codec": opts.codec, "coalesce_tokens": opts.coalesce_tokens,
                 "coalesce_ms": opts.coalesce_ms, "window": opts.window, "tokens": tokens, "reps": reps,
                 "wall_us_per_token": statistics.median(walls),
                 "wall_us_per_token_min": min(walls), "wall_us_per_token_max": max(walls),
@@ -110,8 +112,10 @@ async def bench_tokenize(model: str, n: int = 500) -> list[dict]:
     return rows
 
 
-STREAM_VARIANTS = [StreamOptions(), StreamOptions(window=64),
-                   StreamOptions(coalesce_tokens=8, coalesce_ms=5.0, window=64)]
+def stream_variants(codec: str) -> list[FramerConfig]:
+    """A frame per token without a window; with a 64-frame window; coalescing 8 / 5 ms."""
+    return [plain(codec), FramerConfig(codec, window=64),
+            FramerConfig(codec, coalesce_tokens=8, coalesce_ms=5.0, window=64)]
 
 
 async def run_micro(model: str = "tiny", *, smoke: bool = False) -> dict:
@@ -121,8 +125,8 @@ async def run_micro(model: str = "tiny", *, smoke: bool = False) -> dict:
     env = collect_env()
     n_ping, n_tok, n_stream = (300, 50, 2000) if smoke else (3000, 500, 20000)
     ping = [await bench_ping(codec, n_ping) for codec in ("json", "msgpack")]
-    stream = [await bench_stream(codec, opts, n_stream, 2 if smoke else 5) for codec in ("json", "msgpack")
-              for opts in STREAM_VARIANTS]
+    stream = [await bench_stream(opts, n_stream, 2 if smoke else 5) for codec in ("json", "msgpack")
+              for opts in stream_variants(codec)]
     tokenize = await bench_tokenize(model, n_tok)
     return {"env": {**env, "model": model},
             "config": {"workload": "micro", "model": model, "smoke": smoke},

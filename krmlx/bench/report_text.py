@@ -29,13 +29,13 @@ def _table(rows, columns: dict, floatfmt: str = "{:.3f}") -> str:
     return df.to_string(index=False, float_format=lambda x: floatfmt.format(x))
 
 
-ESTIMATE_COLUMNS = {"row": "seed row", "metric": "metric", "estimate": "estimate",
+ESTIMATE_COLUMNS = {"row": "reference row", "metric": "metric", "estimate": "estimate",
                     "measured": "measured", "ratio": "ratio", "ci_low": "lo", "ci_high": "hi",
                     "verdict": "verdict"}
 
 
 def format_estimates(tables: dict) -> str:
-    """The estimate-vs-measured tables (from ``compare_estimates``), one block per seed table."""
+    """The estimate-vs-measured tables (from ``compare_estimates``), one block per reference table."""
     parts = []
     for tid, df in tables.items():
         if len(df):
@@ -77,8 +77,8 @@ def format_summary(doc: dict) -> str:
 
         tables = {tid: df[df["measured"].notna()] for tid, df in
                   compare_estimates(summary["estimates"]).items()}
-        note = " SMOKE sizes: totals are not the seed's workload" if cfg.get("smoke") else ""
-        parts += ["", f"estimate vs measured (seed tables; ratio = measured / estimate){note}",
+        note = " SMOKE sizes: totals are not the reference's workload" if cfg.get("smoke") else ""
+        parts += ["", f"estimate vs measured (reference tables; ratio = measured / estimate){note}",
                   format_estimates(tables)]
     for key in ("blas_warning", "direct_blas_warning"):
         if env.get(key):
@@ -87,7 +87,15 @@ def format_summary(doc: dict) -> str:
 
 
 def format_compare(a: dict, b: dict) -> str:
-    """Engines present in both files: mean E2E and TTFT of B vs A with bootstrap CIs."""
+    """Engines present in both files: mean E2E and TTFT of B vs A with bootstrap CIs.
+    ResultsError when a file has no records to compare."""
+    from ..errors import ResultsError
+
+    for name, doc in (("A", a), ("B", b)):
+        recs = doc["records"]
+        if not recs or not all("engine" in r and "ok" in r for r in recs):
+            raise ResultsError(f"file {name} has no request records to compare "
+                               f"({len(recs)} records; an interrupted run's partial file may hold none)")
     da, db = records_frame(a), records_frame(b)
     rows = []
     for engine in sorted(set(da["engine"]) & set(db["engine"])):

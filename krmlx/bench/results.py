@@ -19,7 +19,10 @@ import pandas as pd
 
 from ..errors import ResultsError
 
-SCHEMA = {"name": "krmlx.results", "version": 1}
+SCHEMA = {"name": "krmlx.results", "version": 2}
+# 1: engine configs as StackConfig fields; 2: engine configs as {layers, worker, label}.
+# Records are the same in both, so both are read.
+READABLE_VERSIONS = (1, 2)
 REQUIRED = ("schema", "env", "config", "records", "summary")
 
 
@@ -69,17 +72,26 @@ def read_results(path: str | os.PathLike) -> dict:
         raise ResultsError(f"{path}: no such results file") from None
     except ValueError as e:
         raise ResultsError(f"{path}: not valid JSON, perhaps truncated ({e})") from None
+    except OSError as e:
+        raise ResultsError(f"{path}: can't be read ({e.strerror or e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("schema"), dict):
         raise ResultsError(f"{path}: not a krmlx results file (no schema)")
     schema = doc["schema"]
     if schema.get("name") != SCHEMA["name"]:
         raise ResultsError(f"{path}: schema {schema.get('name')!r} is not {SCHEMA['name']!r}")
-    if schema.get("version") != SCHEMA["version"]:
+    if schema.get("version") not in READABLE_VERSIONS:
         raise ResultsError(f"{path}: schema version {schema.get('version')} is not supported "
-                           f"(this krmlx reads version {SCHEMA['version']})")
+                           f"(this krmlx reads versions {READABLE_VERSIONS})")
     missing = [k for k in REQUIRED if k not in doc]
     if missing:
         raise ResultsError(f"{path}: missing keys {missing}")
+    for key, kind in (("env", dict), ("config", dict), ("summary", dict), ("records", list)):
+        if not isinstance(doc[key], kind):
+            raise ResultsError(f"{path}: {key!r} must be {'a map' if kind is dict else 'a list'}, "
+                               f"got {type(doc[key]).__name__}")
+    bad = next((i for i, r in enumerate(doc["records"]) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise ResultsError(f"{path}: records[{bad}] is not a map")
     return doc
 
 

@@ -5,7 +5,7 @@
 
     wl = make_workload("tokenize_flood", smoke=True)      # ConfigError for bad parameters
     doc = asyncio.run(run_workload(wl, "tiny"))           # env, config, records, summary
-    estimate_tables(doc)["phase1_tokenize"]               # the seed's figures beside ours
+    estimate_tables(doc)["phase1_tokenize"]               # the reference's figures beside ours
 
 =================  ==========================================================  ==========
 name               what (parameters)                                           smoke
@@ -161,7 +161,7 @@ def measured_estimates(docs) -> list[dict]:
 
 def estimate_tables(doc, *, measured_only: bool = False) -> dict[str, pd.DataFrame]:
     """``compare_estimates`` of a results document's (or several's) estimates rows: one
-    DataFrame per seed table (estimate, measured, ratio, CI, verdict). ``measured_only``
+    DataFrame per reference table (estimate, measured, ratio, CI, verdict). ``measured_only``
     keeps only rows with a measurement, and only tables that have one."""
     tables = compare_estimates(measured_estimates(doc))
     if not measured_only:

@@ -31,7 +31,7 @@ from ..engine import Engine
 from ..errors import ConfigError
 from ..models import ModelSpec, parse_name, resolve_model
 from ..questions import load_questions
-from ..stack import FramerConfig, StackConfig
+from ..stack import StackConfig
 from ..types import Request
 from . import metrics
 from .baseline import make_configs
@@ -39,7 +39,7 @@ from .runner import LoadMeter, RunPlan, record_of, settle
 
 DIRECT = "direct"  # the engine spec of the in-process baseline
 BASE = "phase0"
-DEFAULT_CACHE_MODELS = 5  # the caching phase keeps this many models (the seed's 5 tenants)
+DEFAULT_CACHE_MODELS = 5  # the caching phase keeps this many models (the reference's 5 tenants)
 
 
 # -- the contract ---------------------------------------------------------------------------------
@@ -93,9 +93,9 @@ class Workload:
 
         out = {}
         for name, cfg in configs.items():
-            if cfg.model_cache is not None and cfg.model_cache.max_models < DEFAULT_CACHE_MODELS:
-                cfg = cfg.replace(model_cache=replace(cfg.model_cache, max_models=DEFAULT_CACHE_MODELS)
-                                  if isinstance(cfg.model_cache, ModelCacheConfig) else cfg.model_cache)
+            cache = cfg.find(ModelCacheConfig)
+            if cache is not None and cache.max_models < DEFAULT_CACHE_MODELS:
+                cfg = cfg.with_layer(replace(cache, max_models=DEFAULT_CACHE_MODELS))
             out[name] = cfg
         return out
 
@@ -182,8 +182,8 @@ def with_framer(cfg, coalesce_tokens: int, coalesce_ms: float):
     """The config with its framer's coalescing set (configs without framing unchanged)."""
     if cfg == DIRECT or cfg.framer is None:
         return cfg
-    return cfg.replace(framer=FramerConfig(cfg.framer.codec, coalesce_tokens, coalesce_ms,
-                                           cfg.framer.window))
+    return cfg.with_layer(replace(cfg.framer, coalesce_tokens=coalesce_tokens,
+                                  coalesce_ms=coalesce_ms))
 
 
 def model_variants(workload: str, model: str, n: int) -> list[str]:

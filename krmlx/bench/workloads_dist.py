@@ -61,9 +61,9 @@ class Distributed(Baseline):
     def engine_groups(self, model, phases):
         n = self.ranks
         groups = [{BASE_RANK: StackConfig()},
-                  {f"ranks{n}": StackConfig(distributed=DistributedConfig(n, self.backend))}]
+                  {f"ranks{n}": StackConfig.phases(distributed=DistributedConfig(n, self.backend))}]
         if self.mlx_launch:
-            groups.append({f"ranks{n}-mlx.launch": StackConfig(
+            groups.append({f"ranks{n}-mlx.launch": StackConfig.phases(
                 distributed=DistributedConfig(n, self.backend, "mlx.launch"))})
         return groups
 

@@ -3,12 +3,12 @@
 For each rate the compared configurations run in their own worker processes, started with
 the fault plan ``{"error_rate": {"generate": rate}, "seed": seed}`` (engine names
 ``phase0@err10``, ``retry@err10`` ...; rate 0 injects nothing). The workload plays the
-user: a request that fails is re-sent ``user_retries`` times (once, as the seed modelled),
+user: a request that fails is re-sent ``user_retries`` times (once, as the reference modelled),
 after ``user_retry_delay_s``. Phase 0 shows those failures to the user; the retry phase
 retries inside the stack. Each record carries ``attempts``, ``user_visible_failures`` and
 ``failed_ms`` (time spent in failed attempts); TTFT and E2E run from the first attempt.
 
-The time errors cost (``penalty_s``, the seed's "error penalty") is what the failures
+The time errors cost (``penalty_s``, the reference's "error penalty") is what the failures
 added: failed attempts and user waits as the user saw them, plus the retry stage's
 backoff waits (its stats' ``retry_wait_s``; the failed attempts inside the stack are not
 visible from outside and are not counted). Note that the worker fails an injected fault
@@ -105,7 +105,7 @@ class ErrorRates(Workload):
         groups = []
         for rate in self.fault_rates:
             faults = {"error_rate": {"generate": float(rate)}, "seed": self.seed} if rate > 0 else None
-            groups.append({f"{name}@err{rate_tag(rate)}": cfg.replace(faults=faults)
+            groups.append({f"{name}@err{rate_tag(rate)}": cfg.with_worker(faults=faults)
                            for name, cfg in configs.items()})
         return groups
 
@@ -188,7 +188,7 @@ class ErrorRates(Workload):
         return row
 
     def estimates(self, df, table, labels, tag) -> list[dict]:
-        """Seed rows of phase3 (error_rate_5/10/20) for one rate."""
+        """Reference rows of phase3 (error_rate_5/10/20) for one rate."""
         w, opt = f"error_rate_{tag}", pick(labels, "retry", "all")
         base, other = f"{BASE}@err{tag}", f"{opt}@err{tag}"
         rows = []

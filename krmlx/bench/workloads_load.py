@@ -1,10 +1,10 @@
 """Concurrent workloads: many requests in flight, one engine at a time (the engine order
 rotates per trial), wall time measured per engine.
 
-``tokenize_flood`` (N tokenize calls, ``concurrency`` in flight), ``mixed`` (the seed's
+``tokenize_flood`` (N tokenize calls, ``concurrency`` in flight), ``mixed`` (the reference's
 40% generation / 40% tokenization / 20% model switching, seeded order), ``server_profile``
 (open-loop Poisson arrivals at ``rate`` requests/s, tokenize:generate = 20:1 as in the
-seed's API-server profile, like vLLM's bench and GuideLLM) and ``rate_sweep`` (the profile
+reference's API-server profile, like vLLM's bench and GuideLLM) and ``rate_sweep`` (the profile
 at several rates).
 """
 
@@ -45,7 +45,7 @@ from .workloads_core import (
     warm,
 )
 
-DEFAULT_CONCURRENCY = 10  # the seed's "10 concurrent tokenize requests"
+DEFAULT_CONCURRENCY = 10  # the reference's "10 concurrent tokenize requests"
 
 
 async def run_batch(name, engine, items: list, ctx, trial: int, series: str, concurrency: int,
@@ -253,7 +253,7 @@ class Mixed(Workload):
 class ServerProfile(Workload):
     """Open-loop Poisson arrivals at ``rate`` requests/s for ``duration_s`` (or
     ``max_requests``), seeded; per block of ``tokenize_per_generate`` + 1 arrivals one is a
-    generate of ``max_tokens`` (the seed's 10,000 tokenize : 500 generate per hour). With
+    generate of ``max_tokens`` (the reference's 10,000 tokenize : 500 generate per hour). With
     ``n_models`` > 1 each request picks one of the variants; ``error_rate`` injects transient
     faults on generate and tokenize. phase0 vs all. Smoke: 2 s."""
 
@@ -290,7 +290,7 @@ class ServerProfile(Workload):
             return groups
         r = float(self.error_rate)
         faults = {"error_rate": {"generate": r, "tokenize": r, "batch_tokenize": r}, "seed": self.seed}
-        return [{n: spec.replace(faults=faults) for n, spec in g.items()} for g in groups]
+        return [{n: spec.with_worker(faults=faults) for n, spec in g.items()} for g in groups]
 
     def schedule(self, model: str, rate: float) -> list[tuple[float, str, Request]]:
         """(arrival offset s, kind, request), the same for every engine (seeded)."""

@@ -150,7 +150,7 @@ class ModelSwitching(Workload):
     """Each request is one short generate on the next of ``n_models`` variants
     (``{model}@1..@N``), for each count in ``switches``; phase0 (SingleModel: every request
     unloads and loads) vs caching (ModelCache, 5 models). With ``warm_cache`` every engine
-    first runs each model once, unrecorded (the seed's "all cached" case). After the runs,
+    first runs each model once, unrecorded (the reference's "all cached" case). After the runs,
     ``load_model`` of each model is timed on engines with a cache (the cache-hit cost).
     Smoke: 6 switches."""
 
@@ -261,7 +261,7 @@ def switch_totals(part, others: list[str], config: dict, series: str) -> list[di
 
 
 def switch_estimates(w: str, part, probe, config: dict, series: str) -> list[dict]:
-    """Seed rows of phase2 (model loads, caching) for one switching series."""
+    """Reference rows of phase2 (model loads, caching) for one switching series."""
     engines = set(part["engine"])
     opt = pick(engines, "caching", "all")
     if BASE not in engines:

@@ -8,12 +8,12 @@ into ``out_dir``:
 - ``report.md`` with the same sections and the plots as PNG files beside it;
 - ``csv/``: per document the records and every summary table
   (:func:`krmlx.bench.results.export_csv`), its estimate-vs-measured rows, and the
-  seed's inconsistent arithmetic.
+  reference's inconsistent arithmetic.
 
 Sections: environment (device, BLAS, versions, git SHA, model), then per document its
 summary tables (overhead with 95% CIs), plots and estimate-vs-measured tables
 (:func:`krmlx.bench.estimates.compare_estimates` over the document's ``estimates`` rows),
-then all measurements against the seed together, then the seed's internal
+then all measurements against the reference together, then the reference's internal
 inconsistencies (:func:`krmlx.bench.estimates.check_consistency`).
 """
 
@@ -73,7 +73,7 @@ def _get(doc: dict, dotted: str):
 
 
 def measured_rows(doc: dict) -> list[dict]:
-    """The document's measurements of seed metrics: rows {workload, metric, measured,
+    """The document's measurements of reference metrics: rows {workload, metric, measured,
     ci_low, ci_high} under ``estimates`` (top level or in ``summary``)."""
     rows = doc.get("estimates")
     if rows is None or len(rows) == 0:
@@ -97,7 +97,7 @@ def rows_of(source) -> list[dict]:
 def estimate_tables(source, estimates: dict | None = None, *,
                     measured_only_tables: bool = True) -> dict[str, pd.DataFrame]:
     """compare_estimates over the measured rows of ``source`` (a doc, docs or rows;
-    duplicates: the last wins), keeping only the seed tables that have a measured row
+    duplicates: the last wins), keeping only the reference tables that have a measured row
     (all when not ``measured_only_tables``)."""
     rows = rows_of(source)
     if not rows:
@@ -117,30 +117,30 @@ def stack_tables(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         ["table", *E.COMPARE_COLUMNS]]
 
 
-def beside_seed(source, table_id: str, estimates: dict | None = None) -> pd.DataFrame:
-    """A seed table as written (its columns, cell text as published) with krmlx's
+def beside_reference(source, table_id: str, estimates: dict | None = None) -> pd.DataFrame:
+    """A reference table as written (its columns, cell text as published) with krmlx's
     measurement, 95% CI and verdict beside each row that has one."""
     est = E.load_estimates() if estimates is None else estimates
     table = next((t for t in est["tables"] if t["id"] == table_id), None)
     if table is None:
-        raise KeyError(f"no seed table {table_id!r}; tables: {[t['id'] for t in est['tables']]}")
-    seed = pd.DataFrame([{table["columns"][0]: r["row"], **r["values"]} for r in table["rows"]])
+        raise KeyError(f"no reference table {table_id!r}; tables: {[t['id'] for t in est['tables']]}")
+    ref = pd.DataFrame([{table["columns"][0]: r["row"], **r["values"]} for r in table["rows"]])
     ours = estimate_tables(source, est, measured_only_tables=False).get(table_id)
     if ours is None:
-        return seed
+        return ref
     ours = ours.drop_duplicates("row").set_index("row")
     label = table["columns"][0]
-    seed["krmlx metric"] = seed[label].map(ours["metric"])
-    seed["krmlx measured"] = seed[label].map(ours["measured"])
-    seed["95% CI"] = [f"[{fmt(ours.at[r, 'ci_low'])}, {fmt(ours.at[r, 'ci_high'])}]"
+    ref["krmlx metric"] = ref[label].map(ours["metric"])
+    ref["krmlx measured"] = ref[label].map(ours["measured"])
+    ref["95% CI"] = [f"[{fmt(ours.at[r, 'ci_low'])}, {fmt(ours.at[r, 'ci_high'])}]"
                       if r in ours.index and not pd.isna(ours.at[r, "ci_low"]) else ""
-                      for r in seed[label]]
-    seed["verdict"] = seed[label].map(ours["verdict"])
-    return seed
+                      for r in ref[label]]
+    ref["verdict"] = ref[label].map(ours["verdict"])
+    return ref
 
 
 def inconsistencies(estimates: dict | None = None) -> pd.DataFrame:
-    """The seed's own arithmetic that does not add up (check_consistency, inconsistent rows)."""
+    """The reference's own arithmetic that does not add up (check_consistency, inconsistent rows)."""
     checks = E.check_consistency(estimates)
     return checks[~checks["consistent"]].drop(columns="consistent").reset_index(drop=True)
 
@@ -202,7 +202,7 @@ def doc_figures(doc: dict, tables: dict[str, pd.DataFrame]) -> dict:
     if plots.has_sweep(doc):
         figs["sweep"] = plots.sweep(doc)
     if tables:
-        figs["estimates"] = plots.estimates_vs_measured(tables, title=f"{label}: seed estimate vs measured",
+        figs["estimates"] = plots.estimates_vs_measured(tables, title=f"{label}: reference estimate vs measured",
                                                          measured_only=True)
     return figs
 
@@ -328,16 +328,16 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
         for name, fig in doc_figures(d, est_tables).items():
             r.figure(fig, f"{stem}_{name}", f"{stem} {name}")
         for tid, t in est_tables.items():
-            r.table(t, f"seed estimate vs measured: {tid}")
+            r.table(t, f"reference estimate vs measured: {tid}")
         if rows and not est_tables:
-            r.para("This document's measurements match no seed estimate row.", "note")
+            r.para("This document's measurements match no reference estimate row.", "note")
         csvs += export_csv(d, out / "csv", stem=stem)
         if rows:
             p = out / "csv" / f"{stem}_estimates.csv"
             pd.concat([t.assign(table=tid) for tid, t in est_tables.items()] or [pd.DataFrame(rows)],
                       ignore_index=True).to_csv(p, index=False)
             csvs.append(p)
-    r.heading("All measurements against the seed estimates")
+    r.heading("All measurements against the reference estimates")
     combined = estimate_tables(all_rows, est)
     if combined:
         verdicts = pd.concat(combined.values())["verdict"].value_counts()
@@ -352,8 +352,8 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
         pd.concat([t.assign(table=tid) for tid, t in combined.items()]).to_csv(p, index=False)
         csvs.append(p)
     else:
-        r.para("No results document carries measurements of seed metrics (an 'estimates' list).", "note")
-    r.heading("The seed's internal inconsistencies")
+        r.para("No results document carries measurements of reference metrics (an 'estimates' list).", "note")
+    r.heading("The reference's internal inconsistencies")
     bad = inconsistencies(est)
     r.para(f"{len(bad)} of {len(E.check_consistency(est))} checks of the analysis's own arithmetic "
            "do not add up (stated vs computed from its other numbers):", "note")

@@ -8,7 +8,7 @@ when returned from a cell (the inline backend formats Figure objects as PNG).
 - :func:`latency_distributions`  TTFT and E2E per configuration (box + points)
 - :func:`throughput`             output tokens/s per configuration (one point per trial)
 - :func:`overhead`               overhead vs the direct baseline with 95% CI bars
-- :func:`estimates_vs_measured`  measured / estimate per seed row, coloured by verdict
+- :func:`estimates_vs_measured`  measured / estimate per reference row, coloured by verdict
 - :func:`sweep`                  throughput and TTFT against concurrency or rate
 """
 
@@ -151,7 +151,7 @@ def overhead(data, title: str | None = None) -> Figure:
 
 
 def estimates_vs_measured(tables, title: str | None = None, *, measured_only: bool = False) -> Figure:
-    """Measured / estimate per seed row (log scale; 1 = the estimate), coloured by verdict.
+    """Measured / estimate per reference row (log scale; 1 = the estimate), coloured by verdict.
 
     ``tables``: ``{table_id: DataFrame}`` from :func:`krmlx.bench.estimates.compare_estimates`
     (columns row, metric, estimate, measured, ratio, verdict), one such DataFrame, or a list.
@@ -197,7 +197,7 @@ def estimates_vs_measured(tables, title: str | None = None, *, measured_only: bo
                     xytext=(6, -3), textcoords="offset points", fontsize=7, color=colors[i])
     handles = [ax.scatter([], [], c=c, label=v) for v, c in VERDICT_COLORS.items()]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
-    ax.set_title(title or "Seed estimates vs measured")
+    ax.set_title(title or "Reference estimates vs measured")
     return fig
 
 

@@ -19,7 +19,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..stack import PHASES, FramerConfig, StackConfig
+from ..framing import FramerConfig
+from ..stack import PHASES, StackConfig
 from ..worker.protocol import CODECS
 
 GIB = 2**30
@@ -127,10 +128,9 @@ class Panel:
         self.model, self.max_tokens, self.out_dir, self.on_done = model, max_tokens, Path(out_dir), on_done
         b = base or StackConfig()
         self.base = b
-        self.defaults = {"batcher": b.batcher or BatcherConfig(),
-                         "model_cache": b.model_cache or ModelCacheConfig(),
-                         "retry": b.retry or RetryPolicy(), "breaker": b.breaker or BreakerPolicy(),
-                         "framer": b.framer or FramerConfig()}
+        self.defaults = {key: b.find(cls) or cls() for key, cls in (
+            ("batcher", BatcherConfig), ("model_cache", ModelCacheConfig), ("retry", RetryPolicy),
+            ("breaker", BreakerPolicy), ("framer", FramerConfig))}
         d = self.defaults
         style = {"description_width": "150px"}
         self.phase = {p: W.Checkbox(value=p in b.enabled, description=p, indent=False) for p in PHASES}
@@ -180,18 +180,18 @@ class Panel:
 
     def config(self) -> StackConfig:
         """The StackConfig the widgets describe: checked phases on, with the shown settings
-        replaced into ``base``'s stage configs (or the defaults)."""
+        replaced into ``base``'s stage configs (or the defaults), over ``base``'s worker."""
         d, on = self.defaults, {p for p, box in self.phase.items() if box.value}
         budget = self.cache_budget_gib.value
-        return replace(
-            self.base,
+        return StackConfig.phases(
             batcher=replace(d["batcher"], window_ms=float(self.batch_window_ms.value)) if "batching" in on else None,
             model_cache=replace(d["model_cache"], max_models=int(self.cache_max_models.value),
                                 budget_bytes=int(budget * GIB) if budget > 0 else None) if "caching" in on else None,
             retry=replace(d["retry"], attempts=int(self.retry_attempts.value)) if "retry" in on else None,
             breaker=d["breaker"] if "retry" in on else None,
             framer=replace(d["framer"], codec=self.codec.value,
-                           coalesce_tokens=int(self.coalesce_tokens.value)) if "framing" in on else None)
+                           coalesce_tokens=int(self.coalesce_tokens.value)) if "framing" in on else None,
+        ).replace(worker=self.base.worker)
 
     async def run(self) -> dict:
         """Run the selected workload on ``config()`` (the direct baseline beside it where the

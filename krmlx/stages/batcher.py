@@ -1,4 +1,4 @@
-"""Batcher: gather concurrent small calls into one batch call to the worker (seed Phase 1).
+"""Batcher: gather concurrent small calls into one batch call to the worker (reference Phase 1).
 
 Contract
 --------
@@ -26,9 +26,12 @@ Stats: ``batches`` (batch calls sent), ``items`` (calls they carried),
 ``mean_batch_size``, ``max_batch_size``, ``hold_ms_mean`` (first arrival to send, on the
 injected clock), ``passthrough`` (calls forwarded unbatched), ``batch_errors``.
 
-Place in the stack: below ``model_cache`` (which makes sure the model is resident for
-each caller before the call is held here), above ``single_model`` / the worker client.
-Stack order, top to bottom: retry, breaker, model_cache, batcher, [single_model], worker.
+Place in the stack: below the model layer (``model_cache`` or ``single_model``, which makes
+sure the model is resident for each caller before the call is held here), above the
+framer and the worker client (the rules are in :mod:`krmlx.stack`).
+
+Which methods batch, and into what, is the protocol's method table
+(:data:`krmlx.worker.protocol.METHODS`, each method's ``batching``).
 """
 
 from __future__ import annotations
@@ -42,13 +45,10 @@ from typing import Any
 from .. import clock as _clock
 from ..errors import CallTimeout, ConfigError, ProtocolError
 from ..service import Call, Service, Stage, unary
+from ..worker.protocol import METHODS
 
 MAX_WINDOW_MS = 10.0
-# method -> (batch method, item param, batch param, extra params allowed in the key)
-BATCHABLE = {
-    "tokenize": ("batch_tokenize", "text", "texts", ("add_special_tokens",)),
-    "check_draft": ("batch_check_draft", "draft", "drafts", ()),
-}
+BATCHABLE = {name: m.batching for name, m in METHODS.items() if m.batching is not None}
 
 
 def _check_window(name: str, value: Any) -> None:
@@ -137,11 +137,10 @@ class Batcher(Stage):
         spec = BATCHABLE.get(call.method)
         if spec is None or not isinstance(call.model, str):
             return None
-        _, item, _, extras = spec
         params = call.params
-        if not isinstance(params.get(item), str) or set(params) - {item, *extras}:
+        if not isinstance(params.get(spec.item), str) or set(params) - {spec.item, *spec.flags}:
             return None
-        values = tuple(params.get(name, False) for name in extras)
+        values = tuple(params.get(name, False) for name in spec.flags)
         if not all(isinstance(v, bool) for v in values):
             return None
         return (call.method, call.model, *values)
@@ -161,7 +160,7 @@ class Batcher(Stage):
             self._open[key] = group
             group.timer = self._spawn(self._hold(group))
         fut = asyncio.get_running_loop().create_future()
-        entry = (call.params[BATCHABLE[call.method][1]], fut)
+        entry = (call.params[BATCHABLE[call.method].item], fut)
         group.items.append(entry)
         if len(group.items) >= group.max_batch:
             group.timer.cancel()
@@ -204,8 +203,8 @@ class Batcher(Stage):
         self._spawn(self._send(group))
 
     async def _send(self, group: _Group) -> None:
-        method, model, *extras = group.key
-        batch_method, _, batch_param, extra_names = BATCHABLE[method]
+        method, model, *flags = group.key
+        spec = BATCHABLE[method]
         items = [(value, fut) for value, fut in group.items if not fut.done()]
         n = len(items)
         if not n:  # every caller left (cancelled) before their removal ran: send nothing
@@ -217,12 +216,12 @@ class Batcher(Stage):
         st["mean_batch_size"] = st["items"] / st["batches"]
         st["max_batch_size"] = max(st["max_batch_size"], n)
         st["hold_ms_mean"] = self._hold_ms_total / st["batches"]
-        params = {batch_param: [value for value, _ in items]}
-        params.update({name: v for name, v in zip(extra_names, extras, strict=True) if v})
+        params = {spec.items: [value for value, _ in items]}
+        params.update({name: v for name, v in zip(spec.flags, flags, strict=True) if v})
         try:
-            result = await unary(self.inner, Call(batch_method, params, model))
+            result = await unary(self.inner, Call(spec.method, params, model))
             if not isinstance(result, list) or len(result) != n:
-                raise ProtocolError(f"{batch_method}: expected a list of {n} results, "
+                raise ProtocolError(f"{spec.method}: expected a list of {n} results, "
                                     f"got {type(result).__name__} of {len(result) if isinstance(result, list) else '?'}")
         except BaseException as exc:
             st["batch_errors"] += 1

@@ -1,13 +1,13 @@
-"""StreamFramer (seed Phase 5): how tokens travel from the worker to the caller.
+"""StreamFramer (reference Phase 5): how tokens travel from the worker to the caller.
 
 The framing itself happens on the wire, where it costs or saves something: the stage's
-:class:`~krmlx.stack.FramerConfig` is handed to the worker at spawn (binary msgpack
+:class:`~krmlx.framing.FramerConfig` (the one framing type) is handed to the worker at spawn (binary msgpack
 frames instead of JSON lines; token coalescing, up to N tokens or T ms per frame with
 the first token never held, so TTFT is not inflated; a backpressure window of
-unacknowledged frames per stream, so a slow consumer pauses its generation in the
-worker instead of growing buffers).
+unacknowledged frames per stream, past which a slow consumer's tokens are held in the
+worker and sent coalesced, never pausing the compute thread for the other streams).
 
-The stage object sits just above the worker client and measures what the framing did,
+The stage object sits just above the worker client (by default) and measures what the framing did,
 per stream: ``streams``, ``tokens``, ``chunks_per_stream_mean``, ``max_gap_ms`` (the
 largest gap between two chunks reaching the caller) and ``first_chunk_ms_mean`` (call to
 first chunk). It passes every item through unchanged, around any service, so it can also
@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ..framing import FramerConfig
 from ..service import Call, Service, Stage
 from ..types import Chunk
 
@@ -28,9 +29,10 @@ from ..types import Chunk
 class StreamFramer(Stage):
     name = "framer"
 
-    def __init__(self, inner: Service, config=None, *, clock=time.perf_counter):
+    def __init__(self, inner: Service, config: FramerConfig | None = None, *,
+                 clock=time.perf_counter):
         super().__init__(inner)
-        self.config = config
+        self.config = config if config is not None else FramerConfig()
         self._clock = clock
         self.stats = {"streams": 0, "tokens": 0, "chunks_per_stream_mean": 0.0,
                       "max_gap_ms": 0.0, "first_chunk_ms_mean": 0.0}

@@ -1,4 +1,4 @@
-"""ModelCache: keep several models resident in the worker, evict LRU (seed Phase 2).
+"""ModelCache: keep several models resident in the worker, evict LRU (reference Phase 2).
 
 Contract
 --------
@@ -34,19 +34,21 @@ Stats: ``hits``, ``misses`` (calls that waited for a load, shared or not), ``loa
 ``resident_bytes``, ``resident`` (names, most recently used last).
 
 Place in the stack: below retry and breaker (a retried call counts as a new hit), above
-the batcher (each caller holds its refcount while its item waits in a batch). Stack
-order, top to bottom: retry, breaker, model_cache, batcher, [single_model], worker.
+the batcher (each caller holds its refcount while its item waits in a batch). Default
+order, top to bottom: retry, breaker, model_cache (or single_model), batcher, framer,
+worker (the rules are in :mod:`krmlx.stack`).
 
 SingleModel
 -----------
-:class:`SingleModel` is the cache-off baseline (the seed's "without caching"): exactly one
+:class:`SingleModel` is the cache-off baseline (the reference's "without caching"): exactly one
 model resident; a call for another model waits for the current model's in-flight calls,
 unloads it and loads the new one (no warmup). Calls pass through a FIFO lock, so with
 interleaved models each call in arrival order may pay a switch. Load errors reach the
 caller (nothing resident afterwards); an unload error leaves the old model current. Stats:
 ``switches`` (loads caused by a change of model, the first included), ``unloads``,
-``load_ms_total``. Place: at the bottom of the stack, just above the worker client, when
-the model_cache stage is off.
+``load_ms_total``. Place: where the model cache would be, above the batcher (its layer is
+:class:`SingleModelConfig`, which :class:`krmlx.stack.StackConfig` puts in when a stack has
+no model cache).
 """
 
 from __future__ import annotations
@@ -61,9 +63,10 @@ from typing import Any
 from .. import clock as _clock
 from ..errors import ConfigError, ModelError, UnknownModel
 from ..service import Call, Service, Stage, unary
+from ..worker.protocol import NULL_MODEL
 
 log = logging.getLogger(__name__)
-UNMANAGED_MODELS = frozenset({"null"})  # the worker's always-resident synthetic model
+UNMANAGED_MODELS = frozenset({NULL_MODEL})  # the worker's always-resident synthetic model
 
 
 def model_size_estimate(model: str) -> int:
@@ -116,6 +119,11 @@ class ModelCacheConfig:
             raise ConfigError(f"pinned: must be a tuple of model names, got {self.pinned!r}")
         if len(set(self.pinned)) > self.max_models:
             raise ConfigError(f"pinned: {len(set(self.pinned))} pinned models exceed max_models={self.max_models}")
+
+
+@dataclass(frozen=True)
+class SingleModelConfig:
+    """The cache-off model layer (:class:`SingleModel`): it has no settings."""
 
 
 class ModelCache(Stage):

@@ -24,6 +24,10 @@ backoff_multiplier ** (n - 1)`` (capped at ``backoff_max_s``) plus a uniform jit
 * When it gives up (attempts or deadline used up), the *last error itself* is raised,
   not tenacity's ``RetryError``. Errors the predicate rejects are raised at once.
 * Closing the returned iterator early closes the inner one.
+* Bounded: an attempt on a hung worker ends after the client's ``liveness_timeout_s``
+  (WorkerUnresponsive; the worker is killed and restarted), so with the defaults a call
+  waits at most ``attempts * (liveness_timeout_s + a restart) + backoff``; ``deadline_s``
+  bounds the total wall time (no retry starts past it) and ``Call.timeout_s`` each try.
 
 Stats: ``calls`` (calls started), ``retries`` (re-attempts made), ``gave_up`` (calls
 that failed with a retryable error after attempts/deadline ran out),
@@ -49,19 +53,22 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base, wait_exponential
 
 from .. import clock as _clock
-from ..errors import CallTimeout, ConfigError, TransientError, WorkerCrashed
+from ..errors import CallTimeout, ConfigError, EngineClosed, TransientError, WorkerCrashed
 from ..service import Call, Service, Stage
 
 _EMPTY = object()  # the inner iterator ended without yielding anything
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying: TransientError, WorkerCrashed, CallTimeout.
+    """True for errors worth retrying: TransientError, WorkerCrashed, CallTimeout (and so
+    WorkerUnresponsive: the hung worker was killed, the retry runs on a new one).
 
-    False for everything else: BadRequest, UnknownModel, plain WorkerError, and
-    CircuitOpen (a rejection by the breaker below must not be retried in a loop).
+    False for everything else: BadRequest, UnknownModel, plain WorkerError, EngineClosed
+    (the caller closed it), and CircuitOpen (a rejection by the breaker below must not be
+    retried in a loop).
     """
-    return isinstance(exc, (TransientError, WorkerCrashed, CallTimeout))
+    return (isinstance(exc, (TransientError, WorkerCrashed, CallTimeout))
+            and not isinstance(exc, EngineClosed))
 
 
 def _check_number(name: str, value: Any, *, minimum: float = 0.0) -> None:

@@ -7,8 +7,16 @@
 - routes reply frames to callers by request id; ``generate`` streams
   :class:`~krmlx.types.Chunk` items then a :class:`~krmlx.types.Done`;
 - a consumer that stops early (``aclose()``) makes the client send ``cancel``;
-- ``timeout_s`` (per call, or the client default) bounds the whole call: on expiry the
+- ``timeout_s`` (per call, or the config's default) bounds the whole call: on expiry the
   call is cancelled in the worker and :class:`~krmlx.errors.CallTimeout` is raised;
+  ``idle_timeout_s`` bounds the wait for each next frame of a stream (a long, healthy
+  stream is not cut; a stream that stops producing is);
+- liveness: the worker sends a heartbeat while it runs; with calls pending and no frame
+  from the worker for ``liveness_timeout_s`` (a hung or stopped worker), every pending call
+  fails with :class:`~krmlx.errors.WorkerUnresponsive`, the worker is killed, and the next
+  call restarts it. A stream whose frames wait unread for ``stall_timeout_s`` (a consumer
+  that stopped reading without closing it) is cancelled in the worker; its reader, if it
+  comes back, gets a CallTimeout;
 - when the worker dies, every pending call fails at once with one
   :class:`~krmlx.errors.WorkerCrashed`; the next call restarts it (``auto_restart``) and
   reloads the models that were resident. The client is not ``alive`` until the new
@@ -16,14 +24,15 @@
   (they never reach the old pipe, nor a new worker without its models). A reload is
   retried on a transient error (``reload_attempts`` tries in all); if it still fails,
   the new worker is killed and the error raised, so the next call restarts again;
-- ``aclose()`` always kills and reaps the process.
+- ``aclose()`` fails the calls still open with :class:`~krmlx.errors.EngineClosed`, sends
+  the worker a ``shutdown`` and gives it ``close_timeout_s`` to exit (code 0) before it is
+  killed; the process is always reaped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import os
 import signal
@@ -34,12 +43,30 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..blas import blas_env
-from ..errors import CallTimeout, FrameTooLarge, ProtocolError, WorkerCrashed, error_from_code
+from ..errors import (
+    BadRequest,
+    CallTimeout,
+    EngineClosed,
+    FrameTooLarge,
+    KrmlxError,
+    ProtocolDesync,
+    ProtocolError,
+    WorkerCrashed,
+    WorkerUnresponsive,
+)
+from ..framing import PLAIN
 from ..service import Call
 from ..types import Chunk, Done
-from .faults import FaultPlan
-from .protocol import call_frame, make_codec
-from .scheduler import StreamOptions
+from .config import WorkerConfig
+from .protocol import (
+    ack_frame,
+    call_frame,
+    make_codec,
+    read_done,
+    read_error,
+    read_result,
+    read_tokens,
+)
 
 log = logging.getLogger("krmlx.client")
 
@@ -49,11 +76,13 @@ class _Inbox:
 
     Lighter than asyncio.Queue on the per-token path: no wakeup when nobody waits."""
 
-    __slots__ = ("items", "waiter")
+    __slots__ = ("items", "waiter", "taken", "stream")
 
-    def __init__(self):
+    def __init__(self, stream: bool = False):
         self.items: collections.deque = collections.deque()
         self.waiter: asyncio.Future | None = None
+        self.taken = 0  # frames its reader took (the watchdog's sign of a live consumer)
+        self.stream = stream
 
     def put(self, item) -> None:
         self.items.append(item)
@@ -120,33 +149,16 @@ class WorkerClient:
 
     RELOAD_BACKOFF_S = 0.05  # the first wait between reload attempts (doubles each time)
 
-    def __init__(self, *, codec: str = "json", faults: FaultPlan | dict | None = None,
-                 stream: StreamOptions = StreamOptions(), max_frame_bytes: int | None = None,
-                 timeout_s: float | None = None, ready_timeout_s: float = 120.0,
-                 auto_restart: bool = True, reload_on_restart: bool = True,
-                 env: dict | None = None, python: str = sys.executable, scheduler: str = "serial",
-                 prompt_cache: dict | None = None, fast_blas: bool = False,
-                 reload_attempts: int = 3, distributed=None):
-        make_codec(codec)  # validate early
-        if distributed is not None:
-            distributed.check_codec(codec)
-        # krmlx.worker.launch.DistributedConfig; one rank is the plain worker
-        self.distributed = distributed if distributed is not None and distributed.ranks > 1 else None
-        if isinstance(reload_attempts, bool) or not isinstance(reload_attempts, int) \
-                or reload_attempts < 1:
-            raise ValueError(f"reload_attempts: must be an int >= 1, got {reload_attempts!r}")
-        self.reload_attempts = reload_attempts
-        self.fast_blas = fast_blas
-        self.scheduler = scheduler
-        self.prompt_cache = prompt_cache
-        self.codec_name = codec
-        self.faults = FaultPlan.from_dict(faults) if isinstance(faults, dict) else faults
-        self.stream_opts = stream
-        self.max_frame_bytes = max_frame_bytes
-        self.timeout_s = timeout_s
-        self.ready_timeout_s = ready_timeout_s
-        self.auto_restart = auto_restart
-        self.reload_on_restart = reload_on_restart
+    def __init__(self, config: WorkerConfig | None = None, *, env: dict | None = None,
+                 python: str = sys.executable):
+        """``config``: how the worker is spawned and spoken to (:class:`WorkerConfig`);
+        ``env``: its environment (default: this process's); ``python``: its interpreter."""
+        self.config = config if config is not None else WorkerConfig()
+        if not isinstance(self.config, WorkerConfig):
+            raise TypeError(f"config: must be a WorkerConfig, got {type(self.config).__name__}")
+        self.framing = self.config.framing or PLAIN
+        self.distributed = self.config.group  # None for one rank: the plain worker
+        self.timeout_s = self.config.timeout_s
         self.env = env
         self.python = python
         self.transport: asyncio.SubprocessTransport | None = None
@@ -155,7 +167,8 @@ class WorkerClient:
         self.pid: int | None = None
         self.ready: dict = {}
         self.resident: dict[str, dict] = {}  # model -> load params, replayed after a restart
-        self.stats: dict[str, Any] = {"calls": 0, "restarts": 0, "crashes": 0, "protocol_errors": 0}
+        self.stats: dict[str, Any] = {"calls": 0, "restarts": 0, "crashes": 0, "protocol_errors": 0,
+                                      "unresponsive": 0, "stalled_streams": 0}
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._stderr_buf = b""
         self._pending: dict[int, _Inbox] = {}
@@ -165,21 +178,14 @@ class WorkerClient:
         self._expected_exit = False  # the client itself killed the worker (not a crash)
         self._start_lock: asyncio.Lock | None = None
         self._closed = False
+        self.last_worker_error: str | None = None  # an error frame of id -1 (a bad frame, a desync)
+        self._last_heard = 0.0  # monotonic time of the worker's last output
+        self._watchdog: asyncio.Task | None = None
+        self._stalls: dict[int, tuple[int, float]] = {}  # stream id -> (frames taken, since)
 
     # -- lifecycle -------------------------------------------------------------------------
     def _argv(self) -> list[str]:
-        argv = [self.python, "-m", "krmlx.worker", "--codec", self.codec_name,
-                "--scheduler", self.scheduler]
-        if self.max_frame_bytes:
-            argv += ["--max-frame-bytes", str(self.max_frame_bytes)]
-        if self.faults:
-            argv += ["--faults", json.dumps(self.faults.to_dict())]
-        if self.prompt_cache is not None:
-            argv += ["--prompt-cache", json.dumps(self.prompt_cache)]
-        if self.stream_opts != StreamOptions():
-            o = self.stream_opts
-            argv += ["--stream", json.dumps({"coalesce_tokens": o.coalesce_tokens,
-                                             "coalesce_ms": o.coalesce_ms, "window": o.window})]
+        argv = self.config.argv(self.python)
         if self.distributed is not None:
             from .launch import free_port_range
 
@@ -206,7 +212,7 @@ class WorkerClient:
             self._starting = True
             try:
                 await self._spawn()
-                if self.reload_on_restart and self.resident:
+                if self.config.reload_on_restart and self.resident:
                     await self._reload()
             except BaseException:
                 if self._dead is None:  # never look alive after a failed start
@@ -226,12 +232,12 @@ class WorkerClient:
         from ..errors import TransientError
 
         for model, params in list(self.resident.items()):
-            for attempt in range(1, self.reload_attempts + 1):
+            for attempt in range(1, self.config.reload_attempts + 1):
                 try:
                     await self._unary(Call("load_model", params, model), internal=True)
                     break
                 except TransientError as e:
-                    if attempt < self.reload_attempts and self._dead is None:
+                    if attempt < self.config.reload_attempts and self._dead is None:
                         log.warning("reload of %r after a restart failed (%s); retrying", model, e)
                         await asyncio.sleep(self.RELOAD_BACKOFF_S * 2 ** (attempt - 1))
                         continue
@@ -258,12 +264,13 @@ class WorkerClient:
         # The worker runs on the BLAS this process runs on (the CLI re-executes itself under
         # OpenBLAS when it can), so the direct baseline and the worker compare like for like;
         # fast_blas=True forces OpenBLAS for the worker alone.
-        env = blas_env(self.env) if self.fast_blas else dict(os.environ if self.env is None else self.env)
+        env = blas_env(self.env) if self.config.fast_blas else dict(os.environ if self.env is None else self.env)
         env.setdefault("HF_HUB_OFFLINE", "1")
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.codec = make_codec(self.codec_name, *([self.max_frame_bytes] if self.max_frame_bytes else []))
+        self.codec = make_codec(self.config.wire_codec, self.config.max_frame_bytes)
         self._dead = None  # `alive` stays False until start() clears _starting
+        self.last_worker_error = None
         self._expected_exit = False
         ready = _Inbox()
         self._pending[0] = ready  # the handshake frame has id 0
@@ -274,38 +281,52 @@ class WorkerClient:
             start_new_session=self.distributed is not None)
         self._stdin = self.transport.get_pipe_transport(0)
         self.pid = self.transport.get_pid()
+        self._last_heard = time.monotonic()
         try:
-            frame = await asyncio.wait_for(ready.get(), self.ready_timeout_s)
+            frame = await asyncio.wait_for(ready.get(), self.config.ready_timeout_s)
             if isinstance(frame, BaseException):
                 raise frame
             self.ready = frame
         except (TimeoutError, WorkerCrashed) as e:
             await self._kill()
-            raise WorkerCrashed(f"worker did not become ready: {e or 'timeout'}; "
-                                f"stderr: {' | '.join(self.stderr_tail)}") from None
+            what = (f"sent no ready frame within ready_timeout_s={self.config.ready_timeout_s:g} s "
+                    "(the handshake it sends once MLX is imported)" if isinstance(e, TimeoutError)
+                    else f"exited before its ready frame ({e})")
+            raise WorkerCrashed(f"worker pid {self.pid} {what}; stderr: "
+                                f"{' | '.join(self.stderr_tail) or '(empty)'}") from None
         finally:
             self._pending.pop(0, None)
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     async def aclose(self) -> None:
+        """Close: open calls end with EngineClosed, the worker is asked to shut down and
+        given ``close_timeout_s`` to exit, then killed; always reaped."""
+        was_alive = self.alive and not self._closed
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.transport is None:
             return
-        if self.alive:
+        self._fail_all(EngineClosed("the engine was closed while this call was open"))
+        if was_alive:
             try:
-                await asyncio.wait_for(self._unary(Call("shutdown")), 1.0)
-            except Exception:  # noqa: BLE001 - shutting down anyway
-                pass
-        await self._kill()
+                self._send(call_frame(self._new_id(), "shutdown"))
+            except (ConnectionError, RuntimeError, OSError):
+                pass  # the pipe is gone: the worker is exiting anyway
+        await self._kill(self.config.close_timeout_s)
 
-    async def _kill(self) -> None:
-        """Make sure the process is gone and reaped; fail whatever is still pending."""
+    async def _kill(self, grace_s: float = 0.5) -> None:
+        """Make sure the process is gone and reaped (``grace_s`` to exit on its own before a
+        SIGKILL); fail whatever is still pending."""
         transport, protocol = self.transport, self._protocol
         if transport is None:
             return
         if transport.get_returncode() is None:
             try:
-                await asyncio.wait_for(asyncio.shield(protocol.exited), 0.5)
+                await asyncio.wait_for(asyncio.shield(protocol.exited), grace_s)
             except TimeoutError:
+                self._expected_exit = True
                 self._hard_kill(transport)
         await protocol.exited
         transport.close()
@@ -330,17 +351,34 @@ class WorkerClient:
 
     # -- from the worker (event loop callbacks) -------------------------------------------
     def _on_stdout(self, data: bytes) -> None:
+        self._last_heard = time.monotonic()
         for frame in self.codec.feed(data):
             if isinstance(frame, ProtocolError):
                 self.stats["protocol_errors"] += 1
                 log.warning("bad frame from worker: %s", frame)
+                if isinstance(frame, ProtocolDesync):  # its output can't be read on: end it
+                    self._give_up(f"the worker's output is out of step: {frame}")
+                    return
                 continue
             inbox = self._pending.get(frame["id"])
             if inbox is not None:
                 inbox.put(frame)
             elif frame["kind"] == "error" and frame["id"] == -1:
                 self.stats["protocol_errors"] += 1
+                self.last_worker_error = f"[{frame.get('code')}] {frame.get('message')}"
             # else: a late frame of a call its caller abandoned
+
+    def _give_up(self, reason: str, error: type[KrmlxError] = WorkerCrashed) -> None:
+        """Fail every pending call with ``error(reason)`` and kill the worker (from a
+        callback or the watchdog: the exit is reaped by the process protocol; the next
+        call restarts it)."""
+        if self._dead is None:
+            self._dead = WorkerCrashed(reason)
+        self._fail_all(error(reason) if error is not WorkerCrashed else self._dead)
+        transport = self.transport
+        if transport is not None and transport.get_returncode() is None:
+            self._expected_exit = True
+            self._hard_kill(transport)
 
     def _on_stderr(self, data: bytes) -> None:
         lines = (self._stderr_buf + data).split(b"\n")
@@ -355,29 +393,77 @@ class WorkerClient:
         code = self.transport.get_returncode() if self.transport else None
         self.stats["crashes"] += not (self._closed or self._expected_exit)
         why = f"{self._dead}; " if self._expected_exit and self._dead is not None else ""
+        said = f"; it last said {self.last_worker_error}" if self.last_worker_error else ""
         self._dead = WorkerCrashed(
-            f"{why}worker pid {self.pid} exited with code {code}"
+            f"{why}worker pid {self.pid} exited with code {code}{said}"
             + (f"; stderr: {' | '.join(list(self.stderr_tail)[-5:])}" if self.stderr_tail else ""))
         self._fail_all(self._dead)
 
-    def _fail_all(self, exc: WorkerCrashed) -> None:
+    def _fail_all(self, exc: KrmlxError) -> None:
         for inbox in self._pending.values():
             inbox.put(exc)
         self._pending.clear()
 
+    # -- the watchdog ----------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Every ``tick``: a worker silent for ``liveness_timeout_s`` with calls pending is
+        given up (WorkerUnresponsive); a stream whose frames wait unread for
+        ``stall_timeout_s`` is cancelled. Runs until the client closes."""
+        cfg = self.config
+        limits = [t for t in (cfg.liveness_timeout_s, cfg.stall_timeout_s) if t]
+        if not limits:
+            return
+        tick = max(0.02, min(1.0, min(limits) / 4))
+        while not self._closed:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if (cfg.liveness_timeout_s and self._dead is None and self.transport is not None
+                    and self._pending and 0 not in self._pending  # not during the handshake
+                    and now - self._last_heard > cfg.liveness_timeout_s):
+                self.stats["unresponsive"] += 1
+                self._give_up(f"worker pid {self.pid} sent nothing, not even a heartbeat, for "
+                              f"{now - self._last_heard:.1f} s (liveness_timeout_s="
+                              f"{cfg.liveness_timeout_s:g}): it is hung or stopped; killed, the "
+                              "next call restarts it", WorkerUnresponsive)
+            if cfg.stall_timeout_s:
+                self._cancel_stalled(now, cfg.stall_timeout_s)
+
+    def _cancel_stalled(self, now: float, limit_s: float) -> None:
+        seen = {}
+        for fid, inbox in self._pending.items():
+            if not inbox.stream or not inbox.items:
+                continue
+            taken, since = self._stalls.get(fid, (inbox.taken, now))
+            if taken != inbox.taken:
+                taken, since = inbox.taken, now
+            if now - since <= limit_s:
+                seen[fid] = (taken, since)
+                continue
+            self.stats["stalled_streams"] += 1
+            del self._pending[fid]
+            inbox.items.clear()
+            inbox.put(CallTimeout(f"stream {fid} was not read for {now - since:.1f} s "
+                                  f"(stall_timeout_s={limit_s:g}): cancelled in the worker"))
+            self._cancel(fid)
+        self._stalls = seen
+
     # -- calling ---------------------------------------------------------------------------
     async def _ensure(self) -> None:
         if self._closed:
-            raise WorkerCrashed("client is closed")
+            raise EngineClosed("the worker client is closed")
         if not self.alive:
-            if self.transport is not None and not self.auto_restart and not self._starting:
+            if self.transport is not None and not self.config.auto_restart and not self._starting:
                 # a fresh instance per call: the shared one belongs to the calls the death
                 # failed (a circuit breaker counts one instance once)
                 raise WorkerCrashed(str(self._dead or "worker is not running"))
             await self.start()
 
     def _send(self, frame: dict) -> None:
-        data = self.codec.encode(frame)
+        try:
+            data = self.codec.encode(frame)
+        except (TypeError, ValueError, OverflowError) as e:  # e.g. an int past 64 bits
+            raise BadRequest(f"{frame.get('method', frame['kind'])}: the call can't be "
+                             f"encoded as {self.codec.name}: {e}") from None
         if len(data) > self.codec.max_frame_bytes:
             raise FrameTooLarge(f"{frame.get('method', frame['kind'])}: frame of {len(data)} bytes "
                                 f"exceeds the limit of {self.codec.max_frame_bytes}")
@@ -404,10 +490,11 @@ class WorkerClient:
         finally:
             self._pending.pop(fid, None)
         if frame["kind"] == "result":
+            value = read_result(frame)
             self._track(call)
-            return frame["value"]
+            return value
         if frame["kind"] == "error":
-            raise error_from_code(frame["code"], frame["message"])
+            raise read_error(frame)
         raise ProtocolError(f"{call.method}: unexpected {frame['kind']!r} frame for a unary call")
 
     def _new_id(self) -> int:
@@ -417,7 +504,7 @@ class WorkerClient:
 
     def _register(self, call: Call) -> tuple[int, _Inbox, float | None]:
         """A new call: its id, the inbox its frames are routed to, its timeout."""
-        fid, inbox = self._new_id(), _Inbox()
+        fid, inbox = self._new_id(), _Inbox(call.streaming)
         self._pending[fid] = inbox
         self.stats["calls"] += 1
         return fid, inbox, call.timeout_s if call.timeout_s is not None else self.timeout_s
@@ -430,49 +517,62 @@ class WorkerClient:
         try:
             self._send(call_frame(fid, call.method, call.params, call.model))
             index = consumed = 0
-            window = self.stream_opts.window
+            window = self.framing.window
+            idle = self.config.idle_timeout_s
             items = inbox.items
             while True:
                 if items and not isinstance(items[0], BaseException):
                     frame = items.popleft()  # already here: no await (the per-token fast path)
                 else:
-                    frame = await self._next(inbox, deadline, call)
+                    frame = await self._next(inbox, deadline, call, idle)
+                inbox.taken += 1
                 kind = frame["kind"]
                 if kind == "token":
-                    for token, text in frame["tokens"]:
+                    for token, text in read_tokens(frame):
                         yield Chunk(token, text, index, time.perf_counter())
                         index += 1
                     if window:
                         consumed += 1
                         if consumed >= max(1, window // 2):
-                            self._send({"v": 1, "id": fid, "kind": "ack", "n": consumed})
+                            self._send(ack_frame(fid, consumed))
                             consumed = 0
                 elif kind == "done":
                     finished = True
-                    yield Done(frame["finish_reason"], frame["prompt_tokens"], frame.get("tail", ""),
-                               frame.get("info") or {})
+                    yield Done(*read_done(frame))
                     return
                 elif kind == "result":
                     finished = True
+                    value = read_result(frame)
                     self._track(call)
-                    yield frame["value"]
+                    yield value
                     return
                 elif kind == "error":
                     finished = True
-                    raise error_from_code(frame["code"], frame["message"])
+                    raise read_error(frame)
         finally:
             self._pending.pop(fid, None)
             if not finished and call.streaming and self.alive:
                 self._cancel(fid)
 
-    async def _next(self, inbox: _Inbox, deadline: float | None, call: Call) -> dict:
-        if deadline is None:
+    async def _next(self, inbox: _Inbox, deadline: float | None, call: Call,
+                    idle_s: float | None = None) -> dict:
+        """The next frame of a call; CallTimeout when its deadline passes first, or (a
+        stream's ``idle_s``) when no frame comes for that long."""
+        wait = None if deadline is None else max(0.0, deadline - time.perf_counter())
+        idle = idle_s is not None and (wait is None or idle_s < wait)
+        if idle:
+            wait = idle_s
+        if wait is None:
             item = await inbox.get()
         else:
             try:
-                item = await asyncio.wait_for(inbox.get(), max(0.0, deadline - time.perf_counter()))
+                item = await asyncio.wait_for(inbox.get(), wait)
             except TimeoutError:
-                raise CallTimeout(f"{call.method} timed out after {call.timeout_s or self.timeout_s} s") from None
+                if idle:
+                    raise CallTimeout(f"{call.method}: no frame for {idle_s:g} s "
+                                      "(idle_timeout_s)") from None
+                raise CallTimeout(f"{call.method} timed out after "
+                                  f"{call.timeout_s or self.timeout_s} s") from None
         if isinstance(item, BaseException):
             raise item
         return item

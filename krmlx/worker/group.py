@@ -135,8 +135,8 @@ class Leader:
 
 
 def follow(group, load, doorbell: int | None = None) -> None:
-    """A follower rank's loop: run rank 0's commands until ``shutdown``. ``load(model_id)``
-    returns (model, tokenizer) loaded tensor-parallel; ``doorbell``, if given, is the read
+    """A follower rank's loop: run rank 0's commands until ``shutdown``. ``load(model_id,
+    trust_remote_code)`` returns (model, tokenizer) loaded tensor-parallel; ``doorbell``, if given, is the read
     end of this rank's pipe from rank 0 (wait on it, not in a spinning collective). An
     unexpected error ends the process (the launcher then takes the group down): a rank
     out of step must not go on."""
@@ -153,7 +153,7 @@ def follow(group, load, doorbell: int | None = None) -> None:
         if op == "load":
             ok = True
             try:
-                models[cmd["model"]] = load(cmd["model"])
+                models[cmd["model"]] = load(cmd["model"], cmd.get("trust_remote_code") is True)
             except Exception:  # noqa: BLE001 - reported to rank 0 through all_ok
                 log.exception("rank %d could not load %r", group.rank(), cmd["model"])
                 ok = False

@@ -1,47 +1,253 @@
-"""Wire codecs for the worker's stdio protocol.
+"""The worker's stdio protocol: frames, codecs, the method table and the error table.
 
-Every frame is one envelope (a map) with ``v`` (protocol version), ``id`` and
-``kind``. Two codecs carry it, chosen when the worker is spawned:
+Every frame is one envelope (a map) with ``v`` (:data:`VERSION`), ``id`` and ``kind``; every
+frame kind is built by one function here and read by one function here, so both sides
+share the field names. Kinds, client -> worker:
 
-- ``json``: one orjson document per line (newline-delimited JSON);
-- ``msgpack``: a 4-byte big-endian length, then a msgpack map.
+- ``call`` (:func:`call_frame`): ``method``, ``params``, ``model`` (see :data:`METHODS`);
+- ``ack`` (:func:`ack_frame`): stream credit, the client consumed ``n`` token frames of
+  stream ``id``.
 
-Frame kinds, client -> worker: ``call`` (``method``, ``params``, ``model``) and ``ack``
-(stream credit: the client consumed ``n`` token frames of stream ``id``).
-Worker -> client: ``ready`` (handshake, id 0), ``result`` (``value``), ``token``
-(``tokens``: a list of ``[token_id, text]`` pairs: the new text of each token, never the
-whole text so far; several when coalesced), ``done`` (``finish_reason``,
-``prompt_tokens``, ``tail``) and ``error`` (``code``, ``message``).
+Worker -> client:
 
-A frame over ``max_frame_bytes`` is skipped, not buffered: the decoder reports a
-:class:`~krmlx.errors.FrameTooLarge` and carries on with the next frame, so one bad
-frame costs memory bounded by the limit and never desynchronises the stream.
+- ``ready`` (:func:`ready_frame`, id 0): the handshake, with what the worker runs on;
+- ``result`` (:func:`result_frame`, read by :func:`read_result`): a unary call's ``value``;
+- ``token`` (:func:`token_frame`, :func:`read_tokens`): ``tokens``, a list of
+  ``[token_id, text]`` pairs (the new text of each token, several when coalesced);
+- ``done`` (:func:`done_frame`, :func:`read_done`): ``finish_reason``, ``prompt_tokens``,
+  ``tail``, ``tokens``, ``info``;
+- ``error`` (:func:`error_frame`, :func:`read_error`): ``code`` (:data:`ERROR_CODES`) and
+  ``message``;
+- ``heartbeat`` (:func:`heartbeat_frame`, id 0): the worker is alive; sent while it is busy,
+  so a client can tell a long computation from a hung worker.
 
-A decoder never raises on bad input: whatever fails while decoding or checking a frame
-(invalid bytes, a non-map, a wrong ``v``, a ``kind`` that is not a known string, even
-an unhashable one) comes back as a :class:`~krmlx.errors.ProtocolError` whose
-``frame_id`` is the frame's own id when it had a usable int id, else -1.
+Two codecs carry the envelope, chosen when the worker is spawned: ``json`` (one orjson
+document per line) and ``msgpack`` (a 4-byte big-endian length, then a msgpack map).
+
+Decoders never raise on bad input: whatever fails while decoding or checking a frame comes
+back as a :class:`~krmlx.errors.ProtocolError` whose ``frame_id`` is the frame's own id when
+it had a usable int id, else -1. A JSON line over ``max_frame_bytes`` is skipped up to its
+newline (:class:`~krmlx.errors.FrameTooLarge`; the stream stays in sync). A msgpack length
+prefix over the limit can't be told from a corrupt one (no sender of this protocol writes
+one: both check before sending), and skipping it could swallow every later frame, so the
+codec reports it as a :class:`~krmlx.errors.ProtocolDesync` and stops decoding: the reader
+must give the pipe up (the worker exits; the client restarts it).
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 import msgpack
 import orjson
 
-from ..errors import FrameTooLarge, ProtocolError
+from ..errors import (
+    BadRequest,
+    CallTimeout,
+    FrameTooLarge,
+    KrmlxError,
+    ModelError,
+    NotFound,
+    ProtocolDesync,
+    ProtocolError,
+    TransientError,
+    UnknownMethod,
+    UnknownModel,
+    WorkerError,
+    WorkerUnresponsive,
+)
 
 VERSION = 1
 DEFAULT_MAX_FRAME_BYTES = 8 * 2**20
 CODECS = ("json", "msgpack")
-KINDS = frozenset({"call", "ack", "ready", "result", "token", "done", "error"})
+KINDS = frozenset({"call", "ack", "ready", "result", "token", "done", "error", "heartbeat"})
+NULL_MODEL = "null"  # always resident in a worker: synthetic tokens without MLX (stream costs)
 _LEN = struct.Struct(">I")
 
 
+# -- methods -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Batching:
+    """How the Batcher stage groups a method: into ``method``, collecting each call's
+    ``item`` param into the list param ``items``; calls group by model and ``flags``."""
+
+    method: str
+    item: str
+    items: str
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Method:
+    """One worker method: its params (name -> (types, required)), whether it needs a
+    ``model``, where the worker runs it (``inline`` in the read loop, ``aux`` on the
+    tokenizer thread, ``compute`` on the MLX thread), whether it streams, and how the
+    Batcher may batch it."""
+
+    params: dict
+    needs_model: bool = False
+    runs: str = "inline"
+    streaming: bool = False
+    batching: Batching | None = None
+
+
+METHODS: dict[str, Method] = {
+    "ping": Method({}),
+    "stats": Method({}),
+    "shutdown": Method({}),
+    "list_models": Method({}),
+    "cancel": Method({"target": (int, True)}),
+    "group_probe": Method({"hidden": (int, False), "iters": (int, False)}, runs="compute"),
+    "load_model": Method({"trust_remote_code": (bool, False), "draft": (str, False)},
+                         needs_model=True, runs="compute"),
+    "unload_model": Method({}, needs_model=True, runs="compute"),
+    "tokenize": Method({"text": (str, True), "add_special_tokens": (bool, False)},
+                       needs_model=True, runs="aux",
+                       batching=Batching("batch_tokenize", "text", "texts", ("add_special_tokens",))),
+    "detokenize": Method({"ids": (list, True)}, needs_model=True, runs="aux"),
+    "batch_tokenize": Method({"texts": (list, True), "add_special_tokens": (bool, False)},
+                             needs_model=True, runs="aux"),
+    "check_draft": Method({"draft": (str, True)}, needs_model=True, runs="aux",
+                          batching=Batching("batch_check_draft", "draft", "drafts")),
+    "batch_check_draft": Method({"drafts": (list, True)}, needs_model=True, runs="aux"),
+    "generate": Method({"prompt": (str, False), "prompt_ids": (list, False),
+                        "max_tokens": (int, True), "temperature": ((int, float), False),
+                        "chat": (bool, False), "system": (str, False), "seed": (int, False)},
+                       needs_model=True, runs="compute", streaming=True),
+}
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+# code <-> exception type, for both sides: the worker names an exception by the first class
+# of its MRO found here; the client raises that class (with ``.code``) for an error frame.
+ERROR_CODES: dict[str, type[KrmlxError]] = {
+    "transient": TransientError,
+    "frame_too_large": FrameTooLarge,
+    "protocol_desync": ProtocolDesync,
+    "protocol_error": ProtocolError,
+    "unknown_method": UnknownMethod,
+    "bad_request": BadRequest,
+    "unknown_model": UnknownModel,
+    "model_error": ModelError,
+    "not_found": NotFound,
+    "timeout": CallTimeout,
+    "unresponsive": WorkerUnresponsive,
+}
+_CODE_OF = {cls: code for code, cls in ERROR_CODES.items()}
+
+
+def error_code(exc: BaseException) -> str:
+    """The protocol code of ``exc`` (``internal`` for anything krmlx did not raise on purpose)."""
+    for cls in type(exc).__mro__:
+        code = _CODE_OF.get(cls)
+        if code is not None:
+            return code
+    return getattr(exc, "code", None) if isinstance(exc, WorkerError) else "internal"
+
+
+def error_from_code(code: str, message: str) -> KrmlxError:
+    """The exception a client raises for an error frame (every one carries ``.code``)."""
+    cls = ERROR_CODES.get(code)
+    exc = WorkerError(code, message) if cls is None else cls(message)
+    exc.code = code
+    return exc
+
+
+# -- frames ------------------------------------------------------------------------------------
+
+def call_frame(fid: int, method: str, params: dict | None = None, model: str | None = None) -> dict:
+    frame = {"v": VERSION, "id": fid, "kind": "call", "method": method, "params": params or {}}
+    if model is not None:
+        frame["model"] = model
+    return frame
+
+
+def ack_frame(fid: int, n: int) -> dict:
+    return {"v": VERSION, "id": fid, "kind": "ack", "n": n}
+
+
+def ready_frame(**info) -> dict:
+    return {"v": VERSION, "id": 0, "kind": "ready", **info}
+
+
+def heartbeat_frame(busy: int) -> dict:
+    return {"v": VERSION, "id": 0, "kind": "heartbeat", "busy": busy}
+
+
+def result_frame(fid: int, value) -> dict:
+    return {"v": VERSION, "id": fid, "kind": "result", "value": value}
+
+
+def token_frame(fid: int, tokens: list) -> dict:
+    return {"v": VERSION, "id": fid, "kind": "token", "tokens": tokens}
+
+
+def done_frame(fid: int, finish_reason: str, prompt_tokens: int, tail: str, tokens: int,
+               info: dict | None = None) -> dict:
+    frame = {"v": VERSION, "id": fid, "kind": "done", "finish_reason": finish_reason,
+             "prompt_tokens": prompt_tokens, "tail": tail, "tokens": tokens}
+    if info:
+        frame["info"] = info
+    return frame
+
+
+def error_frame(fid: int, code: str, message: str) -> dict:
+    return {"v": VERSION, "id": fid, "kind": "error", "code": code, "message": message}
+
+
+def _missing(frame: dict, field: str, want: str) -> ProtocolError:
+    return ProtocolError(f"{frame['kind']} frame {frame['id']}: field {field!r} must be "
+                         f"{want}, got {frame.get(field, '<missing>')!r:.80}")
+
+
+def read_result(frame: dict):
+    if "value" not in frame:
+        raise _missing(frame, "value", "present")
+    return frame["value"]
+
+
+def read_tokens(frame: dict) -> list:
+    """The ``[token_id, text]`` pairs of a token frame (checked; ProtocolError names the field)."""
+    tokens = frame.get("tokens")
+    if type(tokens) is not list:
+        raise _missing(frame, "tokens", "a list of [token_id, text] pairs")
+    for pair in tokens:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and type(pair[0]) is int
+                and type(pair[1]) is str):
+            raise _missing(frame, "tokens", "a list of [token_id, text] pairs")
+    return tokens
+
+
+def read_done(frame: dict) -> tuple[str, int, str, dict]:
+    """(finish_reason, prompt_tokens, tail, info) of a done frame."""
+    reason, prompt_tokens = frame.get("finish_reason"), frame.get("prompt_tokens")
+    if type(reason) is not str:
+        raise _missing(frame, "finish_reason", "a string")
+    if type(prompt_tokens) is not int:
+        raise _missing(frame, "prompt_tokens", "an int")
+    tail, info = frame.get("tail", ""), frame.get("info") or {}
+    if type(tail) is not str:
+        raise _missing(frame, "tail", "a string")
+    if type(info) is not dict:
+        raise _missing(frame, "info", "a map")
+    return reason, prompt_tokens, tail, info
+
+
+def read_error(frame: dict) -> KrmlxError:
+    code, message = frame.get("code"), frame.get("message")
+    if type(code) is not str:
+        return _missing(frame, "code", "a string")
+    return error_from_code(code, message if isinstance(message, str) else repr(message))
+
+
+# -- envelope checks ---------------------------------------------------------------------------
+
 def validate_frame(frame) -> dict:
-    """Check the envelope; raise ProtocolError naming what is wrong (with ``frame_id``
-    set when the frame had a usable id, so the error can be routed back)."""
+    """Check the envelope; raise ProtocolError naming what is wrong (with ``frame_id`` set
+    when the frame had a usable id, so the error can be routed back)."""
     if type(frame) is dict:
         kind = frame.get("kind")
         if (type(kind) is str and kind in KINDS and frame.get("v") == VERSION
@@ -87,6 +293,15 @@ def _check_envelope(frame) -> dict:
     return frame
 
 
+def _decoded(frame):
+    try:
+        return validate_frame(frame)
+    except Exception as e:  # noqa: BLE001
+        return _invalid(frame, e)
+
+
+# -- codecs ------------------------------------------------------------------------------------
+
 class JsonCodec:
     name = "json"
 
@@ -131,10 +346,7 @@ class JsonCodec:
             frame = orjson.loads(line)
         except Exception as e:  # noqa: BLE001 - JSONDecodeError and anything else
             return ProtocolError(f"malformed JSON frame: {e}")
-        try:
-            return validate_frame(frame)
-        except Exception as e:  # noqa: BLE001
-            return _invalid(frame, e)
+        return _decoded(frame)
 
 
 class MsgpackCodec:
@@ -143,32 +355,30 @@ class MsgpackCodec:
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
-        self._skip = 0  # bytes of an oversized frame still to drop
         self._packer = msgpack.Packer()  # reused: much cheaper than packb per frame
+        self.desync: ProtocolDesync | None = None  # set once: nothing more is decoded
 
     def encode(self, frame: dict) -> bytes:
         body = self._packer.pack(frame)
         return _LEN.pack(len(body)) + body
 
     def feed(self, data: bytes) -> list:
+        if self.desync is not None:
+            return []
         out: list = []
-        if self._skip:
-            dropped = min(self._skip, len(data))
-            self._skip -= dropped
-            data = data[dropped:]
         buf = bytes(self._buf) + data if self._buf else data
         pos, end, limit = 0, len(buf), self.max_frame_bytes
         decode = self._decode
         while end - pos >= 4:
             n = int.from_bytes(buf[pos:pos + 4], "big")
             if n > limit:
-                out.append(FrameTooLarge(f"frame of {n} bytes exceeds the limit of {limit}"))
-                if end - pos - 4 >= n:
-                    pos += 4 + n
-                    continue
-                self._skip = n - (end - pos - 4)
-                pos = end
-                break
+                self.desync = ProtocolDesync(
+                    f"msgpack length prefix of {n} bytes exceeds the frame limit of {limit}: "
+                    "the stream is corrupt (or out of step) and can't be read further")
+                self.desync.frame_id = -1
+                out.append(self.desync)
+                self._buf = bytearray()
+                return out
             if end - pos - 4 < n:
                 break
             # a bytes slice (a small copy) unpacks faster than a memoryview slice
@@ -184,26 +394,13 @@ class MsgpackCodec:
             frame = msgpack.unpackb(body)  # map keys must be strings (the envelope's are)
         except Exception as e:  # noqa: BLE001 - msgpack raises several types for bad input
             return ProtocolError(f"malformed msgpack frame: {type(e).__name__}: {e}")
-        try:
-            return validate_frame(frame)
-        except Exception as e:  # noqa: BLE001
-            return _invalid(frame, e)
+        return _decoded(frame)
 
 
-def make_codec(name: str, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
+def make_codec(name: str, max_frame_bytes: int | None = None):
+    limit = max_frame_bytes or DEFAULT_MAX_FRAME_BYTES
     if name == "json":
-        return JsonCodec(max_frame_bytes)
+        return JsonCodec(limit)
     if name == "msgpack":
-        return MsgpackCodec(max_frame_bytes)
+        return MsgpackCodec(limit)
     raise ValueError(f"codec: must be one of {CODECS}, got {name!r}")
-
-
-def call_frame(fid: int, method: str, params: dict | None = None, model: str | None = None) -> dict:
-    frame = {"v": VERSION, "id": fid, "kind": "call", "method": method, "params": params or {}}
-    if model is not None:
-        frame["model"] = model
-    return frame
-
-
-def error_frame(fid: int, code: str, message: str) -> dict:
-    return {"v": VERSION, "id": fid, "kind": "error", "code": code, "message": message}

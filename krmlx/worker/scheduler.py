@@ -3,7 +3,7 @@
 :class:`SerialScheduler` runs one ``generate`` at a time, in arrival order, token by
 token; model loads and unloads queue on the same thread (MLX work is never spread over
 threads). Each stream's tokens go out through :class:`StreamOut`, which applies the
-stream options (coalescing, backpressure window) and honours cancel between tokens.
+framing (coalescing, backpressure window) and honours cancel between tokens.
 A batched scheduler (continuous batching) implements the same ``submit``/``run``/
 ``stop`` and reuses StreamOut.
 """
@@ -19,37 +19,25 @@ import time
 from dataclasses import dataclass
 
 from .. import gen
-
-
-@dataclass(frozen=True)
-class StreamOptions:
-    """How token frames leave the worker (the StreamFramer stage sets these).
-
-    coalesce_tokens / coalesce_ms: after the first token (never held), tokens are
-    gathered into one frame until ``coalesce_tokens`` are held or ``coalesce_ms`` has
-    passed since the first held one (1 / 0 = a frame per token).
-    window: at most this many token frames unacknowledged per stream; generation of
-    that stream pauses until the client acks (0 = no backpressure).
-    """
-
-    coalesce_tokens: int = 1
-    coalesce_ms: float = 0.0
-    window: int = 0
-
-    def __post_init__(self):
-        if self.coalesce_tokens < 1 or self.coalesce_ms < 0 or self.window < 0:
-            raise ValueError("stream options: coalesce_tokens >= 1, coalesce_ms >= 0, window >= 0")
+from ..framing import PLAIN, FramerConfig
+from .protocol import NULL_MODEL, done_frame, token_frame
 
 
 class StreamOut:
-    """One stream's outbound side: coalescing, backpressure, cancel."""
+    """One stream's outbound side: the framing's coalescing and backpressure window
+    (:class:`~krmlx.framing.FramerConfig`; :data:`~krmlx.framing.PLAIN` when none), cancel.
 
-    def __init__(self, fid: int, send, options: StreamOptions, crash_after: int | None, crash):
+    A full window never blocks the compute thread: the stream's new tokens are held and go
+    out coalesced in one frame once the client acks, so a slow (or abandoned) consumer
+    costs held tokens, never the other streams' progress; the client cancels a stream
+    that is not read at all (its ``stall_timeout_s``)."""
+
+    def __init__(self, fid: int, send, options: FramerConfig = PLAIN, crash_after: int | None = None,
+                 crash=None):
         self.id = fid
         self._send = send
         self.opts = options
         self.cancelled = threading.Event()
-        self._acked_event = threading.Event()
         self._sent = 0  # token frames sent (compute thread)
         self._acked = 0  # token frames the client acknowledged (read thread)
         self._held: list = []
@@ -58,15 +46,12 @@ class StreamOut:
         self.frames = 0
         self._crash_after = crash_after
         self._crash = crash
-        self.nonblocking = False  # batched mode: a full window holds frames, never blocks
 
     def ack(self, n: int) -> None:
         self._acked += n
-        self._acked_event.set()
 
     def cancel(self) -> None:
         self.cancelled.set()
-        self._acked_event.set()
 
     def put(self, token: int, text: str) -> None:
         if self._crash_after is not None and self.tokens >= self._crash_after:
@@ -85,25 +70,16 @@ class StreamOut:
             return
         window = self.opts.window
         if window and not force and self._sent - self._acked >= window:
-            if self.nonblocking:
-                return  # batched mode: keep holding (coalesced into the next frame)
-            while self._sent - self._acked >= window and not self.cancelled.is_set():
-                self._acked_event.clear()  # backpressure: wait, without spinning, for an ack
-                if self._sent - self._acked >= window:
-                    self._acked_event.wait(0.05)
+            return  # the window is full: keep holding (coalesced into the next frame)
         if window:
             self._sent += 1
-        self._send({"v": 1, "id": self.id, "kind": "token", "tokens": self._held})
+        self._send(token_frame(self.id, self._held))
         self._held = []
         self.frames += 1
 
     def finish(self, finish_reason: str, prompt_tokens: int, tail: str = "", info: dict | None = None) -> None:
         self.flush(force=True)  # the last frame goes out whatever the window says
-        frame = {"v": 1, "id": self.id, "kind": "done", "finish_reason": finish_reason,
-                 "prompt_tokens": prompt_tokens, "tail": tail, "tokens": self.tokens}
-        if info:
-            frame["info"] = info
-        self._send(frame)
+        self._send(done_frame(self.id, finish_reason, prompt_tokens, tail, self.tokens, info))
 
 
 @dataclass
@@ -166,7 +142,7 @@ def run_generate(job: GenerateJob) -> None:
         from ..errors import UnknownModel
 
         raise UnknownModel(f"model {entry.id!r} was unloaded before this request ran")
-    if entry.id == "null":  # the null model: synthetic tokens, no MLX (stream cost benchmarks)
+    if entry.id == NULL_MODEL:  # the null model: synthetic tokens, no MLX (stream cost benchmarks)
         n = params["max_tokens"]
         for i in range(n):
             if out.cancelled.is_set():
@@ -175,7 +151,7 @@ def run_generate(job: GenerateJob) -> None:
             out.put(i % 1000, "tok ")
         out.finish("length", 0)
         return
-    prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.vocab_size)
+    prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.limits)
     info: dict = {}
     cache, rest = None, prompt_ids
     pc = job.prompt_cache if job.draft is None else None  # speculative keeps its own caches
@@ -190,10 +166,13 @@ def run_generate(job: GenerateJob) -> None:
             info["seed"] = seed  # reported, so the run can be repeated
         group.command("generate", model=entry.id, prompt_ids=prompt_ids,
                       max_tokens=params["max_tokens"], temperature=temperature, seed=seed)
+    # a cancel stops the prefill between chunks (not in a group: every rank must run the
+    # same collectives, so there a cancel waits for the first decode step's flag)
     steps = gen.iter_tokens(entry.model, entry.tokenizer, rest, max_tokens=params["max_tokens"],
                             temperature=temperature, seed=seed,
                             prompt_cache=cache, draft_model=job.draft.model if job.draft else None,
-                            on_draft=drafts.append)
+                            on_draft=drafts.append,
+                            cancelled=out.cancelled.is_set if group is None else None)
     entry.refs += 1
     finished = False
     ended = group is None  # the other ranks know this generation ended (or there are none)
@@ -209,8 +188,9 @@ def run_generate(job: GenerateJob) -> None:
             try:
                 token, text = next(steps)
             except StopIteration as stop:
-                ended = finished = True
+                ended = True
                 finish, tail = stop.value
+                finished = finish != "cancelled"  # a cancelled prefill's cache is partial
                 if drafts:
                     info["draft_accepted"], info["draft_checked"] = sum(drafts), len(drafts)
                 out.finish(finish, len(prompt_ids), tail, info)
@@ -302,7 +282,7 @@ class BatchScheduler:
     def _handle(self, job) -> None:
         try:
             if isinstance(job, GenerateJob):
-                if job.entry.id == "null" or job.entry.unloaded:
+                if job.entry.id == NULL_MODEL or job.entry.unloaded:
                     run_generate(job)
                 else:
                     self._admit(job)
@@ -318,19 +298,21 @@ class BatchScheduler:
             from mlx_lm.generate import BatchGenerator
 
             eos = sorted(entry.tokenizer.eos_token_ids)
+            # prefill in chunks of DEFAULT_PREFILL_STEP: between chunks the batch decodes a
+            # step, so one long prompt stalls the other streams by at most one chunk
             batch = BatchGenerator(entry.model, stop_tokens=[[t] for t in eos],
                                    completion_batch_size=self.completion_batch_size,
-                                   prefill_batch_size=self.prefill_batch_size)
+                                   prefill_batch_size=self.prefill_batch_size,
+                                   prefill_step_size=gen.DEFAULT_PREFILL_STEP)
             self._gens[entry.id] = (batch, entry)
         return self._gens[entry.id][0]
 
     def _admit(self, job: GenerateJob) -> None:
-        out, entry, params = job.out, job.entry, job.params
+        entry, params = job.entry, job.params
         if not job_may_start(job):
             return
-        prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.vocab_size)
+        prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.limits)
         sampler = gen.make_sampler(params.get("temperature", 0.0), params.get("seed"))
-        out.nonblocking = True
         entry.refs += 1
         if self.staged:
             self._waiting.append((job, prompt_ids, sampler))

@@ -25,45 +25,43 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .. import gen
-from ..errors import BadRequest, KrmlxError, ModelError, ProtocolError, UnknownModel
+from .. import gen, validate
+from ..errors import (
+    BadRequest,
+    ModelError,
+    NotFound,
+    ProtocolDesync,
+    ProtocolError,
+    TransientError,
+    UnknownMethod,
+    UnknownModel,
+)
+from ..framing import PLAIN, FramerConfig
 from .faults import FaultInjector, FaultPlan, crash_now
-from .protocol import VERSION, error_frame, make_codec
-from .scheduler import GenerateJob, StreamOptions, StreamOut, make_scheduler
+from .protocol import (
+    METHODS,
+    NULL_MODEL,
+    error_code,
+    error_frame,
+    heartbeat_frame,
+    make_codec,
+    ready_frame,
+    result_frame,
+)
+from .scheduler import GenerateJob, StreamOut, make_scheduler
 
 log = logging.getLogger("krmlx.worker")
-NULL_MODEL = "null"  # always resident: synthetic tokens without MLX, for stream-cost benchmarks
+DESYNC_EXIT_CODE = 4  # the worker left because its stdin could not be read on
+ALWAYS_ACCEPTED = {"faults"}  # a per-call fault plan: any method takes it
 
-# method -> {param: (type(s), required)}
-SCHEMA: dict[str, dict[str, tuple]] = {
-    "ping": {},
-    "group_probe": {"hidden": (int, False), "iters": (int, False)},
-    "stats": {},
-    "shutdown": {},
-    "list_models": {},
-    "cancel": {"target": (int, True)},
-    "load_model": {"trust_remote_code": (bool, False), "draft": (str, False)},
-    "unload_model": {},
-    "tokenize": {"text": (str, True), "add_special_tokens": (bool, False)},
-    "detokenize": {"ids": (list, True)},
-    "batch_tokenize": {"texts": (list, True), "add_special_tokens": (bool, False)},
-    "check_draft": {"draft": (str, True)},
-    "batch_check_draft": {"drafts": (list, True)},
-    "generate": {"prompt": (str, False), "prompt_ids": (list, False), "max_tokens": (int, True),
-                 "temperature": ((int, float), False), "chat": (bool, False),
-                 "system": (str, False), "seed": (int, False)},
+
+# method -> the value rules of krmlx.validate its params follow (types are METHODS' schema)
+VALUE_CHECKS = {
+    "generate": validate.check_generate_params,
+    "tokenize": lambda p: validate.check_text("text", p["text"], allow_empty=True),
+    "batch_tokenize": lambda p: validate.check_texts("texts", p["texts"]),
+    "detokenize": lambda p: validate.check_token_ids("ids", p["ids"]),
 }
-NEEDS_MODEL = {"unload_model", "tokenize", "detokenize", "batch_tokenize", "check_draft",
-               "batch_check_draft", "generate", "load_model"}
-AUX_METHODS = {"tokenize", "detokenize", "batch_tokenize", "check_draft", "batch_check_draft"}
-
-
-_U32 = 2**32  # token ids travel as u32 in the tokenizer (and far beyond any vocabulary)
-_U64 = 2**64  # MLX seeds are u64
-
-
-def _int(value) -> bool:
-    return type(value) is int  # not bool, not float
 
 
 def check_params(method: str, params) -> dict:
@@ -71,8 +69,8 @@ def check_params(method: str, params) -> dict:
     model (prompt_ids against its vocabulary) is checked in Worker._route."""
     if not isinstance(params, dict):
         raise BadRequest(f"{method}: params must be a map, got {type(params).__name__}")
-    schema = SCHEMA[method]
-    extra = set(params) - set(schema) - {"faults"}
+    schema = METHODS[method].params
+    extra = set(params) - set(schema) - ALWAYS_ACCEPTED
     if extra:
         raise BadRequest(f"{method}: unknown params {sorted(extra)}")
     for name, (types, required) in schema.items():
@@ -83,29 +81,12 @@ def check_params(method: str, params) -> dict:
         value = params[name]
         if not isinstance(value, types) or (isinstance(value, bool) and types is int):
             raise BadRequest(f"{method}: param {name!r} has type {type(value).__name__}")
-    if method == "generate":
-        if params["max_tokens"] <= 0:
-            raise BadRequest(f"generate: max_tokens must be positive, got {params['max_tokens']}")
-        if not params.get("prompt_ids") and not str(params.get("prompt", "")).strip():
-            raise BadRequest("generate: prompt must be a non-empty string (or give prompt_ids)")
-        ids = params.get("prompt_ids") or []
-        if not all(_int(t) for t in ids):
-            bad = next(t for t in ids if not _int(t))
-            raise BadRequest(f"generate: param 'prompt_ids' must hold ints, got {type(bad).__name__}")
-        if not all(0 <= t < _U32 for t in ids):
-            bad = next(t for t in ids if not 0 <= t < _U32)
-            raise BadRequest(f"generate: param 'prompt_ids' has id {bad} outside the vocabulary")
-        temperature = params.get("temperature", 0.0)
-        if not 0 <= temperature < float("inf"):  # NaN fails too
-            raise BadRequest(f"generate: param 'temperature' must be a finite number >= 0, "
-                             f"got {temperature!r}")
-        if "seed" in params and not 0 <= params["seed"] < _U64:
-            raise BadRequest(f"generate: param 'seed' must be an int in [0, 2**64), "
-                             f"got {params['seed']!r}")
-    elif method == "detokenize":
-        ids = params["ids"]
-        if not all(_int(t) and 0 <= t < _U32 for t in ids):
-            raise BadRequest("detokenize: param 'ids' must hold non-negative ints below 2**32")
+    check = VALUE_CHECKS.get(method)
+    if check is not None:
+        try:
+            check(params)
+        except BadRequest as e:
+            raise BadRequest(f"{method}: {e}") from None
     return params
 
 
@@ -121,24 +102,27 @@ class ModelEntry:
     last_used: float = field(default_factory=time.monotonic)
     vocab_hash: str = ""
     draft_id: str | None = None  # speculative decoding: the draft model's id
-    vocab_size: int | None = None  # rows of the input embedding: token ids lie in [0, vocab_size)
+    limits: gen.PromptLimits = gen.NO_LIMITS  # vocabulary, context: what a prompt may be
     unloaded: bool = False  # set when an unload ran; jobs queued before it then fail cleanly
 
 
 class Worker:
     def __init__(self, out_fd: int, codec: str = "json", *, max_frame_bytes: int | None = None,
-                 faults: FaultPlan | None = None, stream: StreamOptions = StreamOptions(),
+                 faults: FaultPlan | None = None, framing: FramerConfig = PLAIN,
                  scheduler: str = "serial", prompt_cache: dict | None = None,
-                 group=None, ascii_frames: bool = False):
+                 group=None, ascii_frames: bool = False, max_prompt_tokens: int | None = None,
+                 heartbeat_s: float | None = None):
         if group is not None and (scheduler != "serial" or prompt_cache is not None):
             raise ValueError("a distributed worker runs the serial scheduler without "
                              "prompt-cache reuse")
         self.group = group  # krmlx.worker.group.Leader when this is rank 0 of a group
+        self.max_prompt_tokens = max_prompt_tokens  # None: each model's context
+        self.heartbeat_s = heartbeat_s  # None: no heartbeats
         self.ascii_frames = ascii_frames
         kw = {"max_frame_bytes": max_frame_bytes} if max_frame_bytes else {}
         self.codec = make_codec(codec, **kw)
         self.out_fd = out_fd
-        self.stream_opts = stream
+        self.framing = framing
         self.faults = FaultInjector(faults)
         self._write_lock = threading.Lock()
         self.models: dict[str, ModelEntry] = {NULL_MODEL: ModelEntry(NULL_MODEL)}
@@ -153,6 +137,7 @@ class Worker:
         self.counters = {"frames_in": 0, "frames_out": 0, "bad_frames": 0, "calls": 0,
                          "errors": 0, "tokens_out": 0, "streams_done": 0}
         self._stopping = False
+        self.exit_code = 0
 
     # -- output -------------------------------------------------------------------------
     def send(self, frame: dict) -> None:
@@ -171,7 +156,7 @@ class Worker:
                 n = os.write(self.out_fd, data)
 
     def reply(self, fid: int, value) -> None:
-        self.send({"v": VERSION, "id": fid, "kind": "result", "value": value})
+        self.send(result_frame(fid, value))
 
     def fail(self, fid: int, exc: BaseException) -> None:
         self.counters["errors"] += 1
@@ -184,11 +169,12 @@ class Worker:
         threading.Thread(target=self._aux_loop, name="aux", daemon=True).start()
         from ..blas import detect_blas
 
-        self.send({"v": VERSION, "id": 0, "kind": "ready", "pid": os.getpid(),
-                   "codec": self.codec.name, "scheduler": self.scheduler.name,
-                   "blas": detect_blas().kind,
-                   "ranks": self.group.size if self.group else 1,
-                   "backend": self.group.backend if self.group else None})
+        self.send(ready_frame(pid=os.getpid(), codec=self.codec.name,
+                              scheduler=self.scheduler.name, blas=detect_blas().kind,
+                              ranks=self.group.size if self.group else 1,
+                              backend=self.group.backend if self.group else None))
+        if self.heartbeat_s:
+            threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         while not self._stopping:
             data = os.read(in_fd, 1 << 16)
             if not data:
@@ -198,6 +184,11 @@ class Worker:
                 if isinstance(item, ProtocolError):
                     self.counters["bad_frames"] += 1
                     self.fail(getattr(item, "frame_id", -1), item)
+                    if isinstance(item, ProtocolDesync):  # the pipe can't be read on: leave
+                        log.error("%s; exiting", item)
+                        self.exit_code = DESYNC_EXIT_CODE
+                        self._stopping = True
+                        break
                 else:
                     self.dispatch(item)
         self.scheduler.stop()
@@ -205,6 +196,13 @@ class Worker:
             compute.join(timeout=30)
             if not compute.is_alive():
                 self.group.command("shutdown")
+
+    def _heartbeat(self) -> None:
+        """A frame every ``heartbeat_s``, busy or not: its own thread, so a long prefill on
+        the compute thread still shows the client a live worker (a stopped one sends none)."""
+        while not self._stopping:
+            time.sleep(self.heartbeat_s)
+            self.send(heartbeat_frame(self.scheduler.active))
 
     def dispatch(self, frame: dict) -> None:
         fid = frame["id"]
@@ -217,12 +215,12 @@ class Worker:
             if frame["kind"] != "call":
                 raise ProtocolError(f"a worker accepts call and ack frames, not {frame['kind']!r}")
             method = frame.get("method")
-            if method not in SCHEMA:
-                raise KrmlxError(f"unknown method {method!r}")
+            if type(method) is not str or method not in METHODS:
+                raise UnknownMethod(f"unknown method {method!r:.200}")
             params = check_params(method, frame.get("params", {}))
             self.counters["calls"] += 1
             model_id = frame.get("model")
-            if method in NEEDS_MODEL and not isinstance(model_id, str):
+            if METHODS[method].needs_model and not isinstance(model_id, str):
                 raise BadRequest(f"{method}: needs a model id (string)")
             override = FaultPlan.from_dict(params.pop("faults", None))
             faults = self.faults.draw(method, override)
@@ -266,19 +264,20 @@ class Worker:
             if not (0 < hidden <= 1 << 20 and 0 < iters <= 10_000):
                 raise BadRequest("group_probe: hidden must be in [1, 2**20] and iters in [1, 10000]")
             self.scheduler.submit(_Job(fid, lambda: self.group.probe(hidden, iters), delay, self.reply))
-        elif method in AUX_METHODS:
+        elif METHODS[method].runs == "aux":
             entry = self.entry(model_id)
             handler = getattr(self, "do_" + method)
             self._aux.put(_Job(fid, lambda: handler(entry, params), delay, self.reply))
         elif method == "generate":
             entry = self.entry(model_id)
-            if params.get("prompt_ids") and entry.vocab_size is not None:
+            if params.get("prompt_ids"):
                 # before the job exists: an id outside the embedding table would make the
-                # model read outside it (wrong output, or a SIGSEGV of the whole worker)
-                gen.check_prompt_ids(params["prompt_ids"], entry.vocab_size)
+                # model read outside it (wrong output, or a SIGSEGV of the whole worker),
+                # and a prompt over the context is refused before any work
+                entry.limits.check_ids(params["prompt_ids"])
             if fid in self.streams:
                 raise BadRequest(f"generate: id {fid} is already streaming")
-            out = StreamOut(fid, self._stream_send, self.stream_opts, faults.crash_after_tokens,
+            out = StreamOut(fid, self._stream_send, self.framing, faults.crash_after_tokens,
                             crash_now)
             self.streams[fid] = out
             draft = self.models.get(entry.draft_id) if entry.draft_id else None
@@ -333,27 +332,29 @@ class Worker:
         if self.group is None:
             model, tokenizer = load(path, trust_remote_code=params.get("trust_remote_code", False))
         else:
-            model, tokenizer = self._load_sharded(model_id, path)
+            model, tokenizer = self._load_sharded(model_id, path,
+                                                  params.get("trust_remote_code", False))
         nbytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
         vocab = sorted(tokenizer.get_vocab().items()) if hasattr(tokenizer, "get_vocab") else []
         entry = ModelEntry(model_id, model, tokenizer, str(path), nbytes,
                            (time.perf_counter() - t0) * 1e3,
                            vocab_hash=hashlib.sha1(repr(vocab).encode()).hexdigest(),
-                           vocab_size=gen.vocab_size(model))
+                           limits=gen.PromptLimits.of(model, tokenizer, self.max_prompt_tokens))
         self.models[model_id] = entry
         if params.get("draft"):
             self._attach_draft(entry, params["draft"])
         return {"model": model_id, "cached": False, "bytes": nbytes, "load_ms": entry.load_ms,
                 "path": str(path), "draft": entry.draft_id}
 
-    def _load_sharded(self, model_id: str, path):
+    def _load_sharded(self, model_id: str, path, trust_remote_code: bool = False):
         """Every rank loads its shard of the model (tensor parallel); if any rank fails,
         all drop it and the call fails naming how many ranks could not load it."""
         from ..models import load_sharded
 
-        self.group.command("load", model=model_id)
+        self.group.command("load", model=model_id, trust_remote_code=trust_remote_code)
         try:
-            model, tokenizer = load_sharded(path, self.group.group, self.group.backend)
+            model, tokenizer = load_sharded(path, self.group.group, self.group.backend,
+                                            trust_remote_code=trust_remote_code)
         except Exception:
             self.group.all_ok(False)
             raise
@@ -419,19 +420,14 @@ class Worker:
         return self._hf(entry).encode(params["text"], add_special_tokens=params.get("add_special_tokens", False))
 
     def do_batch_tokenize(self, entry, params) -> list[list[int]]:
-        texts = params["texts"]
-        if not all(isinstance(t, str) for t in texts):
-            raise BadRequest("batch_tokenize: texts must all be strings")
+        texts = params["texts"]  # checked at dispatch (krmlx.validate.check_texts)
         if not texts:
             return []
         # One call into the fast tokenizer's batch encoder (Rust, parallel), not a loop.
         return self._hf(entry)(texts, add_special_tokens=params.get("add_special_tokens", False))["input_ids"]
 
     def do_detokenize(self, entry, params) -> str:
-        ids = params["ids"]
-        if not all(isinstance(i, int) and i >= 0 for i in ids):
-            raise BadRequest("detokenize: ids must be non-negative ints")
-        return self._hf(entry).decode(ids)
+        return self._hf(entry).decode(params["ids"])  # checked at dispatch
 
     def _draft_report(self, target: ModelEntry, draft_id: str) -> dict:
         draft = self.models.get(draft_id)
@@ -463,34 +459,8 @@ class _Job:
         self.reply(self.fid, self.fn())
 
 
-class InjectedFault(KrmlxError):
-    pass
-
-
-class NotFound(KrmlxError):
-    pass
-
-
-def error_code(exc: BaseException) -> str:
-    from ..errors import FrameTooLarge
-
-    if isinstance(exc, InjectedFault):
-        return "transient"
-    if isinstance(exc, FrameTooLarge):
-        return "frame_too_large"
-    if isinstance(exc, ProtocolError):
-        return "protocol_error"
-    if isinstance(exc, BadRequest):
-        return "bad_request"
-    if isinstance(exc, UnknownModel):
-        return "unknown_model"
-    if isinstance(exc, ModelError):
-        return "model_error"
-    if isinstance(exc, NotFound):
-        return "not_found"
-    if isinstance(exc, KrmlxError) and str(exc).startswith("unknown method"):
-        return "unknown_method"
-    return "internal"
+class InjectedFault(TransientError):
+    """A fault the plan injected: the protocol calls it ``transient`` (worth retrying)."""
 
 
 def join_group(backend: str):
@@ -511,7 +481,8 @@ def join_group(backend: str):
     try:
         from ..models import load_sharded, resolve_model
 
-        follow(g, lambda model_id: load_sharded(resolve_model(model_id), g, backend),
+        follow(g, lambda model_id, trust: load_sharded(resolve_model(model_id), g, backend,
+                                                       trust_remote_code=trust),
                bells[0] if bells else None)
     except BaseException:  # noqa: BLE001 - out of step: leave, the launcher ends the group
         log.exception("rank %d stopped", g.rank())
@@ -535,11 +506,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--codec", default="json", choices=["json", "msgpack"])
     parser.add_argument("--max-frame-bytes", type=int, default=None)
     parser.add_argument("--faults", default=None, help="fault plan as JSON")
-    parser.add_argument("--stream", default=None, help="stream options as JSON")
+    parser.add_argument("--framing", default=None,
+                        help="framing (coalescing, window) as JSON: a krmlx.framing.FramerConfig")
     parser.add_argument("--scheduler", default="serial", choices=["serial", "batched", "batched-staged"])
     parser.add_argument("--prompt-cache", default=None, help="prompt-cache reuse config as JSON")
     parser.add_argument("--distributed", default=None, choices=["ring", "nccl"],
                         help="run as one rank of an MLX distributed group (see krmlx.worker.launch)")
+    parser.add_argument("--heartbeat-s", type=float, default=None,
+                        help="send a heartbeat frame this often (the client's liveness check)")
+    parser.add_argument("--max-prompt-tokens", type=int, default=None,
+                        help="refuse longer prompts (default: each model's context)")
     parser.add_argument("--ascii-frames", action="store_true",
                         help="escape non-ASCII text in JSON frames (for mlx.launch's text relay)")
     parser.add_argument("--log-level", default=os.environ.get("KRMLX_WORKER_LOG", "WARNING"))
@@ -553,10 +529,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.distributed:
         group = join_group(args.distributed)  # returns on rank 0 only
     faults = FaultPlan.from_dict(json.loads(args.faults)) if args.faults else None
-    stream = StreamOptions(**json.loads(args.stream)) if args.stream else StreamOptions()
+    framing = FramerConfig.from_dict(json.loads(args.framing)) if args.framing else PLAIN
     worker = Worker(out, args.codec, max_frame_bytes=args.max_frame_bytes, faults=faults,
-                    stream=stream, scheduler=args.scheduler,
+                    framing=framing, scheduler=args.scheduler,
                     prompt_cache=json.loads(args.prompt_cache) if args.prompt_cache else None,
-                    group=group, ascii_frames=args.ascii_frames)
+                    group=group, ascii_frames=args.ascii_frames,
+                    max_prompt_tokens=args.max_prompt_tokens, heartbeat_s=args.heartbeat_s)
     worker.serve(0)
-    os._exit(0)
+    os._exit(worker.exit_code)
