@@ -210,6 +210,9 @@ class Panel:
             W.HBox([self.workload, self.trials, self.smoke], layout=wrap),
             W.HBox([self.run_button, self.progress, self.rate], layout=wrap),
             self.status, self.output])
+        self.widget.add_class("krmlx-panel")  # names for a browser (tests/test_lab.py) to find
+        self.output.add_class("krmlx-panel-output")
+        self.status.add_class("krmlx-panel-status")
 
     def _sync_enabled(self, phase: str) -> None:
         for w in self.settings[phase]:
@@ -326,7 +329,8 @@ def summary_html(doc: dict) -> str:
              f"records · {cfg.get('trials')} trial(s){' · smoke' if cfg.get('smoke') else ''}</p>"]
     for name in ("engines", "overhead"):
         if summary.get(name):
-            parts.append(export.display_table(name, summary[name]).to_html(index=False, border=0))
+            table = export.display_table(name, summary[name])
+            parts.append(table.to_html(index=False, border=0, float_format=lambda x: f"{x:.4g}"))
     return "\n".join(parts)
 
 
