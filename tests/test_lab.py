@@ -40,9 +40,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 SETTINGS = {"notebook-extension/tracker": {"windowingMode": "none"},
             "docmanager-extension/plugin": {"autosave": False}}
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None,
-                                 reason="chromium is not installed (Debian: apt-get install chromium)")]
+needs_chromium = pytest.mark.skipif(CHROMIUM is None,
+                                    reason="chromium is not installed (Debian: apt-get install chromium)")
 
 
 def free_port() -> int:
@@ -174,6 +173,18 @@ def is_error(text: str) -> bool:
     return "Traceback" in text or "Error" in text.split("\n", 1)[0]
 
 
+def test_dev_lab_refuses_a_port_in_use():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([str(ROOT / "dev"), "lab", "--port", str(port), "--no-browser"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1 and f"port {port} on 127.0.0.1 is in use" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+@needs_chromium
 def test_notebook_runs_and_panel_shows_new_plot_in_chromium(lab, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
