@@ -155,7 +155,9 @@ def run_bench_one(workload, args) -> tuple[int, dict | None]:
 
     path = default_out(args.out, workload.name)
     records, config = [], {}
-    with tqdm(desc=f"{workload.name} on {args.model}", unit="req", disable=args.quiet) as bar:
+    # smoothing=0: rate = count / elapsed (see krmlx.report.run)
+    with tqdm(desc=f"{workload.name} on {args.model}", unit="req", disable=args.quiet,
+              smoothing=0) as bar:
         try:
             doc = asyncio.run(run_workload(workload, args.model, phases=args.phases, trials=args.trials,
                                            records=records, config=config, progress=bar))

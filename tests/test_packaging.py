@@ -61,5 +61,15 @@ def test_top_level_layout():
     assert (ROOT / "environment.yml").is_file()
     assert (ROOT / ".ci" / "run").is_file()
     readme = (ROOT / "README.md").read_text()
-    assert "./dev demo" in readme and "./dev test" in readme
+    assert "./dev demo" in readme and "./dev test" in readme and "./dev lab" in readme
     assert "./dev test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_notebook_tools_are_pinned():
+    """JupyterLab and nbconvert (``./dev lab``, ``jupytext --execute``) for everyone,
+    Playwright (the browser test) for development."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {_norm(d).split("==")[0] for d in project["dependencies"]}
+    assert {"jupyterlab", "nbconvert", "jupytext", "ipykernel", "ipywidgets"} <= names
+    assert "playwright" in {_norm(d).split("==")[0] for d in project["optional-dependencies"]["dev"]}
+    assert (ROOT / "jupyter" / "labconfig" / "default_setting_overrides.json").is_file()
