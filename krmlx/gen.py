@@ -52,6 +52,11 @@ def encode_prompt(tokenizer, params: dict, vocab_size: int | None = None) -> lis
     :func:`vocab_size`): an id outside ``[0, vocab_size)`` is a BadRequest."""
     if params.get("prompt_ids"):
         return check_prompt_ids(params["prompt_ids"], vocab_size)
+    if params.get("messages"):  # a whole conversation (checked by Request / the worker)
+        messages = list(params["messages"])
+        if params.get("system"):
+            messages.insert(0, {"role": "system", "content": params["system"]})
+        return apply_chat_template(tokenizer, messages)
     prompt = params.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest("prompt: must be a non-empty string")
@@ -60,23 +65,31 @@ def encode_prompt(tokenizer, params: dict, vocab_size: int | None = None) -> lis
         if params.get("system"):
             messages.append({"role": "system", "content": params["system"]})
         messages.append({"role": "user", "content": prompt})
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        return apply_chat_template(tokenizer, messages)
     return list(tokenizer.encode(prompt))
 
 
-def make_sampler(temperature: float, seed: int | None):
+def apply_chat_template(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of ``messages`` through the tokenizer's chat template (with the generation
+    prompt); without a template, the contents joined by newlines, encoded."""
+    if not getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.encode("\n".join(m["content"] for m in messages)))
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+
+def make_sampler(temperature: float, seed: int | None, top_p: float = 1.0):
     from mlx_lm.sample_utils import make_sampler as _make
 
     if temperature and seed is not None:
         import mlx.core as mx
 
         mx.random.seed(seed)
-    return _make(temp=float(temperature))
+    return _make(temp=float(temperature), top_p=float(top_p))
 
 
 def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
-                temperature: float = 0.0, seed: int | None = None,
+                temperature: float = 0.0, seed: int | None = None, top_p: float = 1.0,
                 prompt_cache=None, draft_model=None, num_draft_tokens: int = 3,
                 on_draft=None) -> Iterator[tuple[int, str]]:
     """Yield ``(token_id, new_text)`` per generated token; return the finish reason.
@@ -91,7 +104,7 @@ def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
         raise BadRequest(f"max_tokens: must be positive, got {max_tokens}")
     detok = tokenizer.detokenizer
     eos = tokenizer.eos_token_ids
-    sampler = make_sampler(temperature, seed)
+    sampler = make_sampler(temperature, seed, top_p)
     if draft_model is None:
         steps = generate_step(mx.array(prompt_ids), model, max_tokens=max_tokens,
                               sampler=sampler, prompt_cache=prompt_cache)

@@ -19,7 +19,10 @@ DEFAULT_MAX_TOKENS = 50
 @dataclass(frozen=True)
 class Request:
     """One generation request. ``prompt`` is user text (chat template applied when
-    ``chat`` is true); ``prompt_ids`` bypasses templating and tokenization."""
+    ``chat`` is true); ``messages`` (``{"role", "content"}`` maps, roles system / user /
+    assistant) is a whole conversation put through the chat template instead of
+    ``system`` + ``prompt``; ``prompt_ids`` bypasses templating and tokenization.
+    ``top_p`` is nucleus sampling (1.0: off; only used with a temperature > 0)."""
 
     prompt: str = ""
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -30,10 +33,14 @@ class Request:
     model: str | None = None
     seed: int | None = None
     id: str = ""
+    top_p: float = 1.0
+    messages: tuple[dict, ...] | None = field(default=None, hash=False)
 
     def __post_init__(self):
-        if self.prompt_ids is None and (not isinstance(self.prompt, str) or not self.prompt.strip()):
-            raise BadRequest("prompt: must be a non-empty string (or give prompt_ids)")
+        if self.messages is not None:
+            object.__setattr__(self, "messages", check_messages(self.messages))
+        elif self.prompt_ids is None and (not isinstance(self.prompt, str) or not self.prompt.strip()):
+            raise BadRequest("prompt: must be a non-empty string (or give messages or prompt_ids)")
         if self.prompt_ids is not None:
             if not self.prompt_ids or not all(isinstance(t, int) and t >= 0 for t in self.prompt_ids):
                 raise BadRequest("prompt_ids: must be a non-empty sequence of non-negative ints")
@@ -42,6 +49,9 @@ class Request:
             raise BadRequest(f"max_tokens: must be a positive int, got {self.max_tokens!r}")
         if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
             raise BadRequest(f"temperature: must be >= 0, got {self.temperature!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) \
+                or not 0 < self.top_p <= 1:
+            raise BadRequest(f"top_p: must be a number in (0, 1], got {self.top_p!r}")
 
     def to_params(self) -> dict:
         """The request as plain data for the wire."""
@@ -57,7 +67,40 @@ class Request:
             params["prompt_ids"] = list(self.prompt_ids)
         if self.seed is not None:
             params["seed"] = self.seed
+        if self.top_p != 1.0:
+            params["top_p"] = self.top_p
+        if self.messages is not None:
+            params["messages"] = [dict(m) for m in self.messages]
         return params
+
+
+MESSAGE_ROLES = ("system", "user", "assistant")
+
+
+def check_messages(messages) -> tuple[dict, ...]:
+    """``messages`` as a tuple of fresh ``{"role", "content"}`` dicts, or BadRequest naming
+    the entry: a non-empty list of maps whose role is system, user or assistant and whose
+    content is a string (the worker checks its params with this too)."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise BadRequest("messages: must be a non-empty list of {role, content} maps")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadRequest(f"messages[{i}]: must be a map with role and content, "
+                             f"got {type(m).__name__}")
+        if m.get("role") not in MESSAGE_ROLES:
+            raise BadRequest(f"messages[{i}].role: must be one of {', '.join(MESSAGE_ROLES)}, "
+                             f"got {m.get('role')!r}")
+        if not isinstance(m.get("content"), str):
+            raise BadRequest(f"messages[{i}].content: must be a string, "
+                             f"got {type(m.get('content')).__name__}")
+        extra = sorted(set(m) - {"role", "content"})
+        if extra:
+            raise BadRequest(f"messages[{i}]: unknown keys {extra}")
+        out.append({"role": m["role"], "content": m["content"]})
+    if not any(m["content"].strip() for m in out):
+        raise BadRequest("messages: every content is empty")
+    return tuple(out)
 
 
 class Chunk(NamedTuple):

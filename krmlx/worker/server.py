@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from .. import gen
 from ..errors import BadRequest, KrmlxError, ModelError, ProtocolError, UnknownModel
+from ..types import check_messages
 from .faults import FaultInjector, FaultPlan, crash_now
 from .protocol import VERSION, error_frame, make_codec
 from .scheduler import GenerateJob, StreamOptions, StreamOut, make_scheduler
@@ -51,7 +52,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "batch_check_draft": {"drafts": (list, True)},
     "generate": {"prompt": (str, False), "prompt_ids": (list, False), "max_tokens": (int, True),
                  "temperature": ((int, float), False), "chat": (bool, False),
-                 "system": (str, False), "seed": (int, False)},
+                 "system": (str, False), "seed": (int, False), "top_p": ((int, float), False),
+                 "messages": (list, False)},
 }
 NEEDS_MODEL = {"unload_model", "tokenize", "detokenize", "batch_tokenize", "check_draft",
                "batch_check_draft", "generate", "load_model"}
@@ -86,8 +88,14 @@ def check_params(method: str, params) -> dict:
     if method == "generate":
         if params["max_tokens"] <= 0:
             raise BadRequest(f"generate: max_tokens must be positive, got {params['max_tokens']}")
-        if not params.get("prompt_ids") and not str(params.get("prompt", "")).strip():
-            raise BadRequest("generate: prompt must be a non-empty string (or give prompt_ids)")
+        if "messages" in params:
+            try:
+                check_messages(params["messages"])
+            except BadRequest as e:
+                raise BadRequest(f"generate: param {e}") from None
+        elif not params.get("prompt_ids") and not str(params.get("prompt", "")).strip():
+            raise BadRequest("generate: prompt must be a non-empty string (or give messages "
+                             "or prompt_ids)")
         ids = params.get("prompt_ids") or []
         if not all(_int(t) for t in ids):
             bad = next(t for t in ids if not _int(t))
@@ -99,6 +107,8 @@ def check_params(method: str, params) -> dict:
         if not 0 <= temperature < float("inf"):  # NaN fails too
             raise BadRequest(f"generate: param 'temperature' must be a finite number >= 0, "
                              f"got {temperature!r}")
+        if not 0 < params.get("top_p", 1.0) <= 1:  # NaN fails too
+            raise BadRequest(f"generate: param 'top_p' must be in (0, 1], got {params['top_p']!r}")
         if "seed" in params and not 0 <= params["seed"] < _U64:
             raise BadRequest(f"generate: param 'seed' must be an int in [0, 2**64), "
                              f"got {params['seed']!r}")
