@@ -75,7 +75,7 @@ def apply_chat_template(tokenizer, messages: list[dict]) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         return list(tokenizer.encode("\n".join(m["content"] for m in messages)))
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # a dict or BatchEncoding
 
 
 def make_sampler(temperature: float, seed: int | None, top_p: float = 1.0):

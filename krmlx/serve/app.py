@@ -262,7 +262,14 @@ def make_app(engine, settings: ServeSettings) -> Starlette:
     async def lifespan(app):
         async with engine:
             state.count_prompt = PromptCounter(getattr(engine, "path", None))
-            yield
+            warm = None
+            if state.count_prompt.path is not None:  # off the startup path, in a thread
+                warm = asyncio.ensure_future(asyncio.to_thread(state.count_prompt.load))
+            try:
+                yield
+            finally:
+                if warm is not None and not warm.done():
+                    warm.cancel()
 
     async def chat(request):
         return await state.generate(request, "chat")

@@ -25,6 +25,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -78,15 +79,21 @@ class PromptCounter:
     def __init__(self, path: Path | str | None):
         self.path = path
         self._tokenizer = None
+        self._lock = threading.Lock()
+
+    def load(self):
+        """The tokenizer (loaded once; thread-safe: the app warms it up in a thread)."""
+        with self._lock:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+            return self._tokenizer
 
     def _count(self, params: dict) -> int:
         from .. import gen
 
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-        return len(gen.encode_prompt(self._tokenizer, params))
+        return len(gen.encode_prompt(self.load(), params))
 
     async def __call__(self, params: dict) -> int:
         if self.path is None:
@@ -136,9 +143,9 @@ class Generation:
             if stopped:
                 await self.aclose()  # cancels the generation in the worker
                 self.finish_reason = "stop"
+                self._end()
                 if self.count_prompt is not None:
                     self.prompt_tokens = await self.count_prompt(self.parsed.request.to_params())
-                self._end()
             if text:
                 return self._hand_out(text)
         return None

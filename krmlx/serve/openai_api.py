@@ -217,15 +217,16 @@ def parse_stream(body: dict) -> tuple[bool, bool]:
     return True, bool(opts.get("include_usage"))
 
 
-_PARAM = re.compile(r"param '([\w.\[\]]+)'|^([\w.\[\]]+): ")
+_QUOTED = re.compile(r"param '([\w.\[\]]+)'")
+_LEADING = re.compile(r"^(?:generate: (?:param )?)?([\w.\[\]]+): ")
 
 
 def param_of(exc: BadRequest) -> str | None:
     """The field a krmlx BadRequest names (its messages start ``field: ...`` or say
     ``param 'field'``), or None."""
-    m = _PARAM.search(str(exc))
-    name = m and (m.group(1) or m.group(2))
-    return None if name in (None, "generate") else name
+    m = _QUOTED.search(str(exc)) or _LEADING.match(str(exc))
+    name = m.group(1) if m else None
+    return None if name == "generate" else name
 
 
 def parse_request(kind: str, body, settings: ServeSettings) -> ParsedRequest:
