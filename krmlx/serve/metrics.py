@@ -111,3 +111,14 @@ class ServeMetrics:
     async def render(self) -> bytes:
         self.engine_collector.snapshot = await engine_status(self.engine)
         return generate_latest(self.registry)
+
+
+def parse_metrics(text: str, prefix: str = "krmlx_") -> list[dict]:
+    """The samples of a Prometheus text exposition (e.g. ``GET /metrics``) whose name starts
+    with ``prefix``, as rows ``{"name", "labels", "value"}`` (parsed by prometheus_client)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [{"name": s.name, "labels": ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())),
+             "value": s.value}
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name.startswith(prefix)]
