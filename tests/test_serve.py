@@ -216,6 +216,8 @@ def test_a_client_that_disconnects_stops_its_generation(server):
     body = {"model": "tiny", "messages": LONG_CHAT, "max_tokens": 4000, "stream": True}
     with httpx.Client(base_url=server.url, timeout=30) as http:
         with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            assert float(r.headers["x-krmlx-ttft-ms"]) >= float(r.headers["x-krmlx-queue-ms"]) >= 0
             events = 0
             for line in r.iter_lines():
                 events += line.startswith("data: ")
@@ -376,7 +378,9 @@ def test_a_worker_crash_during_a_non_streaming_request_is_502(server):
 
     t = threading.Thread(target=call)
     t.start()
+    deadline = time.monotonic() + 20
     while worker_stats(server).get("active_streams") != 1:
+        assert time.monotonic() < deadline, "the request never reached the worker"
         time.sleep(0.005)
     os.kill(pid, signal.SIGKILL)
     t.join(30)
