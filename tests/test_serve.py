@@ -389,3 +389,32 @@ def test_a_worker_crash_during_a_non_streaming_request_is_502(server):
     assert json.loads(r.text)["error"]["type"] == "server_error"
     r = sdk(server).chat.completions.create(model="tiny", messages=CHAT, max_tokens=3)
     assert r.usage.completion_tokens == 3
+
+
+# -- the client-side engine and the managed process's failures ------------------------------------
+
+def test_http_engine_times_a_served_request_like_an_engine(server, direct):
+    from krmlx.serve.client import HttpEngine
+
+    async def go():
+        async with HttpEngine(server.base_url, "tiny") as http:
+            return (await http.complete(Request(messages=CHAT, max_tokens=N)),
+                    await http.complete(Request(TEXT, chat=False, max_tokens=N)))
+
+    chat, text = asyncio.run(go())
+    assert chat.text == direct["chat"].text and text.text == direct["text"].text
+    assert chat.usage == direct["chat"].usage and chat.finish_reason == direct["chat"].finish_reason
+    assert 0 < chat.ttft_ms <= chat.e2e_ms and len(chat.token_times_s) > 1
+    assert chat.extra["server_timings"]["ttft_ms"] < chat.ttft_ms  # the server's is inside
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"phases": "bogus"}, "unknown phase"),
+    ({"model": "no-such-model"}, "no-such-model"),
+])
+def test_a_server_that_cannot_start_raises_with_its_log_and_leaves_nothing(tiny_path, kw, message):
+    s = ServerProcess(**{"model": "tiny", **kw}, ready_timeout_s=60)
+    with pytest.raises(RuntimeError, match="exited with code") as e:
+        s.start()
+    assert message in str(e.value)
+    assert s.proc.poll() is not None and not s.log_path.exists()

@@ -162,13 +162,14 @@ class ServeState:
                                        self.settings)
             _notes(request)["model"] = parsed.model
             gen = Generation(self.engine, parsed, t_recv, self.count_prompt)
-            first = await until_disconnect(request, gen.next_text() if parsed.stream else gen.run())
-            if parsed.stream:
+            if parsed.stream:  # primed: the first text (or the end) before the headers
+                first = await until_disconnect(request, gen.next_text())
                 owned = False
                 return self._stream(request, gen, first)
+            text = await until_disconnect(request, gen.run())
             usage, timings = gen.usage(), gen.timings()
             self._finished(request, gen, usage, timings)
-            return JSONResponse(api.response_body(parsed, first, gen.finish_reason, usage, timings),
+            return JSONResponse(api.response_body(parsed, text, gen.finish_reason, usage, timings),
                                 headers=timing_headers(timings))
         except ClientGone:
             _notes(request)["client"] = "gone"
@@ -191,7 +192,7 @@ class ServeState:
             await gen.aclose()
             self.release_slot()
 
-        head = timing_headers({**gen.timings(), "e2e_ms": None}, ("queue_ms", "ttft_ms"))
+        head = timing_headers(gen.timings(), ("queue_ms", "ttft_ms"))
         return _Stream(self._events(request, gen, first), on_close=on_close, sep="\n",
                        ping=PING_S, headers=head)
 

@@ -207,6 +207,8 @@ def parse_stream(body: dict) -> tuple[bool, bool]:
     if not isinstance(opts, dict):
         raise invalid("stream_options", "stream_options: must be an object")
     for key, value in opts.items():
+        if value is None:
+            continue
         if key == "include_usage":
             if not isinstance(value, bool):
                 raise invalid("stream_options.include_usage", "stream_options.include_usage: "
