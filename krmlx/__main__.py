@@ -8,6 +8,8 @@
     python -m krmlx compare A.json B.json
     python -m krmlx resummarize RESULTS...
     python -m krmlx report RESULTS... [--out DIR]
+    python -m krmlx serve [--model M] [--phases none|all|LIST] [--scheduler serial|batched|
+        batched-staged] [--host 127.0.0.1] [--port N] [--api-key K] [--max-in-flight N]
 
 Model code runs under the fastest BLAS available: on Linux the command re-executes
 itself with OpenBLAS preloaded when it is installed (KRMLX_BLAS=reference opts out).
@@ -269,6 +271,55 @@ def cmd_report(args) -> int:
     return 0
 
 
+def serve_config(phases: str, scheduler: str, prompt_cache: bool):
+    """The one StackConfig a server runs: ``--phases`` none | all | a comma list (the phases
+    together, unlike bench's comparison sets)."""
+    from .stack import StackConfig
+
+    extra = {"scheduler": scheduler}
+    if prompt_cache:
+        from .worker.prompt_cache import PromptCacheConfig
+
+        extra["prompt_cache"] = PromptCacheConfig()
+    if phases in ("", "none"):
+        return StackConfig.phases(**extra)
+    if phases == "all":
+        return StackConfig.all(**extra)
+    return StackConfig.phases([p.strip() for p in phases.split(",") if p.strip()], **extra)
+
+
+def cmd_serve(args) -> int:
+    """Serve one model over the OpenAI API (see krmlx.serve) until SIGINT / SIGTERM."""
+    import logging
+
+    import uvicorn
+
+    from .engine import Engine
+    from .errors import ConfigError
+    from .serve import ServeSettings, make_app
+
+    try:
+        config = serve_config(args.phases, args.scheduler, args.prompt_cache)
+        settings = ServeSettings(args.model, aliases=tuple(args.alias or ()),
+                                 api_key=args.api_key or os.environ.get("KRMLX_API_KEY") or None,
+                                 max_in_flight=args.max_in_flight,
+                                 default_max_tokens=args.default_max_tokens)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = make_app(Engine(args.model, config), settings)
+    print(f"krmlx serve: {args.model} ({config.label}, scheduler {config.worker.scheduler}) on "
+          f"http://{args.host}:{args.port}/v1" + (" (API key required)" if settings.api_key else ""),
+          file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                           log_level=args.log_level, access_log=False,
+                                           timeout_graceful_shutdown=5, log_config=None))
+    server.run()
+    return 0 if server.started else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="krmlx", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -310,17 +361,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", nargs="+", help="results files or folders of them")
     r.add_argument("--out", default="report", help="output folder")
     r.add_argument("--title", default="krmlx report")
+    sv = sub.add_parser("serve", help="serve a model over the OpenAI HTTP API")
+    sv.add_argument("--model", default=os.environ.get("KRMLX_MODEL", "mini"))
+    sv.add_argument("--phases", default="none", help="none | all | comma list of "
+                    "batching,caching,retry,framing (all on together)")
+    sv.add_argument("--scheduler", default="batched", choices=["serial", "batched", "batched-staged"])
+    sv.add_argument("--prompt-cache", action="store_true",
+                    help="reuse the KV state of shared prompt prefixes (serial scheduler)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=None,
+                    help="require 'Authorization: Bearer KEY' (env KRMLX_API_KEY also sets it)")
+    sv.add_argument("--max-in-flight", type=int, default=256,
+                    help="generation requests served at once; beyond: 503 with Retry-After")
+    sv.add_argument("--default-max-tokens", type=int, default=512,
+                    help="for requests that give no max_tokens")
+    sv.add_argument("--alias", action="append", help="another model name clients may use")
+    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.cmd in ("doctor", "bench"):
+    if args.cmd in ("doctor", "bench", "serve"):
         reexec_under_blas()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handler = {"doctor": cmd_doctor, "models": cmd_models, "bench": cmd_bench,
                "compare": cmd_compare, "report": cmd_report,
-               "resummarize": cmd_resummarize}[args.cmd]
+               "resummarize": cmd_resummarize, "serve": cmd_serve}[args.cmd]
     return handler(args)
 
 

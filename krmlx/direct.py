@@ -62,7 +62,8 @@ class DirectEngine(BaseEngine):
         prompt_ids = gen.encode_prompt(self.tokenizer, request.to_params(), self.limits)
         steps = gen.iter_tokens(self.model, self.tokenizer, prompt_ids,
                                 max_tokens=request.max_tokens,
-                                temperature=request.temperature, seed=request.seed)
+                                temperature=request.temperature, seed=request.seed,
+                                top_p=request.top_p)
         index = 0
         try:
             while True:

@@ -91,6 +91,14 @@ def encode_prompt(tokenizer, params: dict, limits: PromptLimits = NO_LIMITS) -> 
     or a crash of the process); a text too long to fit is refused before tokenizing."""
     if params.get("prompt_ids"):
         return limits.check_ids(params["prompt_ids"])
+    if params.get("messages"):  # a whole conversation (checked by Request / the worker)
+        messages = list(params["messages"])
+        if params.get("system"):
+            messages.insert(0, {"role": "system", "content": params["system"]})
+        limits.check_text("".join(m["content"] for m in messages))
+        ids = apply_chat_template(tokenizer, messages)
+        limits.check_length(len(ids))
+        return ids
     prompt = params.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest("prompt: must be a non-empty string")
@@ -100,22 +108,30 @@ def encode_prompt(tokenizer, params: dict, limits: PromptLimits = NO_LIMITS) -> 
         if params.get("system"):
             messages.append({"role": "system", "content": params["system"]})
         messages.append({"role": "user", "content": prompt})
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        ids = apply_chat_template(tokenizer, messages)
     else:
         ids = list(tokenizer.encode(prompt))
     limits.check_length(len(ids))
     return ids
 
 
-def make_sampler(temperature: float, seed: int | None):
+def apply_chat_template(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of ``messages`` through the tokenizer's chat template (with the generation
+    prompt); without a template, the contents joined by newlines, encoded."""
+    if not getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.encode("\n".join(m["content"] for m in messages)))
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # a dict or BatchEncoding
+
+
+def make_sampler(temperature: float, seed: int | None, top_p: float = 1.0):
     from mlx_lm.sample_utils import make_sampler as _make
 
     if temperature and seed is not None:
         import mlx.core as mx
 
         mx.random.seed(seed)
-    return _make(temp=float(temperature))
+    return _make(temp=float(temperature), top_p=float(top_p))
 
 
 class _PrefillCancelled(Exception):
@@ -123,7 +139,7 @@ class _PrefillCancelled(Exception):
 
 
 def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
-                temperature: float = 0.0, seed: int | None = None,
+                temperature: float = 0.0, seed: int | None = None, top_p: float = 1.0,
                 prompt_cache=None, draft_model=None, num_draft_tokens: int = 3,
                 on_draft=None, prefill_step: int = DEFAULT_PREFILL_STEP,
                 cancelled: Callable[[], bool] | None = None) -> Iterator[tuple[int, str]]:
@@ -144,7 +160,7 @@ def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
         raise BadRequest(f"max_tokens: must be positive, got {max_tokens}")
     detok = tokenizer.detokenizer
     eos = tokenizer.eos_token_ids
-    sampler = make_sampler(temperature, seed)
+    sampler = make_sampler(temperature, seed, top_p)
 
     def between_chunks(done: int, total: int) -> None:
         if cancelled is not None and done < total and cancelled():

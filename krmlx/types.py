@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import BadRequest
-from .validate import check_generate_params
+from .validate import check_generate_params, check_messages, check_top_p
 
 DEFAULT_MAX_TOKENS = 50
 
@@ -20,7 +20,10 @@ DEFAULT_MAX_TOKENS = 50
 @dataclass(frozen=True)
 class Request:
     """One generation request. ``prompt`` is user text (chat template applied when
-    ``chat`` is true); ``prompt_ids`` bypasses templating and tokenization."""
+    ``chat`` is true); ``messages`` (``{"role", "content"}`` maps, roles system / user /
+    assistant) is a whole conversation put through the chat template instead of
+    ``system`` + ``prompt``; ``prompt_ids`` bypasses templating and tokenization.
+    ``top_p`` is nucleus sampling (1.0: off; only used with a temperature > 0)."""
 
     prompt: str = ""
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -31,15 +34,20 @@ class Request:
     model: str | None = None
     seed: int | None = None
     id: str = ""
+    top_p: float = 1.0
+    messages: tuple[dict, ...] | None = field(default=None, hash=False)
 
     def __post_init__(self):
         """Validated once, here, by the rules the worker applies too
         (:func:`krmlx.validate.check_generate_params`): BadRequest names the field."""
+        if self.messages is not None:
+            object.__setattr__(self, "messages", check_messages("messages", self.messages))
         if self.prompt_ids is not None:
             if not isinstance(self.prompt_ids, (list, tuple)):
                 raise BadRequest(f"prompt_ids: must be a sequence of token ids, "
                                  f"got {type(self.prompt_ids).__name__}")
             object.__setattr__(self, "prompt_ids", tuple(self.prompt_ids))
+        check_top_p("top_p", self.top_p)  # to_params leaves a top_p of 1 out
         check_generate_params(self.to_params())
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
             raise BadRequest(f"model: must be a non-empty string or None, got {self.model!r}")
@@ -60,6 +68,10 @@ class Request:
             params["prompt_ids"] = list(self.prompt_ids)
         if self.seed is not None:
             params["seed"] = self.seed
+        if self.top_p != 1.0:
+            params["top_p"] = self.top_p
+        if self.messages is not None:
+            params["messages"] = [dict(m) for m in self.messages]
         return params
 
 

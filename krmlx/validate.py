@@ -8,6 +8,7 @@ before any work is done. Limits are module constants:
 - text (a prompt, a system prompt, a tokenize text): valid Unicode (no lone surrogates),
   at most :data:`MAX_TEXT_CHARS` characters (a batch: in all);
 - token ids: ints in ``[0, 2**32)`` (the model's vocabulary is checked where it is known);
+- ``messages``: ``{"role", "content"}`` maps, roles system / user / assistant;
 - ``max_tokens``: an int in ``[1, MAX_TOKENS]``; ``temperature``: a finite number >= 0;
   ``top_p``: a number in ``(0, 1]``; ``seed``: an int in ``[0, 2**64)`` (MLX's seeds).
 
@@ -115,20 +116,55 @@ def check_seed(field: str, value) -> int:
     return check_int(field, value, 0, SEED_LIMIT)
 
 
+MESSAGE_ROLES = ("system", "user", "assistant")
+
+
+def check_messages(field: str, messages, *, max_chars: int = MAX_TEXT_CHARS) -> tuple[dict, ...]:
+    """A conversation: a non-empty list of ``{"role", "content"}`` maps (role system, user
+    or assistant; content text, at most ``max_chars`` characters in all), as a tuple of
+    fresh dicts; BadRequest names the entry (``messages[1].role``)."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise BadRequest(f"{field}: must be a non-empty list of {{role, content}} maps")
+    out, total = [], 0
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadRequest(f"{field}[{i}]: must be a map with role and content, "
+                             f"got {type(m).__name__}")
+        if m.get("role") not in MESSAGE_ROLES:
+            raise BadRequest(f"{field}[{i}].role: must be one of {', '.join(MESSAGE_ROLES)}, "
+                             f"got {m.get('role')!r}")
+        extra = sorted(set(m) - {"role", "content"})
+        if extra:
+            raise BadRequest(f"{field}[{i}]: unknown keys {extra}")
+        total += len(check_text(f"{field}[{i}].content", m.get("content"), max_chars=max_chars,
+                                allow_empty=True))
+        out.append({"role": m["role"], "content": m["content"]})
+    if total > max_chars:
+        raise BadRequest(f"{field}: {total:,} characters in all exceed the limit of {max_chars:,}")
+    if not any(m["content"].strip() for m in out):
+        raise BadRequest(f"{field}: every content is empty")
+    return tuple(out)
+
+
 def check_generate_params(params: dict) -> dict:
     """A generate request's params (as :meth:`krmlx.types.Request.to_params` writes them and
-    as the worker receives them): the one validation both sides run."""
+    as the worker receives them): the one validation both sides run. The prompt is
+    ``prompt_ids``, else ``messages``, else ``prompt`` (text)."""
     ids = params.get("prompt_ids")
     if ids is not None:
         check_token_ids("prompt_ids", ids)
         if not ids:
             raise BadRequest("prompt_ids: must be a non-empty list of token ids")
+    elif params.get("messages") is not None:
+        check_messages("messages", params["messages"])
     else:
         check_text("prompt", params.get("prompt"))
     if params.get("system") is not None:
         check_text("system", params["system"], allow_empty=True)
     check_max_tokens("max_tokens", params.get("max_tokens"))
     check_temperature("temperature", params.get("temperature", 0.0))
+    if "top_p" in params:
+        check_top_p("top_p", params["top_p"])
     if params.get("seed") is not None:
         check_seed("seed", params["seed"])
     if not isinstance(params.get("chat", True), bool):

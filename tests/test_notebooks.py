@@ -32,7 +32,8 @@ import pytest
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.py"))
 EXPECTED = {"00_quickstart", "01_baseline", "02_batching", "03_model_cache", "04_retry_breaker",
-            "05_stream_framing", "06_combined", "07_report", "08_beyond_the_reference", "09_distributed"}
+            "05_stream_framing", "06_combined", "07_report", "08_beyond_the_reference", "09_distributed",
+            "10_serve"}
 KERNEL = "krmlx-test"
 CELL_TIMEOUT_S = 300
 EXECUTED: dict[str, float] = {}  # notebook name -> seconds, for those that ran without error

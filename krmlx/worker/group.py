@@ -176,7 +176,8 @@ def follow_generate(group, model_tok: tuple, cmd: dict) -> None:
 
     model, tokenizer = model_tok
     steps = gen.iter_tokens(model, tokenizer, cmd["prompt_ids"], max_tokens=cmd["max_tokens"],
-                            temperature=cmd["temperature"], seed=cmd["seed"])
+                            temperature=cmd["temperature"], seed=cmd["seed"],
+                            top_p=cmd.get("top_p", 1.0))
     try:
         while step_flag(group):
             try:

@@ -113,7 +113,8 @@ METHODS: dict[str, Method] = {
                           batching=Batching("batch_check_draft", "draft", "drafts")),
     "batch_check_draft": Method({"drafts": (list, True)}, needs_model=True, runs="aux"),
     "generate": Method({"prompt": (str, False), "prompt_ids": (list, False),
-                        "max_tokens": (int, True), "temperature": ((int, float), False),
+                        "messages": (list, False), "max_tokens": (int, True),
+                        "temperature": ((int, float), False), "top_p": ((int, float), False),
                         "chat": (bool, False), "system": (str, False), "seed": (int, False)},
                        needs_model=True, runs="compute", streaming=True),
 }

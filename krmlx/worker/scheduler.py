@@ -165,11 +165,12 @@ def run_generate(job: GenerateJob) -> None:
             seed = random.getrandbits(63)  # every rank must draw the same samples
             info["seed"] = seed  # reported, so the run can be repeated
         group.command("generate", model=entry.id, prompt_ids=prompt_ids,
-                      max_tokens=params["max_tokens"], temperature=temperature, seed=seed)
+                      max_tokens=params["max_tokens"], temperature=temperature, seed=seed,
+                      top_p=params.get("top_p", 1.0))
     # a cancel stops the prefill between chunks (not in a group: every rank must run the
     # same collectives, so there a cancel waits for the first decode step's flag)
     steps = gen.iter_tokens(entry.model, entry.tokenizer, rest, max_tokens=params["max_tokens"],
-                            temperature=temperature, seed=seed,
+                            temperature=temperature, seed=seed, top_p=params.get("top_p", 1.0),
                             prompt_cache=cache, draft_model=job.draft.model if job.draft else None,
                             on_draft=drafts.append,
                             cancelled=out.cancelled.is_set if group is None else None)
@@ -312,7 +313,8 @@ class BatchScheduler:
         if not job_may_start(job):
             return
         prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.limits)
-        sampler = gen.make_sampler(params.get("temperature", 0.0), params.get("seed"))
+        sampler = gen.make_sampler(params.get("temperature", 0.0), params.get("seed"),
+                                   params.get("top_p", 1.0))
         entry.refs += 1
         if self.staged:
             self._waiting.append((job, prompt_ids, sampler))

@@ -1,0 +1,20 @@
+"""krmlx serve: an OpenAI-compatible HTTP front (Starlette on uvicorn) over one Engine.
+
+    python -m krmlx serve --model tiny --scheduler batched --port 8000
+
+- :mod:`.app`: :func:`make_app` (routes, SSE, errors, in-flight bound, lifespan);
+- :mod:`.openai_api`: request bodies -> krmlx Requests, response and chunk bodies, errors;
+- :mod:`.generation`: one request's engine stream -> text pieces, stop sequences, usage,
+  timings;
+- :mod:`.metrics`: Prometheus metrics; :mod:`.middleware`: access log, API key;
+- :mod:`.process`: :class:`ServerProcess`, a managed server for tests, notebooks, bench;
+- :mod:`.client`: measuring a served request from the client's side (openai SDK).
+
+Nothing here imports MLX or holds stage logic: the engine below does all of that.
+"""
+
+from .app import make_app
+from .process import ServerProcess
+from .settings import ServeSettings
+
+__all__ = ["ServeSettings", "ServerProcess", "make_app"]
