@@ -2,9 +2,11 @@
 
     python -m krmlx doctor [--json]
     python -m krmlx models make PRESET [--rebuild] | models list
-    python -m krmlx bench WORKLOAD|suite [--model M] [--phases none|all|each|LIST] [--trials N]
-        [--smoke] [--out DIR] [--requests N] [--concurrency C] [--rate R[,R...]] [--duration-s S]
-        [--max-tokens N] [--seed S] [--ranks N] [--backend ring|nccl]
+    python -m krmlx bench WORKLOAD|suite [--target [NAME=]SPEC ...] [--model M]
+        [--phases none|all|each|LIST] [--trials N] [--smoke] [--out DIR] [--requests N]
+        [--concurrency C] [--rate R[,R...]] [--levels C,...] [--lengths N,...] [--prompts P]
+        [--duration-s S] [--max-tokens N] [--seed S] [--ranks N] [--backend ring|nccl]
+        [--param K=V ...]
     python -m krmlx compare A.json B.json
     python -m krmlx resummarize RESULTS...
     python -m krmlx report RESULTS... [--out DIR]
@@ -71,6 +73,7 @@ BENCH_OPTIONS = {
     "max_tokens": ("max_tokens",), "concurrency": ("concurrency",),
     "duration_s": ("duration_s",), "requests": ("requests", "questions", "max_requests"),
     "rate": ("rates", "rate"), "seed": ("seed",), "ranks": ("ranks",), "backend": ("backend",),
+    "levels": ("levels",), "lengths": ("lengths",), "prompts": ("prompts",),
 }
 
 
@@ -78,54 +81,34 @@ def workload_name(text: str) -> str:
     """argparse type: a workload name or 'suite'; a clear error listing them otherwise."""
     from .bench.workloads import WORKLOADS
 
-    if text not in ("suite", *SPECIAL_BENCHES) and text not in WORKLOADS:
+    if text != "suite" and text not in WORKLOADS:
         raise argparse.ArgumentTypeError(
-            f"unknown workload {text!r}; workloads: {', '.join(WORKLOADS)}, suite, "
-            f"{', '.join(SPECIAL_BENCHES)}")
+            f"unknown workload {text!r}; workloads: {', '.join(WORKLOADS)}, suite")
     return text
 
 
-SPECIAL_BENCHES = ("concurrency", "micro")
+def number_list(kind):
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            values = ()
+        if not values or min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"positive numbers, comma separated; got {text!r}")
+        return values
+    return parse
 
 
-def run_special_bench(args) -> int:
-    """``bench concurrency`` (continuous batching sweep vs raw BatchGenerator and
-    mlx_lm.server) and ``bench micro`` (the served path's own costs)."""
-    import pandas as pd
+def param_value(text: str):
+    """``--param K=V``: V as a number, a bool, a comma list (a tuple) or text."""
+    from .bench.targets import parse_options
 
-    from .bench.results import write_results
-
-    path = default_out(args.out, args.workload)
-    if args.workload == "micro":
-        from .bench.micro import run_micro
-
-        doc = asyncio.run(run_micro(args.model, smoke=args.smoke))
-        tables = doc["summary"]
-    else:
-        from .bench.concurrency import DEFAULT_LEVELS, run_concurrency
-
-        levels = args.levels.split(",") if args.levels else DEFAULT_LEVELS
-        doc = asyncio.run(run_concurrency(
-            args.model, levels=levels, max_tokens=args.max_tokens or 64, smoke=args.smoke,
-            server=not args.no_server, scheduler=args.scheduler or "batched",
-            checkpoint=lambda d: write_results(path, **d, complete=False)))
-        tables = {"levels": doc["summary"]["levels"], "targets": doc["summary"]["targets"]}
-    write_results(path, **doc)
-    for name, rows in tables.items():
-        if rows:
-            print(f"\n{name}\n" + pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-    print(f"results: {path}")
-    return 0
-
-
-def rate_list(text: str) -> tuple[float, ...]:
-    try:
-        rates = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        rates = ()
-    if not rates or min(rates) <= 0:
-        raise argparse.ArgumentTypeError(f"--rate: positive requests/s, comma separated; got {text!r}")
-    return rates
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param: KEY=VALUE, got {text!r}")
+    if "," in value:
+        return key, tuple(parse_options(f"v={v}")["v"] for v in value.split(",") if v)
+    return key, parse_options(f"v={value}")["v"]
 
 
 def workload_params(name: str, args, *, note: bool) -> dict:
@@ -143,38 +126,43 @@ def workload_params(name: str, args, *, note: bool) -> dict:
                 print(f"note: --{option.replace('_', '-')} does not apply to {name}", file=sys.stderr)
             continue
         params[target] = value[0] if target == "rate" else value
+    params.update(dict(args.param or ()))
     return params
 
 
 def run_bench_one(workload, args) -> tuple[int, dict | None]:
-    """Run one workload, write its results file (a partial one on Ctrl-C), print its summary."""
+    """Run one workload, write its results file (a partial one on Ctrl-C or when a target
+    fails), print its summary."""
     from tqdm import tqdm
 
     from .bench.report_text import format_summary
     from .bench.results import write_results
-    from .bench.workloads import run_workload, summarize_partial
+    from .bench.runner import run_workload, summarize_partial
     from .errors import KrmlxError
 
     path = default_out(args.out, workload.name)
     records, config = [], {}
-    # smoothing=0: rate = count / elapsed (see krmlx.report.run)
+    # smoothing=0: the rate is count / elapsed (updates come in bursts after start-up)
     with tqdm(desc=f"{workload.name} on {args.model}", unit="req", disable=args.quiet,
               smoothing=0) as bar:
         try:
-            doc = asyncio.run(run_workload(workload, args.model, phases=args.phases, trials=args.trials,
+            doc = asyncio.run(run_workload(workload, args.model, targets=args.target,
+                                           phases=args.phases, trials=args.trials,
                                            records=records, config=config, progress=bar))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, KrmlxError) as e:
             from .doctor import collect_env
 
-            print(f"\ninterrupted: writing the {len(records)} records completed so far", file=sys.stderr)
-            config.update({"workload": workload.name, "interrupted": True})
-            write_results(path, env=collect_env(load_interval_s=0.05), config=config, records=records,
-                          summary=summarize_partial(workload, records, config), complete=False)
+            stop = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+            print(f"\n{workload.name}: {stop}", file=sys.stderr)
+            if not records:
+                return (130 if isinstance(e, KeyboardInterrupt) else 1), None
+            print(f"writing the {len(records)} records completed so far", file=sys.stderr)
+            config.update({"workload": workload.name, "interrupted": True, "stopped_by": stop})
+            write_results(path, env=collect_env(load_interval_s=0.05), config=config,
+                          records=records, summary=summarize_partial(workload, records, config),
+                          complete=False)
             print(f"results (partial): {path}")
-            return 130, None
-        except KrmlxError as e:
-            print(f"error: {workload.name}: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1, None
+            return (130 if isinstance(e, KeyboardInterrupt) else 1), None
     config["interrupted"] = False
     write_results(path, **doc)
     print(format_summary(doc))
@@ -184,17 +172,21 @@ def run_bench_one(workload, args) -> tuple[int, dict | None]:
 
 def cmd_bench(args) -> int:
     from .bench.report_text import format_estimates
-    from .bench.workloads import SUITE, estimate_tables, make_workload, prepare
+    from .bench.targets import make_target
+    from .bench.workloads import SUITE, estimate_tables, make_workload
     from .errors import ConfigError, ModelError
+    from .models import resolve_model
 
-    if args.workload in SPECIAL_BENCHES:
-        return run_special_bench(args)
     names = list(SUITE) if args.workload == "suite" else [args.workload]
-    try:  # every workload is checked before any engine starts
+    try:  # every workload and target is checked before anything starts
         workloads = [make_workload(n, smoke=args.smoke, **workload_params(n, args, note=len(names) == 1))
                      for n in names]
         for w in workloads:
-            prepare(w, args.model, args.phases)
+            w.validate(args.model)
+            for m in dict.fromkeys([args.model, *w.models(args.model)]):
+                resolve_model(m)
+        for t in args.target or ():
+            make_target(t)
     except (ConfigError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -205,7 +197,7 @@ def cmd_bench(args) -> int:
             return code
         docs.append(doc)
     if len(docs) > 1:
-        print("estimate vs measured, all workloads" + (" (SMOKE sizes: not the reference's workloads)"
+        print("estimate vs measured, all workloads" + (" (SMOKE sizes: not evidence)"
                                                         if args.smoke else ""))
         print(format_estimates(estimate_tables(docs, measured_only=True)))
     return 0
@@ -330,28 +322,38 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("preset", nargs="?", default="small")
     m.add_argument("--rebuild", action="store_true")
     b = sub.add_parser("bench", help="run a workload (or the suite) and write results files")
-    b.add_argument("workload", type=workload_name, help="concurrency, micro, baseline, tokenize_flood, model_switching, "
-                   "multi_tenant, mixed, error_rates, long_form, server_profile, rate_sweep, or suite")
+    b.add_argument("workload", type=workload_name,
+                   help="baseline, lengths, chat, concurrency, goodput, tokenize_flood, "
+                        "model_switching, multi_tenant, mixed, error_rates, long_form, "
+                        "server_profile, rate_sweep, micro, prompt_cache, speculative, "
+                        "distributed, or suite")
+    b.add_argument("--target", action="append", default=None, metavar="[NAME=]SPEC",
+                   help="a serving layer to measure (repeat): direct, raw, engine[:PHASES][?k=v], "
+                        "http://HOST:PORT/v1, mlx_lm.server[?k=v], krmlx.serve[:PHASES][?k=v], "
+                        "cmd:COMMAND, peer:NAME (default: the workload's own)")
     b.add_argument("--model", default=os.environ.get("KRMLX_MODEL", "mini"))
-    b.add_argument("--phases", default=None, help="none | all | each | comma list of "
-                   "batching,caching,retry,framing (default: the workload's own)")
+    b.add_argument("--phases", default=None, help="without --target: none | all | each | comma "
+                   "list of batching,caching,retry,framing (default: the workload's own)")
     b.add_argument("--trials", type=int, default=1)
     b.add_argument("--max-tokens", type=int, default=None)
     b.add_argument("--requests", type=int, default=None, help="requests (or questions) per trial")
     b.add_argument("--concurrency", type=int, default=None, help="requests in flight")
-    b.add_argument("--rate", type=rate_list, default=None,
-                   help="requests/s for server_profile; a comma list for rate_sweep")
+    b.add_argument("--rate", type=number_list(float), default=None,
+                   help="requests/s: one for server_profile, a comma list for rate_sweep / goodput")
     b.add_argument("--duration-s", type=float, default=None, help="server_profile / rate_sweep length")
+    b.add_argument("--levels", type=number_list(int), default=None,
+                   help="concurrency: comma list of levels (default 1,4,16,64)")
+    b.add_argument("--lengths", type=number_list(int), default=None,
+                   help="lengths: comma list of prompt lengths in tokens (default 16..2048)")
+    b.add_argument("--prompts", default=None, help="concurrency: questions (default) or long")
     b.add_argument("--seed", type=int, default=None)
+    b.add_argument("--ranks", type=int, default=None, help="distributed: ranks of the group (2)")
+    b.add_argument("--backend", default=None, help="distributed: ring (CPU) or nccl (GPUs)")
+    b.add_argument("--param", action="append", type=param_value, default=None, metavar="K=V",
+                   help="any workload parameter (repeat; a comma list is a tuple)")
     b.add_argument("--smoke", action="store_true", help="a few requests, for a quick check")
     b.add_argument("--out", default="runs")
     b.add_argument("--quiet", action="store_true")
-    b.add_argument("--levels", default=None, help="concurrency: comma list of levels (default 1..64)")
-    b.add_argument("--ranks", type=int, default=None, help="distributed: ranks of the group (2)")
-    b.add_argument("--backend", default=None, help="distributed: ring (CPU) or nccl (GPUs)")
-    b.add_argument("--scheduler", default=None,
-                   help="concurrency: batched (default) or batched-staged (staged admission)")
-    b.add_argument("--no-server", action="store_true", help="concurrency: skip the mlx_lm.server peer")
     c = sub.add_parser("compare", help="compare two results files")
     c.add_argument("a")
     c.add_argument("b")

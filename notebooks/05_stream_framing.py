@@ -21,7 +21,7 @@ import os
 SMOKE = os.environ.get("KRMLX_SMOKE") == "1"
 MODEL = "tiny" if SMOKE else "mini"
 TRIALS = 1 if SMOKE else 3
-STREAM_TOKENS = 2000 if SMOKE else 20000  # per-token microbenchmark length
+MICRO = {} if SMOKE else {"stream_tokens": 20000, "reps": 5}  # smoke: 2 streams of 2000
 LONG = {} if SMOKE else {"requests": 3, "max_tokens": 1000}  # smoke: 2 x 200 tokens
 RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 
@@ -41,13 +41,16 @@ setup_notebook()
 # %%
 import pandas as pd
 
-from krmlx.bench.micro import bench_stream
-from krmlx.framing import FramerConfig, plain
+micro = await run("micro", MODEL, smoke=SMOKE, runs=RUNS, **MICRO)
+pd.DataFrame(micro["summary"]["stream"])
 
-variants = [plain("json"), plain("msgpack"),
-            FramerConfig("msgpack", coalesce_tokens=8, coalesce_ms=5.0, window=64)]
-per_token = pd.DataFrame([await bench_stream(opts, STREAM_TOKENS) for opts in variants])
-per_token
+# %% [markdown]
+# The same client over HTTP: the bench's own HTTP client against a stub server that streams
+# prepared tokens on a fixed schedule. What it measures beyond the schedule is the client's
+# own cost, the floor under every HTTP number.
+
+# %%
+pd.DataFrame(micro["summary"]["http"])
 
 # %% [markdown]
 # ## Long-form generation: direct, phase0 and framing (4 tokens per frame)

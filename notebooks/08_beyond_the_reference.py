@@ -34,34 +34,31 @@ RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 # %%
 import pandas as pd
 
-from krmlx.bench.beyond import run_prompt_cache, run_speculative
-from krmlx.bench.concurrency import run_concurrency
-from krmlx.report import plots, save_results, setup_notebook
+from krmlx.report import plots, run, setup_notebook
 
 setup_notebook()
 
 # %% [markdown]
 # ## Continuous batching: throughput and TTFT per concurrency level
 # The engine (batched scheduler, streamed), raw `BatchGenerator` in this process (no
-# serving layer) and mlx-lm's own HTTP server, same prompts and model folder.
+# serving layer) and mlx-lm's own HTTP server, same prompts, model folder and warm-up (one
+# wave at every level, untimed, for each).
 
 # %%
-sweep = await run_concurrency(MODEL, levels=LEVELS, smoke=SMOKE)  # noqa: F704
-save_results(sweep, RUNS, "concurrency")
+sweep = await run("concurrency", MODEL, smoke=SMOKE, runs=RUNS, levels=LEVELS)  # noqa: F704
 pd.DataFrame(sweep["summary"]["levels"])
 
 # %%
-pd.DataFrame(sweep["summary"]["targets"])
+pd.DataFrame(sweep["summary"]["ratios"])  # each target against the first (the engine)
 
 # %%
-plots.sweep(sweep["summary"]["paths"], title=f"Concurrency sweep on {MODEL}")
+plots.sweep(sweep, title=f"Concurrency sweep on {MODEL}")
 
 # %% [markdown]
 # ## Prompt-cache reuse: a shared ~500-token system prompt
 
 # %%
-reuse = await run_prompt_cache(MODEL, requests=4 if SMOKE else 8)  # noqa: F704
-save_results(reuse, RUNS, "prompt_cache")
+reuse = await run("prompt_cache", MODEL, smoke=SMOKE, runs=RUNS)  # noqa: F704
 pd.DataFrame(reuse["summary"]["prompt_cache"])
 
 # %% [markdown]
@@ -71,6 +68,5 @@ pd.DataFrame(reuse["summary"]["prompt_cache"])
 # much as the target) and the target's first layers plus its head.
 
 # %%
-spec = await run_speculative(MODEL, requests=2 if SMOKE else 4, max_tokens=12 if SMOKE else 40)  # noqa: F704
-save_results(spec, RUNS, "speculative")
+spec = await run("speculative", MODEL, smoke=SMOKE, runs=RUNS)  # noqa: F704
 pd.DataFrame(spec["summary"]["speculative"])

@@ -42,7 +42,7 @@ RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 # %%
 import pandas as pd
 
-from krmlx.bench.workloads import make_workload, run_workload
+from krmlx.bench import make_workload, run_workload
 from krmlx.report import plots, save_results, setup_notebook
 
 setup_notebook()

@@ -38,15 +38,9 @@ import httpx
 import openai
 import pandas as pd
 
-from krmlx import DirectEngine, Request, load_questions
-from krmlx.bench import metrics
-from krmlx.bench.runner import RunPlan, run_interleaved
-from krmlx.engine import Engine
-from krmlx.report import setup_notebook
+from krmlx.report import run, setup_notebook
 from krmlx.serve import ServerProcess
-from krmlx.serve.client import HttpEngine
 from krmlx.serve.metrics import parse_metrics
-from krmlx.stack import StackConfig
 
 setup_notebook()
 server = ServerProcess(MODEL, scheduler=SCHEDULER).start()
@@ -83,27 +77,24 @@ pd.DataFrame([r for r in rows if not r["name"].endswith(("_bucket", "_created"))
 
 # %% [markdown]
 # ## Direct vs stdio Engine vs HTTP, the same prompts
-# Interleaved, one request at a time, greedy: `direct` is mlx-lm in this kernel, `engine`
-# an Engine (worker over stdio) in this kernel, `http` the server above seen from its
-# client (the openai SDK, streaming: TTFT at the first chunk with text). The server's own
-# worker is a second one, so `http - engine` is the HTTP front's cost plus the client's.
+# The bench's baseline workload, interleaved one request at a time, greedy, with the same
+# warm-up for each: `direct` is mlx-lm in this kernel, `engine` an Engine (worker over
+# stdio) in this kernel, `http` the server above (any OpenAI-compatible URL works the same
+# way), timed by the bench's HTTP client (streaming: TTFT at the first chunk with text). The
+# server's worker is a second one, so `http - engine` is the HTTP front's cost plus the
+# client's.
 
 # %%
-questions = load_questions()[0][:PROMPTS]
-requests = [Request(q.question, max_tokens=MAX_TOKENS, id=q.id) for q in questions]
-records = []
-async with (DirectEngine(MODEL) as direct, Engine(MODEL, StackConfig.phases(scheduler=SCHEDULER)) as engine,  # noqa: F704
-            HttpEngine(server.base_url, MODEL) as http):
-    await run_interleaved({"direct": direct, "engine": engine, "http": http}, requests,  # noqa: F704
-                          RunPlan(trials=TRIALS, warmup=1), records, workload="serve")
-df = metrics.to_frame(records)
-metrics.summarize(df)[["engine", "requests", "errors", "ttft_ms_p50", "ttft_ms_p90",
-                       "e2e_ms_p50", "e2e_ms_p90", "tpot_ms_p50"]]
+doc = await run("baseline", MODEL, smoke=SMOKE, trials=TRIALS, questions=PROMPTS,  # noqa: F704
+                max_tokens=MAX_TOKENS,
+                targets=["direct", f"engine?scheduler={SCHEDULER}", f"http={server.base_url}"])
+pd.DataFrame(doc["summary"]["engines"])[["engine", "requests", "errors", "ttft_ms_p50",
+                                         "ttft_ms_p90", "e2e_ms_p50", "tpot_ms_p50"]]
 
 # %%
-metrics.overhead(df, "direct")[["engine", "ttft_ms_diff", "ttft_ms_ci_low", "ttft_ms_ci_high",
-                                "e2e_ms_diff", "e2e_ms_ci_low", "e2e_ms_ci_high",
-                                "total_overhead_pct"]]
+pd.DataFrame(doc["summary"]["overhead"])[["engine", "ttft_ms_diff", "ttft_ms_ci_low",
+                                          "ttft_ms_ci_high", "e2e_ms_diff", "e2e_ms_ci_low",
+                                          "e2e_ms_ci_high", "total_overhead_pct"]]
 
 # %%
 exit_code = server.stop()  # SIGTERM: uvicorn shuts down (the worker too), then re-raises it

@@ -70,14 +70,21 @@ def test_per_request_max_tokens_cancel_and_admission_between_steps(tiny_path, sc
     assert first.index == 0 and stats["active_streams"] == 0
 
 
-def test_concurrency_sweep_smoke_has_one_row_per_level_and_three_paths(tiny_path):
-    from krmlx.bench.concurrency import run_concurrency
+def test_concurrency_sweep_smoke_has_one_row_per_level_and_three_targets(tiny_path):
+    """The concurrency workload on its default targets: the batched engine, raw
+    BatchGenerator and a real mlx_lm.server (over HTTP), each warmed with one wave per
+    level, every request answered, the engine's greedy text equal to the server's."""
+    from krmlx.bench import make_workload, run_workload
 
-    doc = run(run_concurrency("tiny", smoke=True))
+    doc = run(run_workload(make_workload("concurrency", smoke=True), "tiny"))
     levels = doc["summary"]["levels"]
-    assert [r["concurrency"] for r in levels] == [1, 4]
-    assert all(r["aggregate_tps"] > 0 for r in levels)
-    paths = {(r["engine"], r["concurrency"]) for r in doc["summary"]["paths"]}
-    assert paths == {(p, c) for p in ("engine", "raw", "mlx_lm_server") for c in (1, 4)}
-    server = [r for r in doc["records"] if r["engine"] == "mlx_lm_server"]
-    assert server and all(r["ok"] for r in server)  # the peer really answered, over HTTP
+    assert {(r["engine"], r["concurrency"]) for r in levels} == {
+        (t, c) for t in ("engine", "raw", "mlx_lm.server") for c in (1, 4)}
+    assert all(r["aggregate_tps"] > 0 and r["errors"] == 0 for r in levels)
+    server = [r for r in doc["records"] if r["engine"] == "mlx_lm.server"]
+    assert len(server) == 5 and all(r["ok"] and r["output_tokens"] > 0 for r in server)
+    assert all(r["usage_source"] == "server" for r in server)  # stream_options.include_usage
+    match = {r["engine"]: r for r in doc["summary"]["outputs_match"]}
+    assert match["mlx_lm.server"]["identical_outputs"] == match["mlx_lm.server"]["compared"] == 5
+    warm = doc["config"]["treatment"]["warmup"]
+    assert warm["engine"] == warm["raw"] == warm["mlx_lm.server"]  # equal treatment, recorded

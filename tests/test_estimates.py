@@ -160,20 +160,24 @@ def small_doc():
 
 
 @pytest.mark.parametrize(("speed", "time", "verdicts"), [
-    (2.4, 120.0, ("confirmed", "confirmed")),
-    (1.6, 80.0, ("confirmed", "confirmed")),
-    (3.0, 50.0, ("better", "better")),
-    (1.0, 200.0, ("worse", "worse")),
+    ((2.4, 1.9, 2.9), 120.0, ("confirmed", "context")),
+    ((1.6, 1.5, 1.7), 80.0, ("ruled out", "context")),
+    ((3.0, None, None), 50.0, ("inconclusive", "context")),
 ])
-def test_compare_verdicts_both_directions(speed, time, verdicts):
-    measured = [{"workload": "baseline", "metric": "speedup_x", "measured": speed},
+def test_compare_verdicts_judge_only_dimensionless_claims(speed, time, verdicts):
+    """A speedup's CI decides (holds the estimate: confirmed; excludes it: ruled out; no CI:
+    inconclusive); seconds from another machine and model are context, never judged."""
+    value, low, high = speed
+    measured = [{"workload": "baseline", "metric": "speedup_x", "measured": value,
+                 "ci_low": low if low is not None else math.nan,
+                 "ci_high": high if high is not None else math.nan},
                 {"workload": "baseline", "metric": "total_s", "measured": time, "unit": "s"}]
     out = E.compare_estimates(measured, small_doc())
     assert set(out) == {"t", "u"}  # "w" has no point estimate to compare
     t = out["t"]
     assert list(t.columns) == E.COMPARE_COLUMNS
     assert tuple(t.verdict[:2]) == verdicts and t.verdict[2] == "not measured"
-    assert t.ratio.tolist()[:2] == pytest.approx([speed / 2.0, time / 100.0])
+    assert t.ratio.tolist()[:2] == pytest.approx([value / 2.0, time / 100.0])
     assert math.isnan(t.ratio[2]) and math.isnan(t.measured[2])
     assert out["u"].verdict.tolist() == ["not measured"]
 
@@ -184,8 +188,16 @@ def test_compare_confirms_by_ci_and_keeps_it():
                              {"workload": "baseline", "metric": "speedup_x", "measured": 3.0,
                               "ci_low": 2.5, "ci_high": 3.5}])
     t = E.compare_estimates(measured, small_doc())["t"].set_index("row")
-    assert t.loc["time", "verdict"] == "confirmed" and t.loc["time", "ci_low"] == 90.0
-    assert t.loc["speed", "verdict"] == "better"  # 2.0 lies outside [2.5, 3.5]
+    assert t.loc["time", "verdict"] == "context" and t.loc["time", "ci_low"] == 90.0
+    assert t.loc["speed", "verdict"] == "ruled out"  # 2.0 lies outside [2.5, 3.5]
+
+
+def test_a_smoke_run_is_never_evidence():
+    measured = [{"workload": "baseline", "metric": "speedup_x", "measured": 2.0,
+                 "ci_low": 1.9, "ci_high": 2.1, "smoke": True},
+                {"workload": "baseline", "metric": "total_s", "measured": 100.0, "smoke": True}]
+    t = E.compare_estimates(measured, small_doc())["t"]
+    assert set(t.verdict[:2]) == {"smoke: not evidence"}
 
 
 def test_compare_on_the_real_estimates(est):
@@ -194,10 +206,10 @@ def test_compare_on_the_real_estimates(est):
     comparable = {t["id"] for t in est["tables"] if any(r["estimate_key"] for r in t["rows"])}
     assert set(out) == comparable and "combined_best_case" not in out
     p1 = out["phase1_batching"].set_index("row")
-    assert p1.loc["1000 tokenize requests", "verdict"] == "confirmed"
+    assert p1.loc["1000 tokenize requests", "verdict"] == "inconclusive"  # no CI
     assert p1.loc["High-concurrency tokenize", "ratio"] == pytest.approx(7.0 / 7.5)
     assert p1.loc["Mixed workload (50% gen, 50% tokenize)", "verdict"] == "not measured"
-    assert out["baseline"].set_index("row").loc["TTFT (mean)", "verdict"] == "worse"
+    assert out["baseline"].set_index("row").loc["TTFT (mean)", "verdict"] == "context"
     assert set(out["api_server"].verdict) == {"not measured"}
     assert set(E.compare_estimates([], est)["baseline"].verdict) == {"not measured"}
 
@@ -295,7 +307,8 @@ def test_missing_or_malformed_file_raises(tmp_path, est):
 def test_a_confidence_interval_that_excludes_the_estimate_does_not_confirm_it():
     from krmlx.bench.estimates import judge
 
-    # 0.86x against an estimate of 1.04x is within 25%, but its CI [0.74, 0.96] excludes it
-    assert judge(1.04, 0.86, "speedup_x", 0.74, 0.96) == "worse"
+    # 0.86x against an estimate of 1.04x: its CI [0.74, 0.96] excludes it
+    assert judge(1.04, 0.86, "speedup_x", 0.74, 0.96) == "ruled out"
     assert judge(1.04, 0.86, "speedup_x", 0.74, 1.10) == "confirmed"
-    assert judge(1.04, 0.86, "speedup_x") == "confirmed"  # no CI: the ±25% rule
+    assert judge(1.04, 1.04, "speedup_x") == "inconclusive"  # no CI: nothing to decide by
+    assert judge(199.5, 0.41, "total_s", 0.3, 0.5) == "context"  # another machine and model

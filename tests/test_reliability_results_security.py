@@ -30,7 +30,8 @@ from reliability_support import RawWorker, make_custom_code_model, run
 from krmlx import load_questions
 from krmlx.bench import results as results_mod
 from krmlx.bench.results import read_results, write_results
-from krmlx.bench.runner import RunPlan, run_interleaved
+from krmlx.bench.runner import Plan, Run
+from krmlx.bench.targets import EngineTarget
 from krmlx.engine import Engine
 from krmlx.errors import ModelError, ResultsError
 from krmlx.service import Call, unary
@@ -117,8 +118,11 @@ def test_worker_killed_under_the_runner_records_the_error_and_the_file_reads(tmp
             kill = asyncio.create_task(killer())
             # load_limit_cores=inf: no re-run of a "disturbed" trial, which would replace
             # the records this test is about (this machine is shared and busy)
-            plan = RunPlan(trials=1, warmup=0, load_limit_cores=float("inf"))
-            await run_interleaved({"phase0": eng}, requests, plan, sink, workload="kill")
+            plan = Plan(trials=1, load_limit_cores=float("inf"))
+            target = EngineTarget(name="phase0")
+            target.engine, target.model = eng, "tiny"
+            run_ = Run({"phase0": target}, plan, "kill", "tiny", sink, {})
+            await run_.trials(lambda trial: run_.sequence(requests, trial))
             await kill
         return sink
 

@@ -24,19 +24,12 @@ EXTERNAL_REF = re.compile(r"""(?:src|href|action|url)\s*[=(]\s*["']?\s*(?!data:|
 
 @pytest.fixture(scope="session")
 def doc(tiny_path):
-    """A real smoke baseline on the tiny model (direct, phase0, all), plus seed measurements
-    in the ``estimates`` format workloads use."""
-    from krmlx.bench.baseline import make_configs, run_baseline
+    """A real smoke baseline on the tiny model (direct, phase0, all), with the measurements
+    of reference metrics its summary carries (``estimates``)."""
+    from krmlx.bench import make_workload, run_workload
 
-    d = asyncio.run(run_baseline("tiny", make_configs("all"), smoke=True, max_tokens=8, warmup=0))
-    eng = {r["engine"]: r for r in d["summary"]["engines"].to_dict(orient="records")}
-    d["estimates"] = [
-        {"workload": "baseline", "metric": "ttft_ms_mean", "measured": eng["phase0"]["ttft_ms_mean"],
-         "ci_low": None, "ci_high": None},
-        {"workload": "baseline", "metric": "e2e_ms_mean", "measured": eng["phase0"]["e2e_ms_mean"]},
-        {"workload": "baseline", "metric": "throughput_tok_s", "measured": eng["phase0"]["throughput_tps_mean"]},
-    ]
-    return d
+    return asyncio.run(run_workload(make_workload("baseline", smoke=True, max_tokens=8,
+                                                  warmup=False), "tiny"))
 
 
 @pytest.fixture(scope="session")
@@ -52,13 +45,15 @@ def report(results_file, tmp_path_factory):
 def test_saved_file_keeps_estimates(results_file):
     loaded = load_results(results_file)[0]
     assert loaded["_source"] == str(results_file)
-    assert len(export.measured_rows(loaded)) == 3
+    rows = export.measured_rows(loaded)
+    assert rows == loaded["summary"]["estimates"] and len(rows) >= 5
+    assert {"ttft_ms_mean", "e2e_ms_mean", "overhead_pct", "speedup_x"} <= {r["metric"] for r in rows}
 
 
 def test_plots_return_figures(doc, results_file):
     loaded = load_results(results_file)[0]
     tables = export.estimate_tables(export.measured_rows(loaded))
-    assert set(tables) == {"baseline"}
+    assert {"baseline", "baseline_observations", "summary_50q"} <= set(tables)
     figs = [plots.latency_distributions(doc), plots.latency_distributions(plots.records_of(loaded)),
             plots.throughput(loaded), plots.overhead(doc), plots.overhead(loaded["summary"]["overhead"]),
             plots.estimates_vs_measured(tables), plots.estimates_vs_measured(tables["baseline"])]
@@ -91,7 +86,7 @@ def test_report_files(report):
     assert report["html"].name == "report.html" and report["markdown"].exists()
     assert {p.stem.rsplit("_", 1)[-1] for p in report["png"]} >= {"latency", "throughput", "overhead", "estimates"}
     names = {p.name for p in report["csv"]}
-    assert any(n.endswith("_records.csv") for n in names) and "seed_inconsistencies.csv" in names
+    assert any(n.endswith("_records.csv") for n in names) and "reference_inconsistencies.csv" in names
     assert "estimates_vs_measured.csv" in names
     est = pd.read_csv(next(p for p in report["csv"] if p.name == "estimates_vs_measured.csv"))
     assert {"table", "row", "estimate", "measured", "ratio", "verdict"} <= set(est.columns)

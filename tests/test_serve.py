@@ -391,21 +391,26 @@ def test_a_worker_crash_during_a_non_streaming_request_is_502(server):
     assert r.usage.completion_tokens == 3
 
 
-# -- the client-side engine and the managed process's failures ------------------------------------
+# -- the bench's HTTP target and the managed process's failures -----------------------------------
 
-def test_http_engine_times_a_served_request_like_an_engine(server, direct):
-    from krmlx.serve.client import HttpEngine
+def test_the_bench_http_target_times_a_served_request_like_an_engine(server, direct):
+    from krmlx.bench.targets import HttpTarget
 
     async def go():
-        async with HttpEngine(server.base_url, "tiny") as http:
-            return (await http.complete(Request(messages=CHAT, max_tokens=N)),
-                    await http.complete(Request(TEXT, chat=False, max_tokens=N)))
+        target = await HttpTarget(server.base_url).start("tiny")
+        try:
+            return (await target.generate(Request(messages=CHAT, max_tokens=N)),
+                    await target.generate(Request(TEXT, chat=False, max_tokens=N)), target.model_id)
+        finally:
+            await target.stop()
 
-    chat, text = asyncio.run(go())
+    chat, text, model_id = asyncio.run(go())
+    assert model_id == "tiny"  # picked from the server's /v1/models
     assert chat.text == direct["chat"].text and text.text == direct["text"].text
     assert chat.usage == direct["chat"].usage and chat.finish_reason == direct["chat"].finish_reason
+    assert chat.extra["usage_source"] == "server"
     assert 0 < chat.ttft_ms <= chat.e2e_ms and len(chat.token_times_s) > 1
-    assert chat.extra["server_timings"]["ttft_ms"] < chat.ttft_ms  # the server's is inside
+    assert chat.extra["timings"]["ttft_ms"] < chat.ttft_ms  # the server's is inside
 
 
 @pytest.mark.parametrize("kw, message", [

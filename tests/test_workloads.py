@@ -1,7 +1,9 @@
-"""The workloads (krmlx.bench.workloads) in smoke mode on the tiny model, and `bench`'s CLI.
+"""The reference's workloads (krmlx.bench.workloads' suite) in smoke mode on the tiny
+model, and `bench`'s CLI.
 
-Every workload runs once, all sharing one engine pool (each configuration starts once),
-and its results file is written and read back; the tests below look at those files.
+Every workload runs once on its default targets, the ones several share started once here
+(run_workload leaves a caller's started targets running), and its results file is written
+and read back; the tests below look at those files.
 """
 
 import asyncio
@@ -10,12 +12,16 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from krmlx.__main__ import main
 from krmlx.bench import workloads as W
 from krmlx.bench.results import read_results, write_results
+from krmlx.bench.runner import run_workload, stats_delta, summarize_partial
+from krmlx.bench.targets import DirectTarget, EngineTarget
 from krmlx.errors import ConfigError
+from krmlx.stack import StackConfig
 
 MODEL = "tiny"
 # Smaller than smoke where smoke is still slow on 2 cores (every engine start costs ~3 s).
@@ -35,17 +41,36 @@ ENGINES = {
 GENERATES = ("baseline", "model_switching", "multi_tenant", "mixed", "error_rates", "long_form")
 
 
+def shared_targets() -> dict:
+    """The targets several workloads use, by name (caching as the workloads adapt it)."""
+    from krmlx.stages import ModelCacheConfig
+
+    out = {"direct": DirectTarget(), "phase0": EngineTarget(StackConfig(), "phase0"),
+           "all": EngineTarget(StackConfig.all(model_cache=ModelCacheConfig(max_models=5)), "all")}
+    for phase in ("batching", "caching"):
+        cfg = StackConfig.phases([phase], model_cache=ModelCacheConfig(max_models=5)) \
+            if phase == "caching" else StackConfig.phases([phase])
+        out[phase] = EngineTarget(cfg, phase)
+    return out
+
+
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory, tiny_path):
     out = tmp_path_factory.mktemp("runs")
 
     async def go():
-        found = {}
-        async with W.EnginePool(MODEL) as pool:
+        found, shared = {}, shared_targets()
+        try:
+            for t in shared.values():
+                await t.start(MODEL)
             for name in W.SUITE:
                 wl = W.make_workload(name, smoke=True, **SMALLER.get(name, {}))
-                doc = await W.run_workload(wl, MODEL, pool=pool)
+                targets = [shared.get(t.name, t) for t in wl.default_targets(None, MODEL)]
+                doc = await run_workload(wl, MODEL, targets=targets)
                 found[name] = read_results(write_results(out / f"{name}.json", **doc))
+        finally:
+            for t in shared.values():
+                await t.stop()
         return found
 
     return asyncio.run(go())
@@ -69,10 +94,14 @@ def test_every_workload_writes_a_readable_results_file(docs, name):
     recs = doc["records"]
     assert doc["complete"] and doc["config"]["workload"] == name and doc["config"]["smoke"]
     assert recs and {r["workload"] for r in recs} == {name}
-    assert {r["engine"] for r in recs} == ENGINES[name] == set(doc["config"]["engines"])
+    assert {r["engine"] for r in recs} == ENGINES[name] == set(doc["config"]["targets"])
     assert all(r["ok"] for r in recs if "@err" not in r["engine"]), [r["error"] for r in recs if not r["ok"]]
     assert doc["summary"]["engines"] and "estimates" in doc["summary"]
     assert {"git_sha", "blas", "model_bytes", "question_set_sha256"} <= set(doc["env"])
+    treatment = doc["config"]["treatment"]  # equal treatment, recorded
+    assert treatment["order"] and treatment["requests"]
+    assert set(treatment["warmup"]) == ENGINES[name]
+    assert len({tuple(w) for w in treatment["warmup"].values()}) == 1
 
 
 @pytest.mark.parametrize("name", GENERATES)
@@ -90,7 +119,7 @@ def test_kinds_and_series(docs):
         assert {r["kind"] for r in docs[name]["records"]} == {"generate", "tokenize"}
     sw = docs["model_switching"]["summary"]["headline"]
     assert {r["engine"]: r["loads"] for r in sw} == {"phase0": 6, "caching": 0}  # every request switched
-    probe = [r for r in docs["model_switching"]["records"] if r["kind"] == "load_model"]
+    probe = [r for r in docs["model_switching"]["records"] if r["kind"] == "load"]
     assert len(probe) == 5 and all(r["cached"] for r in probe)
     flood = {r["engine"]: r for r in docs["tokenize_flood"]["summary"]["flood"]}
     assert flood["batching"]["batches"] < 100 and flood["batching"]["speedup_x"] > 0
@@ -105,7 +134,7 @@ def test_error_rates_retry_hides_the_failures_phase0_shows(docs):
     assert recs and all(r["ok"] for r in recs)
 
 
-def test_estimate_rows_join_the_seed_tables(docs):
+def test_estimate_rows_join_the_reference_tables(docs):
     for name in ("baseline", "tokenize_flood"):
         tables = W.estimate_tables(docs[name], measured_only=True)
         assert sum(len(t) for t in tables.values()) >= 1, name
@@ -117,24 +146,49 @@ def test_estimate_rows_join_the_seed_tables(docs):
     for doc in docs.values():
         for row in doc["summary"]["estimates"]:
             assert row["source"] and isinstance(row["measured"], float)
+    # smoke runs are never evidence, whatever the numbers say
+    assert set(pd.concat(every.values())["verdict"]) == {"smoke: not evidence"}
 
 
-def test_config_errors_come_before_any_engine_starts():
-    async def go(wl, model):
-        async with W.EnginePool(model) as pool:
-            try:
-                await W.run_workload(wl, model, pool=pool)
-            finally:
-                assert pool._items == []
+def test_each_phase_reference_row_is_that_phase_alone_against_phase0():
+    """The per-phase "50-question generation" rows take that phase alone vs phase 0, not
+    all phases together (each engine's paired totals on the same questions)."""
+    from krmlx.bench.workloads.sequential import Baseline
+
+    recs = []
+    for engine, scale in (("direct", 1.0), ("phase0", 1.0), ("batching", 0.5), ("all", 0.25)):
+        for i in range(4):
+            recs.append({"engine": engine, "trial": 0, "request_id": f"q{i}", "ok": True,
+                         "kind": "generate", "ttft_ms": 10.0, "e2e_ms": 100.0 * scale + i,
+                         "tpot_ms": 1.0, "prompt_tokens": 5, "output_ids": [i],
+                         "output_tokens": 10, "t_start_s": 0.0, "t_end_s": 1.0, "itl_ms": []})
+    rows = {r["metric"]: r for r in Baseline().summarize(recs, {})["estimates"]}
+    assert rows["batching_speedup_x"]["measured"] == pytest.approx(406 / 206)
+    assert rows["speedup_x"]["measured"] == pytest.approx(406 / 106)
+    assert "caching_speedup_x" not in rows
+
+
+def test_config_errors_come_before_any_target_starts():
+    class Watched(EngineTarget):
+        starts = 0
+
+        async def start(self, model):
+            Watched.starts += 1
+            return await super().start(model)
+
+    def go(wl, model, phases=None):
+        return asyncio.run(run_workload(wl, model, targets=[Watched(StackConfig(), "phase0")]
+                                        if phases is None else None, phases=phases))
 
     with pytest.raises(ConfigError, match="at least 2 models"):
-        asyncio.run(go(W.make_workload("model_switching", smoke=True, n_models=1), MODEL))
+        go(W.make_workload("model_switching", smoke=True, n_models=1), MODEL)
     with pytest.raises(ConfigError, match="synthetic preset"):
-        asyncio.run(go(W.make_workload("multi_tenant", smoke=True), "tiny@2"))
+        go(W.make_workload("multi_tenant", smoke=True), "tiny@2")
     with pytest.raises(ConfigError, match="unknown phase"):
-        W.prepare(W.make_workload("baseline"), MODEL, "batching,warp")
+        go(W.make_workload("baseline"), MODEL, "batching,warp")
     with pytest.raises(ConfigError, match="rates"):
-        W.prepare(W.make_workload("error_rates", fault_rates=(0.0, 1.5)), MODEL)
+        go(W.make_workload("error_rates", fault_rates=(0.0, 1.5)), MODEL)
+    assert Watched.starts == 0
     with pytest.raises(ConfigError, match="unknown workload 'nope'; workloads: baseline"):
         W.make_workload("nope")
     with pytest.raises(ConfigError, match="unknown parameter"):
@@ -144,9 +198,9 @@ def test_config_errors_come_before_any_engine_starts():
 def test_a_partial_run_still_summarizes(docs):
     doc = docs["mixed"]
     wl = W.make_workload("mixed", smoke=True)
-    partial = W.summarize_partial(wl, doc["records"][:3], doc["config"])
+    partial = summarize_partial(wl, doc["records"][:3], doc["config"])
     assert isinstance(partial, dict) and "engines" in partial
-    assert W.summarize_partial(wl, [], {}) == {}
+    assert summarize_partial(wl, [], {}) == {}
 
 
 def test_cli_unknown_workload_lists_the_workloads(capsys):
@@ -197,8 +251,6 @@ def test_resummarize_recomputes_the_summary_from_the_records(docs, tmp_path):
 
 
 def test_stats_delta_keeps_counters_only():
-    from krmlx.bench.workloads_core import stats_delta
-
     before = {"batcher": {"batches": 2, "items": 10, "mean_batch_size": 5.0, "max_batch_size": 8}}
     after = {"batcher": {"batches": 6, "items": 30, "mean_batch_size": 5.0, "max_batch_size": 8}}
     assert stats_delta(before, after) == {"batcher.batches": 4, "batcher.items": 20,

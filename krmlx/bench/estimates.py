@@ -24,7 +24,6 @@ DEFAULT_PATH = Path(__file__).resolve().parents[2] / "data" / "estimates.json"
 WORKLOADS = ("baseline", "tokenize_flood", "model_switching_10", "model_switching_100",
              "multi_tenant", "mixed", "error_rate_5", "error_rate_10", "error_rate_20",
              "long_form", "server_profile", "stream_per_token", "ipc_per_request")
-TOLERANCE = 0.25  # a measurement within ±25% of the estimate confirms it
 CONSISTENCY_TOLERANCE = 0.02
 COMPARE_COLUMNS = ["row", "metric", "estimate", "measured", "ratio", "ci_low", "ci_high", "verdict"]
 UNIT_SCALE = {"ms": 1e-3, "s": 1.0, "hours": 3600.0}
@@ -77,21 +76,34 @@ def higher_is_better(metric: str) -> bool:
     return any(word in metric for word in ("speedup", "tok_s", "gain", "reduction", "savings"))
 
 
-def judge(estimate: float, measured: float, metric: str,
-          ci_low: float = math.nan, ci_high: float = math.nan) -> str:
-    """'confirmed', 'better' or 'worse' (by :func:`higher_is_better`), or 'not measured'.
+DIMENSIONLESS = ("speedup_x", "_pct", "_x")
 
-    With a confidence interval the interval decides: 'confirmed' when the estimate lies in
-    [ci_low, ci_high] (a measurement whose CI excludes the estimate does not confirm it,
-    however close). Without one, 'confirmed' means within ±25% of the estimate."""
+
+def dimensionless(metric: str) -> bool:
+    """Speedups, ratios and percentages: claims that carry from the reference's machine and
+    model to another. Seconds, milliseconds and tokens/s do not."""
+    return metric.endswith(DIMENSIONLESS)
+
+
+def judge(estimate: float, measured: float, metric: str,
+          ci_low: float = math.nan, ci_high: float = math.nan, *, smoke: bool = False) -> str:
+    """The verdict on one reference figure:
+
+    - 'not measured';
+    - 'smoke: not evidence' for anything a smoke run measured;
+    - 'context' for absolute figures (s, ms, tok/s: the reference's Mac and 3B model are
+      not this machine and model; they are shown beside ours, never judged);
+    - for dimensionless claims (overheads, speedups, reductions): 'confirmed' when the 95%
+      CI holds the estimate, 'ruled out' when it excludes it, 'inconclusive' without a CI."""
     if pd.isna(measured):
         return "not measured"
-    has_ci = not (pd.isna(ci_low) or pd.isna(ci_high))
-    if has_ci and ci_low <= estimate <= ci_high:
-        return "confirmed"
-    if not has_ci and abs(measured - estimate) <= TOLERANCE * abs(estimate):
-        return "confirmed"
-    return "better" if (measured > estimate) == higher_is_better(metric) else "worse"
+    if smoke:
+        return "smoke: not evidence"
+    if not dimensionless(metric):
+        return "context"
+    if pd.isna(ci_low) or pd.isna(ci_high):
+        return "inconclusive"
+    return "confirmed" if ci_low <= estimate <= ci_high else "ruled out"
 
 
 def compare_estimates(measured: pd.DataFrame | list[dict],
@@ -105,6 +117,7 @@ def compare_estimates(measured: pd.DataFrame | list[dict],
     if missing:
         raise ResultsError(f"measured lacks columns: {sorted(missing)}")
     m = m.assign(**{c: m.get(c, math.nan) for c in ("ci_low", "ci_high")})
+    m = m.assign(smoke=m.get("smoke", False))
     if m.duplicated(["workload", "metric"]).any():
         raise ResultsError("measured has more than one value for a workload/metric pair")
     targets = pd.DataFrame(
@@ -113,11 +126,13 @@ def compare_estimates(measured: pd.DataFrame | list[dict],
          for t in est["tables"] for r in t["rows"]
          if r.get("workload") and r.get("metric") and r.get("estimate_key")],
         columns=["table", "row", "workload", "metric", "estimate"])
-    merged = targets.merge(m[["workload", "metric", "measured", "ci_low", "ci_high"]],
+    merged = targets.merge(m[["workload", "metric", "measured", "ci_low", "ci_high", "smoke"]],
                            on=["workload", "metric"], how="left")
+    merged["smoke"] = merged["smoke"].fillna(False).astype(bool)
     merged["measured"] = pd.to_numeric(merged["measured"]).astype(float)
     merged["ratio"] = merged["measured"] / merged["estimate"].where(merged["estimate"] != 0)
-    merged["verdict"] = [judge(r.estimate, r.measured, r.metric, r.ci_low, r.ci_high) for r in merged.itertuples()]
+    merged["verdict"] = [judge(r.estimate, r.measured, r.metric, r.ci_low, r.ci_high, smoke=r.smoke)
+                         for r in merged.itertuples()]
     return {tid: part[COMPARE_COLUMNS].reset_index(drop=True)
             for tid, part in merged.groupby("table", sort=False)}
 

@@ -226,3 +226,16 @@ def speedup_of(base_walls, other_walls, base: str = "base", other: str = "other"
         r = bootstrap_ci(a, b, paired=False, seed=seed)
         row["ci_low"], row["ci_high"] = r["ratio_ci_low"], r["ratio_ci_high"]
     return row
+
+
+def goodput(df: pd.DataFrame, *, ttft_ms: float, tpot_ms: float) -> dict:
+    """Requests that met the SLO (ok, TTFT <= ``ttft_ms`` and TPOT <= ``tpot_ms``; a
+    one-token answer has no TPOT and meets that part): ``n``, ``good``, ``fraction``."""
+    n = len(df)
+    if not n:
+        return {"n": 0, "good": 0, "fraction": float("nan")}
+    ok = df["ok"].astype(bool)
+    ttft = df["ttft_ms"].astype(float)
+    tpot = df["tpot_ms"].astype(float)
+    met = ok & (ttft <= ttft_ms) & (tpot.isna() | (tpot <= tpot_ms))
+    return {"n": n, "good": int(met.sum()), "fraction": float(met.sum() / n)}

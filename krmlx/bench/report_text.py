@@ -51,7 +51,7 @@ def _matches_line(rows: list[dict]) -> str:
 def format_summary(doc: dict) -> str:
     env, cfg, summary = doc["env"], doc["config"], doc["summary"]
     blas = env.get("blas", {})
-    size = (f"{cfg['questions']} requests" if cfg.get("questions") else f"{len(doc['records'])} records")
+    size = f"{len(doc['records'])} records"
     head = (f"{cfg.get('workload')}{' (SMOKE)' if cfg.get('smoke') else ''} · model {cfg.get('model')} · "
             f"{size} × {cfg.get('trials')} trial(s) · {env.get('device')} · BLAS {blas.get('kind')} · "
             f"{env.get('cores')} cores")
@@ -68,6 +68,18 @@ def format_summary(doc: dict) -> str:
         rows = summary["collectives"]
         parts += ["", "collectives (median of all_sum; per token: 2 x layers x hidden + 1 step flag)",
                   _table(rows, {k: k for k in rows[0]}, "{:.4g}")]
+    shown = {"engines", "overhead", "headline", "collectives", "estimates", "comparisons",
+             "outputs_match", "outputs_match_phase0", "outputs_match_rank1"}
+    for key, rows in summary.items():  # the workload's own tables (levels, lengths, turns...)
+        if key in shown or not (isinstance(rows, list) and rows and isinstance(rows[0], dict)):
+            continue
+        if rows is summary.get("headline"):
+            continue
+        parts += ["", key, _table(rows, {k: k for k in rows[0]}, "{:.4g}")]
+    for note in cfg.get("not_supported") or ():
+        parts += [f"not supported: {note['target']}: {note['reason']}"]
+    for name, why in (cfg.get("target_errors") or {}).items():
+        parts += [f"TARGET FAILED: {name}: {why}"]
     matches = [r for key in ("outputs_match", "outputs_match_phase0", "outputs_match_rank1")
                for r in summary.get(key) or []]
     if matches:

@@ -19,10 +19,11 @@ import pandas as pd
 
 from ..errors import ResultsError
 
-SCHEMA = {"name": "krmlx.results", "version": 2}
-# 1: engine configs as StackConfig fields; 2: engine configs as {layers, worker, label}.
-# Records are the same in both, so both are read.
-READABLE_VERSIONS = (1, 2)
+SCHEMA = {"name": "krmlx.results", "version": 3}
+# 1: engine configs as StackConfig fields; 2: engine configs as {layers, worker, label};
+# 3: targets (config["targets"]: name -> info), records name their target in ``engine``
+# and carry ``output_text``. Records keep their meaning across versions: all are read.
+READABLE_VERSIONS = (1, 2, 3)
 REQUIRED = ("schema", "env", "config", "records", "summary")
 
 

@@ -44,7 +44,7 @@ th{background:#f1f3f5}td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#f8f9fa}
 img{max-width:100%;border:1px solid #e9ecef;margin:.5em 0}
 .note{color:#6c757d;font-size:13px}.warn{color:#b02a37;font-weight:600}
-.confirmed{color:#2a9d8f}.better{color:#457b9d}.worse{color:#e76f51}
+.confirmed{color:#2a9d8f}.inconclusive{color:#457b9d}.ruled-out{color:#e76f51}.context{color:#888}
 """
 ENV_FIELDS = (("workload", "config.workload"), ("model", "env.model"),
               ("model bytes", "env.model_bytes"), ("device", "env.device"),
@@ -218,7 +218,8 @@ def html_table(df: pd.DataFrame) -> str:
         return '<p class="note">(no rows)</p>'
     body = df.to_html(index=False, border=0, na_rep="", escape=True,
                       formatters={c: fmt for c in df.columns})
-    body = re.sub(r"<td>(confirmed|better|worse)</td>", r'<td class="\1">\1</td>', body)
+    body = re.sub(r"<td>(confirmed|inconclusive|context)</td>", r'<td class="\1">\1</td>', body)
+    body = body.replace("<td>ruled out</td>", '<td class="ruled-out">ruled out</td>')
     return f'<div class="scroll">{body}</div>'
 
 
@@ -342,8 +343,10 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
     if combined:
         verdicts = pd.concat(combined.values())["verdict"].value_counts()
         r.para("Verdicts: " + ", ".join(f"{v} {n}" for v, n in verdicts.items())
-               + f" (within ±{E.TOLERANCE:.0%} of the estimate, or the estimate inside the CI, "
-               "is confirmed).", "note")
+               + " (speedups, overheads and reductions: confirmed when the 95% CI holds the "
+               "estimate, ruled out when it excludes it, inconclusive without a CI; seconds, ms "
+               "and tok/s from the reference's machine are context, not judged; a smoke run is "
+               "not evidence).", "note")
         r.figure(plots.estimates_vs_measured(combined, measured_only=True), "all_estimates",
                  "all estimates vs measured")
         for tid, t in combined.items():
@@ -358,7 +361,7 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
     r.para(f"{len(bad)} of {len(E.check_consistency(est))} checks of the analysis's own arithmetic "
            "do not add up (stated vs computed from its other numbers):", "note")
     r.table(bad)
-    p = out / "csv" / "seed_inconsistencies.csv"
+    p = out / "csv" / "reference_inconsistencies.csv"
     bad.to_csv(p, index=False)
     csvs.append(p)
     html_path, md_path = out / "report.html", out / "report.md"

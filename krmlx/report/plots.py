@@ -21,7 +21,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..bench import metrics
 
-VERDICT_COLORS = {"confirmed": "#2a9d8f", "better": "#457b9d", "worse": "#e76f51",
+VERDICT_COLORS = {"confirmed": "#2a9d8f", "inconclusive": "#457b9d", "ruled out": "#e76f51",
+                  "context": "#888888", "smoke: not evidence": "#c9a227",
                   "not measured": "#adb5bd"}
 THROUGHPUT_COLUMNS = ("wall_throughput_tps", "throughput_tps", "aggregate_tps", "output_tok_s",
                       "wall_throughput_tps_mean", "throughput_tps_mean", "throughput_tok_s",

@@ -5,8 +5,8 @@
     doc = await panel.run()                # or press Run
 
 The panel only edits a :class:`~krmlx.stack.StackConfig` (``dataclasses.replace`` on the
-stage configs) and hands it to the runner: :func:`krmlx.bench.baseline.run_baseline`, or
-a workload of :mod:`krmlx.bench.workloads` when that module exists. There is no
+stage configs) and hands it to the bench's runner (:func:`krmlx.bench.runner.run_workload`)
+with the chosen workload of :mod:`krmlx.bench.workloads`. There is no
 measurement logic here. Each run writes its results file under ``out_dir`` and keeps
 the document in ``panel.doc`` (its path in ``panel.path``); ``on_done(doc)`` is called
 after the plot updates.
@@ -76,59 +76,39 @@ class WidgetProgress:
 
 
 def available_workloads() -> list[str]:
-    """``baseline`` plus the workloads of :mod:`krmlx.bench.workloads`, if importable."""
-    try:
-        from ..bench.workloads import WORKLOADS
-    except ImportError:
-        return ["baseline"]
+    """``baseline`` first, then every workload of :mod:`krmlx.bench.workloads`."""
+    from ..bench.workloads import WORKLOADS
+
     return ["baseline", *(n for n in WORKLOADS if n != "baseline")]
 
 
 def accepts(name: str, param: str) -> bool:
-    """Whether workload ``name`` takes parameter ``param`` (baseline's are known without
-    :mod:`krmlx.bench.workloads`)."""
-    try:
-        from ..bench.workloads import WORKLOADS
-    except ImportError:
-        return name == "baseline" and param in ("max_tokens", "warmup")
+    """Whether workload ``name`` takes parameter ``param``."""
+    from ..bench.workloads import WORKLOADS
+
     return name in WORKLOADS and WORKLOADS[name].accepts(param)
 
 
-def with_configs(workload, configs: dict[str, StackConfig]):
-    """``workload`` comparing ``configs`` (name -> StackConfig) instead of the set its
-    ``phases`` would give. Its own adjustments (cache size, coalescing, fault plans per
-    group) still apply: they are made on top of the configs it is handed."""
-    base = type(workload)
-    cls = type(f"{base.__name__}WithConfigs", (base,), {
-        "__module__": __name__, "adjust_configs": lambda self, _from_phases: base.adjust_configs(self, configs)})
-    return cls(**workload.params())
-
-
 async def run_workload(name: str, model: str, *, configs: dict[str, StackConfig] | None = None,
-                       phases: str | None = None, smoke: bool = False, trials: int = 1,
-                       progress=None, **params) -> dict:
+                       targets=None, phases: str | None = None, smoke: bool = False,
+                       trials: int = 1, progress=None, **params) -> dict:
     """Run workload ``name`` on ``model`` and return its results document.
 
-    ``configs`` (name -> StackConfig; ``phase0`` is added, every workload compares against
-    it) or ``phases`` (a ``--phases`` string) choose the engines; neither: the workload's
-    default. ``params`` are the workload's own (questions, max_tokens, ...). Uses
-    :mod:`krmlx.bench.workloads`; without it only ``baseline`` runs (krmlx.bench.baseline).
-    """
-    if configs is not None:
-        configs = {"phase0": StackConfig(), **configs}
-    try:
-        from ..bench import workloads as W
-    except ImportError:
-        if name != "baseline":
-            raise
-        from ..bench.baseline import make_configs, run_baseline
+    ``targets`` (specs or Target objects), or ``configs`` (name -> StackConfig: engines;
+    ``phase0`` is added, every workload compares against it, and ``direct`` where the
+    workload has one), or ``phases`` (a ``--phases`` string) choose what is measured;
+    none: the workload's default. ``params`` are the workload's own (questions, ...)."""
+    from ..bench import make_workload
+    from ..bench.runner import run_workload as run
+    from ..bench.targets import DirectTarget, EngineTarget
 
-        return await run_baseline(model, configs or make_configs(phases or "all"), trials=trials,
-                                  smoke=smoke, progress=progress, **params)
-    workload = W.make_workload(name, smoke=smoke, **params)
-    if configs is not None:
-        workload = with_configs(workload, configs)
-    return await W.run_workload(workload, model, phases=phases, trials=trials, progress=progress)
+    workload = make_workload(name, smoke=smoke, **params)
+    if targets is None and configs is not None:
+        configs = {"phase0": StackConfig(), **configs}
+        targets = ([DirectTarget()] if workload.uses_direct else []) + \
+            [EngineTarget(cfg, label) for label, cfg in configs.items()]
+    return await run(workload, model, targets=targets, phases=phases, trials=trials,
+                     progress=progress)
 
 
 class Panel:

@@ -7,8 +7,8 @@
 - :mod:`.generation`: one request's engine stream -> text pieces, stop sequences, usage,
   timings;
 - :mod:`.metrics`: Prometheus metrics; :mod:`.middleware`: access log, API key;
-- :mod:`.process`: :class:`ServerProcess`, a managed server for tests, notebooks, bench;
-- :mod:`.client`: measuring a served request from the client's side (openai SDK).
+- :mod:`.process`: :class:`ServerProcess`, a managed server for tests, notebooks, bench
+  (a served request timed from the client's side is the bench's ``http://`` target).
 
 Nothing here imports MLX or holds stage logic: the engine below does all of that.
 """

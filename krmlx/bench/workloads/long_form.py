@@ -8,11 +8,12 @@ coalesced per frame).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..types import Request
-from . import metrics
-from .workloads_core import (
+from ...types import Request
+from .. import metrics
+from ..targets import EngineTarget
+from .base import (
     BASE,
     DIRECT,
     Workload,
@@ -27,10 +28,7 @@ from .workloads_core import (
     pct_less,
     pick,
     questions_text,
-    warm,
-    with_framer,
 )
-from .workloads_seq import run_sequence
 
 
 @dataclass(frozen=True)
@@ -53,20 +51,24 @@ class LongForm(Workload):
         check_positive(self.name, requests=self.requests, max_tokens=self.max_tokens,
                        coalesce_tokens=self.coalesce_tokens)
 
-    def engine_groups(self, model, phases):
-        return [{name: with_framer(spec, self.coalesce_tokens, self.coalesce_ms)
-                 for name, spec in group.items()} for group in super().engine_groups(model, phases)]
+    def adapt(self, target):
+        """An engine with the framing phase coalesces ``coalesce_tokens`` / ``coalesce_ms``."""
+        target = super().adapt(target)
+        if isinstance(target, EngineTarget) and target.config.framer is not None:
+            framer = replace(target.config.framer, coalesce_tokens=self.coalesce_tokens,
+                             coalesce_ms=self.coalesce_ms)
+            return target.with_config(target.config.with_layer(framer))
+        return target
 
     def planned_records(self, n_engines):
         return self.requests * n_engines
 
-    async def run(self, engines, ctx, group=0):
+    async def run(self, run, group=0):
         texts = questions_text()
         reqs = [Request(texts[i % len(texts)], max_tokens=self.max_tokens, id=f"long-{i:02d}")
                 for i in range(self.requests)]
-        for engine in engines.values():
-            await warm(engine, [Request("warmup", max_tokens=8)])
-        await ctx.trials(lambda trial: run_sequence(engines, reqs, ctx, trial, series="long"))
+        await run.warm([("generate", r) for r in run.shapes(reqs)], label="every prompt length once")
+        await run.trials(lambda trial: run.sequence(reqs, trial, series="long"))
 
     def summarize(self, records, config):
         df = frame(records)

@@ -10,17 +10,14 @@ at several rates).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
-import time
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from ..types import Request
-from . import metrics
-from .runner import settle
-from .workloads_core import (
+from ...errors import ConfigError
+from ...types import Request
+from .. import metrics
+from .base import (
     BASE,
     DIRECT,
     Workload,
@@ -29,8 +26,6 @@ from .workloads_core import (
     engine_tables,
     est,
     frame,
-    gather_limited,
-    generate_record,
     keep,
     measurement_means,
     model_variants,
@@ -38,32 +33,10 @@ from .workloads_core import (
     pick,
     questions_text,
     reduction_pct,
-    rotate,
-    stage_stats,
-    stats_delta,
-    tokenize_record,
-    warm,
 )
+from .sequential import warm_models
 
 DEFAULT_CONCURRENCY = 10  # the reference's "10 concurrent tokenize requests"
-
-
-async def run_batch(name, engine, items: list, ctx, trial: int, series: str, concurrency: int,
-                    **extra) -> None:
-    """Run (kind, request) items on one engine, ``concurrency`` at a time; record wall time
-    and stage-stat deltas as a measurement."""
-    settle()
-    before, t0 = stage_stats(engine), time.perf_counter()
-
-    async def one(kind, req):
-        fn = tokenize_record if kind == "tokenize" else generate_record
-        ctx.add(await fn(name, engine, req, trial, ctx.workload, series=series,
-                         **({"kind": kind} if kind == "switch" else {}), **extra))
-
-    await gather_limited([lambda k=k, r=r: one(k, r) for k, r in items], concurrency)
-    ctx.measurements.append({"trial": trial, "series": series, "engine": name,
-                             "wall_s": time.perf_counter() - t0,
-                             **stats_delta(before, stage_stats(engine))})
 
 
 def wall_rows(df, config, series: str, base: str = BASE) -> list[dict]:
@@ -120,19 +93,14 @@ class TokenizeFlood(Workload):
     def planned_records(self, n_engines):
         return self.requests * n_engines
 
-    async def run(self, engines, ctx, group=0):
+    async def run(self, run, group=0):
         texts = questions_text()
-        items = [("tokenize", Request(texts[i % len(texts)], max_tokens=1, model=ctx.model, id=f"tok-{i:04d}"))
-                 for i in range(self.requests)]
-        for engine in engines.values():  # warmup, unrecorded
-            await gather_limited([lambda t=t, e=engine: e.tokenize(t) for t in texts[: 2 * self.concurrency]],
-                                 self.concurrency)
-
-        async def body(trial):
-            for name in rotate(list(engines), trial):
-                await run_batch(name, engines[name], items, ctx, trial, "flood", self.concurrency)
-
-        await ctx.trials(body)
+        items = [("tokenize", Request(texts[i % len(texts)], max_tokens=1, model=run.model,
+                                      id=f"tok-{i:04d}")) for i in range(self.requests)]
+        await run.warm([("tokenize", Request(t, max_tokens=1)) for t in texts[: 2 * self.concurrency]],
+                       label="tokenize", concurrency=self.concurrency)
+        await run.trials(lambda trial: run.batch(items, trial, series="flood",
+                                                 concurrency=self.concurrency))
 
     def summarize(self, records, config):
         df = frame(records)
@@ -208,18 +176,13 @@ class Mixed(Workload):
                                       model=models[current], id=f"mx-{i:04d}")))
         return out
 
-    async def run(self, engines, ctx, group=0):
-        models, items = self.models(ctx.model), self.items(ctx.model)
+    async def run(self, run, group=0):
+        models, items = self.models(run.model), self.items(run.model)
         if self.warm_cache:
-            for engine in engines.values():
-                await warm(engine, [Request("warmup", max_tokens=2, model=m) for m in models])
-
-        async def body(trial):
-            for name in rotate(list(engines), trial):
-                await engines[name].call("load_model", {}, models[-1])  # the same start for all
-                await run_batch(name, engines[name], items, ctx, trial, "mixed", self.concurrency)
-
-        await ctx.trials(body)
+            await run.warm(warm_models(models), label="each model once")
+        start = [("load", Request("load", max_tokens=1, model=models[-1]))]  # the same for all
+        await run.trials(lambda trial: run.batch(items, trial, series="mixed",
+                                                 concurrency=self.concurrency, setup=start))
 
     def summarize(self, records, config):
         df = frame(records)
@@ -284,13 +247,13 @@ class ServerProfile(Workload):
         if not 0 <= self.error_rate < 1:
             raise ConfigError(f"{self.name}: error_rate must be in [0, 1), got {self.error_rate!r}")
 
-    def engine_groups(self, model, phases):
-        groups = super().engine_groups(model, phases)
+    def adapt(self, target):
+        target = super().adapt(target)
         if not self.error_rate:
-            return groups
+            return target
         r = float(self.error_rate)
         faults = {"error_rate": {"generate": r, "tokenize": r, "batch_tokenize": r}, "seed": self.seed}
-        return [{n: spec.with_worker(faults=faults) for n, spec in g.items()} for g in groups]
+        return target.with_worker(faults=faults)
 
     def schedule(self, model: str, rate: float) -> list[tuple[float, str, Request]]:
         """(arrival offset s, kind, request), the same for every engine (seeded)."""
@@ -312,17 +275,16 @@ class ServerProfile(Workload):
     def planned_records(self, n_engines):
         return None
 
-    async def run(self, engines, ctx, group=0):
-        for engine in engines.values():
-            await warm(engine, [Request("warmup", max_tokens=4, model=m) for m in self.models(ctx.model)])
+    async def run(self, run, group=0):
+        await run.warm([("generate", Request("warmup", max_tokens=4, model=m))
+                        for m in self.models(run.model)], label="each model once")
 
         async def body(trial):
             for rate in self.sweep_rates():
-                sched = self.schedule(ctx.model, rate)
-                for name in rotate(list(engines), trial):
-                    await open_loop(name, engines[name], sched, ctx, trial, f"rate_{rate:g}", rate)
+                await run.arrivals(self.schedule(run.model, rate), trial, series=f"rate_{rate:g}",
+                                   rate=rate)
 
-        await ctx.trials(body)
+        await run.trials(body)
 
     def summarize(self, records, config):
         df = frame(records)
@@ -338,34 +300,6 @@ class ServerProfile(Workload):
                                                ("total_reduction_pct", "all", df))]
             out["estimates"] = keep(rows)
         return out
-
-
-async def open_loop(name, engine, sched, ctx, trial: int, series: str, rate: float) -> None:
-    """Start each request at its arrival offset, without waiting for earlier ones."""
-    before, tasks = stage_stats(engine), []
-
-    async def one(kind, req, offset, lag_ms):
-        fn = tokenize_record if kind == "tokenize" else generate_record
-        ctx.add(await fn(name, engine, req, trial, ctx.workload, series=series, rate=rate,
-                         scheduled_s=offset, lag_ms=lag_ms))
-
-    t0 = time.perf_counter()
-    try:
-        for offset, kind, req in sched:
-            delay = t0 + offset - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            lag_ms = (time.perf_counter() - t0 - offset) * 1e3
-            tasks.append(asyncio.create_task(one(kind, req, offset, lag_ms)))
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    ctx.measurements.append({"trial": trial, "series": series, "engine": name, "rate": rate,
-                             "wall_s": time.perf_counter() - t0,
-                             **stats_delta(before, stage_stats(engine))})
 
 
 def profile_rows(df, config, rate: float) -> list[dict]:

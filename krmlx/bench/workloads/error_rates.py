@@ -17,17 +17,14 @@ at dispatch, before any token, so a failed attempt itself costs about one round 
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from ..types import Request
-from . import metrics
-from .baseline import make_configs
-from .runner import record_of
-from .workloads_core import (
+from ...errors import ConfigError
+from ...questions import load_questions
+from ...types import Request
+from .. import metrics
+from .base import (
     BASE,
     Workload,
     check_positive,
@@ -39,43 +36,13 @@ from .workloads_core import (
     outputs_match,
     pct_less,
     pick,
-    rotate,
-    stage_stats,
-    stats_delta,
-    warm,
 )
 
 
 def rate_tag(rate: float) -> str:
-    """10 for 0.1, 2.5 for 0.025: the rate in percent, as engine names and series use it."""
+    """10 for 0.1, 2.5 for 0.025: the rate in percent, as target names and series use it."""
     pct = round(rate * 100, 6)
     return f"{pct:g}"
-
-
-async def user_request(name, engine, req: Request, trial: int, ctx, *, retries: int,
-                       delay_s: float, **extra) -> dict:
-    """Send ``req``; on an error send it again, up to ``retries`` times (the user's retry)."""
-    t_first = time.perf_counter()
-    failed_ms, wait_ms, last = 0.0, 0.0, None
-    for attempt in range(retries + 1):
-        t0 = time.perf_counter()
-        try:
-            done = await engine.complete(req)
-        except Exception as e:  # noqa: BLE001 - the user sees it and retries
-            failed_ms += (time.perf_counter() - t0) * 1e3
-            last = e
-            if attempt < retries and delay_s:
-                t1 = time.perf_counter()
-                await asyncio.sleep(delay_s)
-                wait_ms += (time.perf_counter() - t1) * 1e3
-            continue
-        ttft = (done.token_times_s[0] - t_first) * 1e3 if done.token_times_s else None
-        return record_of(name, trial, req, done, t_start_s=t_first, workload=ctx.workload, extra={
-            "kind": "generate", "attempts": attempt + 1, "user_visible_failures": attempt,
-            "failed_ms": failed_ms, "user_wait_ms": wait_ms, "ttft_ms": ttft, "e2e_ms": (done.t_end_s - t_first) * 1e3, **extra})
-    return record_of(name, trial, req, error=last, t_start_s=t_first, workload=ctx.workload, extra={
-        "kind": "generate", "attempts": retries + 1, "user_visible_failures": retries + 1,
-        "failed_ms": failed_ms, "user_wait_ms": wait_ms, **extra})
 
 
 @dataclass(frozen=True)
@@ -100,44 +67,32 @@ class ErrorRates(Workload):
         if not isinstance(self.user_retries, int) or self.user_retries < 0:
             raise ConfigError(f"{self.name}: user_retries must be an int >= 0, got {self.user_retries!r}")
 
-    def engine_groups(self, model, phases):
-        configs = self.adjust_configs(make_configs(phases or self.default_phases))
+    def groups(self, targets):
+        """One group per fault rate: each target restarted with that fault plan (a target
+        that takes no worker settings is not supported here), named ``NAME@errRATE``."""
         groups = []
         for rate in self.fault_rates:
             faults = {"error_rate": {"generate": float(rate)}, "seed": self.seed} if rate > 0 else None
-            groups.append({f"{name}@err{rate_tag(rate)}": cfg.with_worker(faults=faults)
-                           for name, cfg in configs.items()})
+            tag = rate_tag(rate)
+            groups.append((f"error_rate_{tag}", [t.with_worker(f"{t.name}@err{tag}", faults=faults)
+                                                 for t in targets if "worker" in t.ops]))
         return groups
 
     def requests(self) -> list[Request]:
-        from ..questions import load_questions
-
         return [Request(q.question, max_tokens=self.max_tokens, id=q.id)
                 for q in load_questions()[0][: self.questions]]
 
     def planned_records(self, n_engines):
         return len(self.requests()) * n_engines  # per group
 
-    async def run(self, engines, ctx, group=0):
+    async def run(self, run, group=0):
         rate = self.fault_rates[group]
         series = f"error_rate_{rate_tag(rate)}"
-        reqs, names = self.requests(), list(engines)
-        for engine in engines.values():
-            await warm(engine, [Request("warmup", max_tokens=4)])
-
-        async def body(trial):
-            before = {name: stage_stats(e) for name, e in engines.items()}
-            for i, req in enumerate(reqs):
-                for name in rotate(names, i + trial):
-                    ctx.add(await user_request(name, engines[name], req, trial, ctx,
-                                               retries=self.user_retries,
-                                               delay_s=self.user_retry_delay_s,
-                                               series=series, error_rate=float(rate)))
-            for name, e in engines.items():
-                ctx.measurements.append({"trial": trial, "series": series, "engine": name,
-                                         **stats_delta(before[name], stage_stats(e))})
-
-        await ctx.trials(body, group=series)
+        reqs = self.requests()
+        await run.warm([("generate", Request("warmup", max_tokens=4))], label="one request")
+        await run.trials(lambda trial: run.sequence(
+            reqs, trial, series=series, measure=True, retries=self.user_retries,
+            retry_delay_s=self.user_retry_delay_s, error_rate=float(rate)), series=series)
 
     def summarize(self, records, config):
         df = frame(records)

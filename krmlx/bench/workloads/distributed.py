@@ -1,9 +1,9 @@
 """``distributed``: the same questions through one worker process and through the worker
 as an MLX distributed group of ``ranks`` (tensor parallel, :mod:`krmlx.worker.group`).
 
-Engines (phase 0 each): ``rank1`` (the plain worker), ``ranksN`` (krmlx's launcher: rank 0
-holds the engine's pipes) and, with ``mlx_launch``, ``ranksN-mlx.launch`` (MLX's launcher,
-which relays stdio). Each runs alone (its own engine group, started and closed in turn), not
+Targets (phase 0 engines): ``rank1`` (the plain worker), ``ranksN`` (krmlx's launcher: rank
+0 holds the engine's pipes) and, with ``mlx_launch``, ``ranksN-mlx.launch`` (MLX's launcher,
+which relays stdio). Each runs alone (its own group, started and stopped in turn), not
 interleaved with the others: a group is never quite idle (under mlx.launch a follower
 waits in a spinning collective and the relay spins; under krmlx's launcher followers wait
 on a doorbell pipe, but spin between decode steps), so a live group would slow whatever
@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from ..models import PRESETS, parse_name
-from ..stack import StackConfig
-from ..worker.launch import BACKENDS, DistributedConfig
-from .workloads_core import comparisons, engine_tables, frame, outputs_match
-from .workloads_seq import Baseline
+from ...errors import ConfigError
+from ...models import PRESETS, parse_name
+from ...stack import StackConfig
+from ...worker.launch import BACKENDS, DistributedConfig
+from ..targets import EngineTarget
+from .base import comparisons, engine_tables, frame, outputs_match
+from .sequential import Baseline
 
 BASE_RANK = "rank1"
 
@@ -33,7 +34,7 @@ class Distributed(Baseline):
     name = "distributed"
     default_phases = "none"
     uses_direct = False
-    SMOKE = {"questions": 3, "warmup": 0, "max_tokens": 12, "probe_iters": 20}
+    SMOKE = {"questions": 3, "warmup": False, "max_tokens": 12, "probe_iters": 20}
 
     questions: int | None = 20
     max_tokens: int = 50
@@ -58,26 +59,33 @@ class Distributed(Baseline):
                     raise ConfigError(f"{self.name}: {model!r} has {n} {what}, not divisible "
                                       f"by {self.ranks} ranks (tensor parallel splits them)")
 
-    def engine_groups(self, model, phases):
+    def default_targets(self, phases, model):
         n = self.ranks
-        groups = [{BASE_RANK: StackConfig()},
-                  {f"ranks{n}": StackConfig.phases(distributed=DistributedConfig(n, self.backend))}]
+        out = [EngineTarget(StackConfig(), BASE_RANK),
+               EngineTarget(StackConfig.phases(distributed=DistributedConfig(n, self.backend)),
+                            f"ranks{n}")]
         if self.mlx_launch:
-            groups.append({f"ranks{n}-mlx.launch": StackConfig.phases(
-                distributed=DistributedConfig(n, self.backend, "mlx.launch"))})
-        return groups
+            out.append(EngineTarget(StackConfig.phases(
+                distributed=DistributedConfig(n, self.backend, "mlx.launch")), f"ranks{n}-mlx.launch"))
+        return out
 
-    async def run(self, engines, ctx, group=0):
-        await super().run(engines, ctx, group)
-        for name, engine in engines.items():
+    def groups(self, targets):
+        """Each target alone: a live group is never quite idle, it would slow the others."""
+        return [(t.name, [t]) for t in targets]
+
+    async def run(self, run, group=0):
+        await super().run(run, group)
+        for name, target in run.targets.items():
             if name == BASE_RANK:
                 continue
-            shape = _config(engine)
-            probe = await engine.call("group_probe", {"hidden": int(shape.get("hidden_size", 128)),
-                                                      "iters": self.probe_iters})
-            stats = (await engine.client.worker_stats()).get("group") or {}
-            ctx.measurements.append({"series": "probe", "engine": name, **probe,
-                                     "layers": int(shape.get("num_hidden_layers", 0)), **stats})
+            shape = _config(target.folder)
+            probe = await run.probe(name, "group_probe", {
+                "hidden": int(shape.get("hidden_size", 128)), "iters": self.probe_iters})
+            stats = await run.probe(name, "stats") or {}
+            if probe is not None:
+                run.measurements.append({"series": "probe", "engine": name, **probe,
+                                         "layers": int(shape.get("num_hidden_layers", 0)),
+                                         **(stats.get("group") or {})})
 
     def summarize(self, records, config):
         df = frame(records)
@@ -101,9 +109,9 @@ def collective_row(p: dict) -> dict:
             "step_flag_wait_us_mean": p.get("step_sync_s", 0.0) / steps * 1e6 if steps else None}
 
 
-def _config(engine) -> dict:
+def _config(folder) -> dict:
     """The model folder's config.json ({} when it can't be read)."""
     try:
-        return json.loads((engine.path / "config.json").read_text())
+        return json.loads((folder / "config.json").read_text())
     except (OSError, ValueError, TypeError):
         return {}

@@ -10,15 +10,13 @@ variants), ``multi_tenant`` (the questions, round robin over N tenants' models).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from ..types import Request
-from . import metrics
-from .baseline import summary_tables
-from .runner import record_of, run_interleaved
-from .workloads_core import (
+from ...errors import ConfigError
+from ...questions import load_questions
+from ...types import Request
+from .. import metrics
+from .base import (
     BASE,
     DIRECT,
     Workload,
@@ -28,8 +26,6 @@ from .workloads_core import (
     est,
     frame,
     gain_pct,
-    generate_record,
-    has_stage,
     keep,
     measurement_means,
     model_variants,
@@ -37,37 +33,30 @@ from .workloads_core import (
     pct_less,
     pick,
     questions_text,
-    rotate,
-    stage_stats,
-    stats_delta,
-    warm,
 )
 
 GAIN_METRICS = {"batching": "batching_gain_pct", "caching": "caching_gain_pct",
                 "retry": "retry_gain_pct", "framing": "streaming_gain_pct", "all": "gain_pct"}
 
 
-async def run_sequence(engines: dict, requests: list[Request], ctx, trial: int, **extra) -> None:
-    """Each request through every engine (order rotated per request and trial)."""
-    names = list(engines)
-    for i, req in enumerate(requests):
-        for name in rotate(names, i + trial):
-            ctx.add(await generate_record(name, engines[name], req, trial, ctx.workload, **extra))
+def warm_models(models: list[str]) -> list[tuple[str, Request]]:
+    return [("generate", Request("warmup", max_tokens=2, model=m)) for m in models]
 
 
 @dataclass(frozen=True)
 class Baseline(Workload):
-    """The 50-question generation run (krmlx.bench.baseline's questions and runner): direct
-    vs phase0 vs the chosen phases. Smoke: 6 questions."""
+    """The 50-question generation run: direct vs phase0 vs the chosen phases (or any
+    targets), one question at a time through every target in turn. Warm-up: every prompt
+    length once, untimed, on every target. Smoke: 6 questions."""
 
     name = "baseline"
     default_phases = "all"
     uses_direct = True
-    SMOKE = {"questions": 6, "warmup": 0}
+    SMOKE = {"questions": 6}
 
     questions: int | None = None  # None: all 50
     max_tokens: int = 50
-    warmup: int = 2
+    warmup: bool = True
 
     def validate(self, model):
         check_positive(self.name, max_tokens=self.max_tokens)
@@ -75,33 +64,29 @@ class Baseline(Workload):
             check_positive(self.name, questions=self.questions)
 
     def requests(self) -> list[Request]:
-        from ..questions import load_questions
-
         qs = load_questions()[0][: self.questions]
         return [Request(q.question, max_tokens=self.max_tokens, id=q.id) for q in qs]
 
-    def planned_records(self, n_engines):
-        return len(self.requests()) * n_engines
+    def planned_records(self, n_targets):
+        return len(self.requests()) * n_targets
 
-    async def run(self, engines, ctx, group=0):
-        plan = ctx.plan
-        saved = plan.warmup
-        plan.warmup = self.warmup
-        start = len(ctx.sink)
-        try:
-            await run_interleaved(engines, self.requests(), plan, ctx.sink, workload=self.name,
-                                  progress=ctx.progress)
-        finally:
-            plan.warmup = saved
-            for rec in ctx.sink[start:]:
-                rec.setdefault("kind", "generate")
+    async def run(self, run, group=0):
+        reqs = self.requests()
+        if self.warmup:
+            await run.warm([("generate", r) for r in run.shapes(reqs)],
+                           label="every prompt length once")
+        await run.trials(lambda trial: run.sequence(reqs, trial, series="baseline"))
 
     def summarize(self, records, config):
         df = frame(records)
-        out = summary_tables(records) if DIRECT in set(df["engine"]) else {"engines": engine_tables(df)}
-        others = [e for e in df["engine"].unique() if e not in (BASE, DIRECT)]
-        out["comparisons"] = comparisons(df, BASE, others)
-        out["outputs_match_phase0"] = outputs_match(df, BASE, others)
+        names = list(df["engine"].unique())
+        out = {"engines": engine_tables(df)}
+        if DIRECT in names and len(names) > 1:
+            out["overhead"] = metrics.overhead(df, DIRECT).to_dict(orient="records")
+            out["outputs_match"] = outputs_match(df, DIRECT, [n for n in names if n != DIRECT])
+        others = [e for e in names if e not in (BASE, DIRECT)]
+        out["comparisons"] = comparisons(df, BASE, others) if BASE in names else []
+        out["outputs_match_phase0"] = outputs_match(df, BASE, others) if BASE in names else []
         out["estimates"] = self.estimates(df)
         return out
 
@@ -129,15 +114,16 @@ class Baseline(Workload):
             if t:
                 rows.append(est(w, "total_overhead_s", t["diff"] / 1e3, t["ci_low"] / 1e3,
                                 t["ci_high"] / 1e3, "phase0 total - direct total"))
+        # each phase alone against phase 0 (its own reference rows), and all of them together
         for engine, metric in GAIN_METRICS.items():
-            if engine in engines:
-                rows.append(est(w, metric, *gain_pct(metrics.paired_totals(df, BASE, engine)),
-                                source=f"phase0 total / {engine} total - 1"))
-        best = pick(engines, "all")
-        t = metrics.paired_totals(df, BASE, best) if best else None
-        if t:
-            rows.append(est(w, "speedup_x", t["speedup_x"], t["speedup_ci_low"], t["speedup_ci_high"],
-                            f"phase0 total / {best} total"))
+            if engine not in engines:
+                continue
+            t = metrics.paired_totals(df, BASE, engine)
+            rows.append(est(w, metric, *gain_pct(t), source=f"phase0 total / {engine} total - 1"))
+            if t:
+                name = "speedup_x" if engine == "all" else f"{engine}_speedup_x"
+                rows.append(est(w, name, t["speedup_x"], t["speedup_ci_low"], t["speedup_ci_high"],
+                                f"phase0 total / {engine} total"))
         if "retry" in engines:
             c = metrics.compare(df, BASE, "retry", "e2e_ms")
             rows.append(est(w, "retry_overhead_ms_mean", c["diff"], c["ci_low"], c["ci_high"],
@@ -181,31 +167,24 @@ class ModelSwitching(Workload):
         return [Request(texts[i % len(texts)], max_tokens=self.max_tokens, model=models[i % len(models)],
                         id=f"sw{n}-{i:03d}") for i in range(n)]
 
-    async def run(self, engines, ctx, group=0):
-        model = ctx.model
-        texts = questions_text()
+    async def run(self, run, group=0):
+        model, texts = run.model, questions_text()
         if self.warm_cache:
-            for engine in engines.values():
-                await warm(engine, [Request("warmup", max_tokens=2, model=m) for m in self.models(model)])
+            await run.warm(warm_models(self.models(model)), label="each model once")
 
         async def body(trial):
             for n in self.switches:
-                series = f"switches_{n}"
-                before = {name: stage_stats(e) for name, e in engines.items()}
-                await run_sequence(engines, self.series_requests(model, n, texts), ctx, trial,
-                                   series=series, switch=True)
-                for name, e in engines.items():
-                    ctx.measurements.append({"trial": trial, "series": series, "engine": name,
-                                             **stats_delta(before[name], stage_stats(e))})
-            await probe_loads(engines, self.models(model), ctx, trial)
+                await run.sequence(self.series_requests(model, n, texts), trial,
+                                   series=f"switches_{n}", measure=True, switch=True)
+            await probe_loads(run, self.models(model), trial)
 
-        await ctx.trials(body)
+        await run.trials(body)
 
     def summarize(self, records, config):
         df = frame(records)
         out = {"engines": engine_tables(df, "series"), "comparisons": [], "totals": [],
                "outputs_match": [], "estimates": []}
-        probe = df[df["kind"] == "load_model"]
+        probe = df[df["kind"] == "load"]
         for n in self.switches:
             part = df[df["series"] == f"switches_{n}"]
             if part.empty:
@@ -220,23 +199,12 @@ class ModelSwitching(Workload):
         return out
 
 
-async def probe_loads(engines: dict, models: list[str], ctx, trial: int) -> None:
-    """Time ``load_model`` of each (resident) model on engines that have a model cache."""
-    for name, engine in engines.items():
-        if not has_stage(engine, "model_cache"):
-            continue
-        for m in models:
-            req = Request("load_model", max_tokens=1, model=m, id=f"probe-{m}")
-            t0 = time.perf_counter()
-            try:
-                reply = await engine.call("load_model", {}, m)
-                t1 = time.perf_counter()
-                ctx.add(record_of(name, trial, req, t_start_s=t0, workload=ctx.workload, extra={
-                    "kind": "load_model", "series": "load_probe", "e2e_ms": (t1 - t0) * 1e3,
-                    "t_end_s": t1, "finish_reason": "loaded", "cached": bool(reply.get("cached"))}))
-            except Exception as e:  # noqa: BLE001
-                ctx.add(record_of(name, trial, req, error=e, t_start_s=t0, workload=ctx.workload,
-                                  extra={"kind": "load_model", "series": "load_probe"}))
+async def probe_loads(run, models: list[str], trial: int) -> None:
+    """Time a load of each (resident) model on the targets that have a model cache."""
+    cached = [n for n, t in run.targets.items() if "model_cache" in t.stats()]
+    if cached:
+        reqs = [Request("load_model", max_tokens=1, model=m, id=f"probe-{m}") for m in models]
+        await run.sequence(reqs, trial, kind="load", series="load_probe", targets=cached)
 
 
 def switch_totals(part, others: list[str], config: dict, series: str) -> list[dict]:
@@ -316,26 +284,15 @@ class MultiTenant(Workload):
         check_positive(self.name, max_tokens=self.max_tokens)
 
     def requests(self, model) -> list[Request]:
-        from ..questions import load_questions
-
         models = self.models(model)
         return [Request(q.question, max_tokens=self.max_tokens, model=models[i % len(models)], id=q.id)
                 for i, q in enumerate(load_questions()[0][: self.questions])]
 
-    async def run(self, engines, ctx, group=0):
-        model = ctx.model
+    async def run(self, run, group=0):
         if self.warm_cache:
-            for engine in engines.values():
-                await warm(engine, [Request("warmup", max_tokens=2, model=m) for m in self.models(model)])
-
-        async def body(trial):
-            before = {name: stage_stats(e) for name, e in engines.items()}
-            await run_sequence(engines, self.requests(model), ctx, trial, series="tenants")
-            for name, e in engines.items():
-                ctx.measurements.append({"trial": trial, "series": "tenants", "engine": name,
-                                         **stats_delta(before[name], stage_stats(e))})
-
-        await ctx.trials(body)
+            await run.warm(warm_models(self.models(run.model)), label="each model once")
+        await run.trials(lambda trial: run.sequence(self.requests(run.model), trial,
+                                                    series="tenants", measure=True))
 
     def summarize(self, records, config):
         df = frame(records)

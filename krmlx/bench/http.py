@@ -1,0 +1,177 @@
+"""The bench's client for OpenAI-compatible servers: one streamed request, timed here.
+
+:class:`OpenAIClient` sends a :class:`~krmlx.types.Request` to ``/v1/chat/completions`` (a
+chat request: the server applies its chat template) or ``/v1/completions`` (``chat=False``:
+the prompt as written), always streamed (SSE, ``stream_options.include_usage``), and returns
+a :class:`~krmlx.types.Completion` timed on this side:
+
+- ``t_start_s``: just before the request is sent; TTFT at the first *content-bearing* chunk
+  (role-only or empty deltas are not a token);
+- one arrival time per content chunk (a server that coalesces tokens sends several per
+  chunk: ITL is then per chunk, and TPOT uses the token count, see below);
+- token counts from the server's ``usage`` when it sends it (``usage_source="server"``),
+  else from the model's tokenizer on the text (``"tokenizer"``), else one per chunk
+  (``"chunks"``); the source is in ``Completion.extra``, next to the server's own timings
+  when it reports any (krmlx serve's ``timings``, rapid-mlx's ``metrics``);
+- ``token_ids`` are empty (a server sends text): outputs are compared as text.
+
+Transport: one ``httpx.AsyncClient`` per target, HTTP/1.1 with keep-alive (a pool of
+``max_connections``, reused across requests), SSE parsed by ``httpx-sse``; :meth:`describe`
+says so for the results file. Errors: a non-2xx answer raises :class:`HttpError` with the
+status and the server's error message; a connection failure raises ``httpx`` errors
+(the runner records them); an ``error`` event in the stream raises HttpError.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+import orjson
+from httpx_sse import aconnect_sse
+
+from ..errors import KrmlxError
+from ..types import Chunk, Completion, Usage
+
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class HttpError(KrmlxError):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+@dataclass
+class Body:
+    """A request's JSON body and the route it goes to."""
+
+    path: str
+    json: dict
+
+
+def body_of(request, model_id: str, *, seed_default: int | None = None) -> Body:
+    """The OpenAI body for a krmlx Request: chat (messages or system + prompt) or text
+    completion (``chat=False``). ``prompt_ids`` have no OpenAI form here: ValueError."""
+    if request.prompt_ids is not None:
+        raise ValueError("prompt_ids: an OpenAI-compatible server takes text, not token ids")
+    common = {"model": model_id, "max_tokens": request.max_tokens,
+              "temperature": request.temperature, "stream": True,
+              "stream_options": {"include_usage": True}}
+    if request.top_p != 1.0:
+        common["top_p"] = request.top_p
+    seed = request.seed if request.seed is not None else seed_default
+    if seed is not None:
+        common["seed"] = seed
+    if not request.chat:
+        return Body("/completions", {**common, "prompt": request.prompt})
+    if request.messages is not None:
+        messages = [dict(m) for m in request.messages]
+    else:
+        messages = [{"role": "user", "content": request.prompt}]
+    if request.system:
+        messages.insert(0, {"role": "system", "content": request.system})
+    return Body("/chat/completions", {**common, "messages": messages})
+
+
+def chunk_text(event: dict) -> str:
+    """The text a streamed chunk adds (chat ``delta.content`` or completions ``text``)."""
+    out = []
+    for choice in event.get("choices") or ():
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        if isinstance(text, str):
+            out.append(text)
+    return "".join(out)
+
+
+def finish_of(event: dict) -> str | None:
+    for choice in event.get("choices") or ():
+        if choice.get("finish_reason"):
+            return choice["finish_reason"]
+    return None
+
+
+class OpenAIClient:
+    """Streams requests to one OpenAI-compatible base URL (``http://host:port/v1``)."""
+
+    def __init__(self, base_url: str, *, api_key: str | None = None, max_connections: int = 256,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, count_tokens=None):
+        self.base_url = base_url.rstrip("/")
+        self.count_tokens = count_tokens  # text -> int, when the server sends no usage
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=max_connections,
+                              max_keepalive_connections=max_connections)
+        self.http = httpx.AsyncClient(base_url=self.base_url, headers=headers, limits=limits,
+                                      timeout=httpx.Timeout(timeout_s, connect=30.0))
+        self.max_connections = max_connections
+
+    def describe(self) -> dict:
+        return {"client": f"httpx {httpx.__version__} + httpx-sse", "http": "HTTP/1.1",
+                "keep_alive": True, "max_connections": self.max_connections,
+                "ttft": "first content-bearing SSE chunk"}
+
+    async def models(self) -> list[str]:
+        r = await self.http.get("/models")
+        if r.status_code != 200:
+            raise HttpError(r.status_code, r.text[:300])
+        return [m.get("id") for m in r.json().get("data", []) if isinstance(m, dict)]
+
+    async def generate(self, request, model_id: str) -> Completion:
+        body = body_of(request, model_id)
+        chunks: list[Chunk] = []
+        usage, finish, server_timings = None, None, {}
+        t0 = time.perf_counter()
+        async with aconnect_sse(self.http, "POST", body.path, json=body.json) as source:
+            response = source.response
+            if response.status_code != 200:
+                await response.aread()
+                raise HttpError(response.status_code, _error_message(response))
+            async for sse in source.aiter_sse():
+                data = sse.data
+                if data == "[DONE]":
+                    break
+                now = time.perf_counter()
+                event = orjson.loads(data)
+                if "error" in event:
+                    err = event["error"]
+                    raise HttpError(500, err.get("message", str(err)) if isinstance(err, dict) else str(err))
+                text = chunk_text(event)
+                if text:
+                    chunks.append(Chunk(-1, text, len(chunks), now))
+                finish = finish_of(event) or finish
+                if event.get("usage"):
+                    usage = event["usage"]
+                for key in ("timings", "metrics"):
+                    if isinstance(event.get(key), dict):
+                        server_timings[key] = event[key]
+        t_end = time.perf_counter()
+        text = "".join(c.text for c in chunks)
+        if usage:
+            out_tokens, in_tokens, source_ = (usage.get("completion_tokens", len(chunks)),
+                                              usage.get("prompt_tokens", 0), "server")
+        elif self.count_tokens is not None:
+            out_tokens, in_tokens, source_ = self.count_tokens(text), 0, "tokenizer"
+        else:
+            out_tokens, in_tokens, source_ = len(chunks), 0, "chunks"
+        done = Completion(text=text, token_ids=(), finish_reason=finish or "unknown",
+                          usage=Usage(int(in_tokens), int(out_tokens)), t_start_s=t0,
+                          token_times_s=tuple(c.t_s for c in chunks), t_end_s=t_end,
+                          request_id=request.id)
+        done.extra.update({"usage_source": source_, "chunks": len(chunks), **server_timings})
+        cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
+        if cached is not None:
+            done.extra["cached_prompt_tokens"] = cached
+        return done
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        err = response.json().get("error")
+        return err.get("message", str(err)) if isinstance(err, dict) else str(err)
+    except (ValueError, AttributeError):
+        return response.text[:300]

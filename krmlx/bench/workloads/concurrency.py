@@ -1,0 +1,132 @@
+"""``concurrency``: waves of ``c`` requests at once, for each level ``c``, through each
+target in turn: aggregate throughput, TTFT and TPOT under load.
+
+Default targets: ``engine`` (the stdio Engine with continuous batching), ``raw`` (mlx-lm's
+BatchGenerator in this process: the ceiling) and ``mlx_lm.server`` (mlx-lm's own HTTP
+server, started here with ``--decode-concurrency 64``); any others with ``--target``
+(``krmlx.serve``, ``http://...``, peers). Every target gets the same prompts (the 50
+questions cycled, or ``prompts="long"``: prefill-heavy prompts of 100-200 tokens), the same
+``max_tokens`` and, untimed before the trials, one wave at every level (each batch shape
+once: GPU kernels compile per shape, a server's first batch allocates).
+
+The summary: one row per (target, level) with aggregate tok/s (output tokens / the wave's
+wall time; a CI over trials when there are several), TTFT p50/p90, TPOT p50, E2E p50; and
+the ratios of each target to the first (throughput, TTFT p50) per level.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import ConfigError
+from ...questions import load_questions
+from ...stack import StackConfig
+from ...types import Request
+from .. import metrics
+from ..servers import MlxLmServer
+from ..targets import EngineTarget, RawBatchTarget
+from .base import Workload, frame, outputs_match
+
+PROMPT_SETS = ("questions", "long")
+
+
+@dataclass(frozen=True)
+class Concurrency(Workload):
+    name = "concurrency"
+    SMOKE = {"levels": (1, 4), "max_tokens": 16}
+
+    levels: tuple[int, ...] = (1, 4, 16, 64)
+    max_tokens: int = 64
+    prompts: str = "questions"
+
+    def validate(self, model):
+        if not self.levels or not all(isinstance(c, int) and c >= 1 for c in self.levels):
+            raise ConfigError(f"{self.name}: levels must be positive ints, got {self.levels!r}")
+        if self.prompts not in PROMPT_SETS:
+            raise ConfigError(f"{self.name}: prompts must be one of {PROMPT_SETS}, got {self.prompts!r}")
+
+    def default_targets(self, phases, model):
+        return [EngineTarget(StackConfig.phases(scheduler="batched"), "engine"), RawBatchTarget(),
+                MlxLmServer(None, "mlx_lm.server")]
+
+    def planned_records(self, n_targets):
+        return sum(self.levels) * n_targets
+
+    def pool(self, run) -> list[Request]:
+        if self.prompts == "long":
+            from ..prompts import long_prompts
+
+            return long_prompts(run.tokenizer(), 20, max_tokens=self.max_tokens, seed=self.seed)
+        return [Request(q.question, max_tokens=self.max_tokens, id=q.id) for q in load_questions()[0]]
+
+    @staticmethod
+    def wave_of(pool: list[Request], c: int, max_tokens: int | None = None) -> list[Request]:
+        from dataclasses import replace
+
+        return [replace(pool[i % len(pool)], id=f"c{c}-{i:03d}",
+                        **({"max_tokens": max_tokens} if max_tokens else {})) for i in range(c)]
+
+    async def run(self, run, group=0):
+        pool, levels = self.pool(run), sorted(set(self.levels))
+        for c in levels:  # every batch shape once, untimed, on every target
+            await run.warm([("generate", r) for r in self.wave_of(pool, c, 4)],
+                           label=f"a wave of {c}", concurrency=c)
+
+        async def body(trial):
+            for c in levels:
+                await run.wave(self.wave_of(pool, c), trial, series=f"c={c}", level=c)
+
+        await run.trials(body)
+
+    def summarize(self, records, config):
+        df = frame(records)
+        rows = level_rows(df, config)
+        present = {r["engine"] for r in rows}
+        names = [n for n in config.get("targets", {}) if n in present]  # in the order given
+        return {"levels": rows, "ratios": ratio_rows(rows, names[0]) if names else [],
+                "outputs_match": outputs_match(df, names[0], names[1:]) if names else []}
+
+
+def level_rows(df, config: dict) -> list[dict]:
+    """Per (target, level): aggregate tok/s over the wave's wall time, latency percentiles."""
+    walls = {}
+    for m in config.get("measurements", []):
+        if "level" in m:
+            walls.setdefault((m["engine"], m["level"]), []).append(m)
+    rows = []
+    for (engine, level), ms in sorted(walls.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        part = df[(df["engine"] == engine) & (df["level"] == level)]
+        ok = part[part["ok"]]
+        tokens = [ok[ok["trial"] == m["trial"]]["output_tokens"].sum() for m in ms]
+        tps = [t / m["wall_s"] for t, m in zip(tokens, ms, strict=True) if m["wall_s"]]
+        ci = metrics.mean_ci(tps)
+        pct = metrics.percentiles
+        rows.append({"engine": engine, "concurrency": level, "requests": len(part),
+                     "errors": int((~part["ok"]).sum()),
+                     "aggregate_tps": float(np.mean(tps)) if tps else math.nan,
+                     "aggregate_tps_ci_low": ci["ci_low"], "aggregate_tps_ci_high": ci["ci_high"],
+                     **{f"ttft_ms_{k}": v for k, v in pct(ok["ttft_ms"], (50, 90)).items()},
+                     "tpot_ms_p50": pct(ok["tpot_ms"], (50,))["p50"],
+                     "e2e_ms_p50": pct(ok["e2e_ms"], (50,))["p50"],
+                     "caller_cpu_s": float(np.mean([m["caller_cpu_s"] for m in ms])),
+                     "target_cpu_s": float(np.mean([m["target_cpu_s"] for m in ms]))})
+    return rows
+
+
+def ratio_rows(rows: list[dict], base: str) -> list[dict]:
+    """Each target against ``base`` per level: throughput ratio and TTFT p50 ratio."""
+    by = {(r["engine"], r["concurrency"]): r for r in rows}
+    out = []
+    for r in rows:
+        b = by.get((base, r["concurrency"]))
+        if r["engine"] == base or b is None:
+            continue
+        out.append({"engine": r["engine"], "base": base, "concurrency": r["concurrency"],
+                    "throughput_ratio": r["aggregate_tps"] / b["aggregate_tps"]
+                    if b["aggregate_tps"] else math.nan,
+                    "ttft_p50_ratio": r["ttft_ms_p50"] / b["ttft_ms_p50"]
+                    if b["ttft_ms_p50"] else math.nan})
+    return out

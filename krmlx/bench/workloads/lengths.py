@@ -1,0 +1,85 @@
+"""``lengths``: the prompt-length sweep. For each length (~16 to 2048 prompt tokens, chat
+template included, by the model's own tokenizer), ``per_length`` prompts of about that
+length, ``max_tokens`` out, one request at a time through every target in turn (the order
+rotated per request and trial). Warm-up: every prompt once, untimed, on every target.
+
+The summary says how a serving layer's cost moves with prompt length: per length and
+target, TTFT / TPOT / E2E (mean, p50), and against the base (``direct`` when it ran, else
+the first target): the E2E overhead in % of the base's total with a paired bootstrap CI,
+and the TTFT difference in ms with its CI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import ConfigError
+from ...types import Request
+from .. import metrics
+from .base import DIRECT, Workload, check_positive, engine_tables, frame, outputs_match
+
+DEFAULT_LENGTHS = (16, 64, 256, 1024, 2048)
+
+
+@dataclass(frozen=True)
+class Lengths(Workload):
+    name = "lengths"
+    default_phases = "all"
+    uses_direct = True
+    SMOKE = {"lengths": (16, 256), "per_length": 2, "max_tokens": 8}
+
+    lengths: tuple[int, ...] = DEFAULT_LENGTHS
+    per_length: int = 5
+    max_tokens: int = 32
+
+    def validate(self, model):
+        if not self.lengths or not all(isinstance(n, int) and n >= 8 for n in self.lengths):
+            raise ConfigError(f"{self.name}: lengths must be ints >= 8, got {self.lengths!r}")
+        check_positive(self.name, per_length=self.per_length, max_tokens=self.max_tokens)
+
+    def planned_records(self, n_targets):
+        return len(self.lengths) * self.per_length * n_targets
+
+    def requests(self, run) -> dict[int, list[Request]]:
+        from ..prompts import prompt_of_length
+
+        tok = run.tokenizer()
+        return {n: [Request(prompt_of_length(tok, n, seed=self.seed * 1000 + n + i),
+                            max_tokens=self.max_tokens, id=f"len{n}-{i}")
+                    for i in range(self.per_length)] for n in sorted(set(self.lengths))}
+
+    async def run(self, run, group=0):
+        by_length = self.requests(run)
+        every = [r for reqs in by_length.values() for r in reqs]
+        await run.warm([("generate", r) for r in every], label="every prompt once")
+
+        async def body(trial):
+            for n, reqs in by_length.items():
+                await run.sequence(reqs, trial, series=f"len={n}", length=n)
+
+        await run.trials(body)
+
+    def summarize(self, records, config):
+        df = frame(records)
+        names = list(df["engine"].unique())
+        base = DIRECT if DIRECT in names else names[0]
+        growth = []
+        for n in sorted(df["length"].dropna().unique()):
+            part = df[df["length"] == n]
+            for other in [e for e in names if e != base]:
+                row = {"length": int(n), "engine": other, "base": base,
+                       "prompt_tokens_mean": float(part[part["engine"] == other]["prompt_tokens"].mean())}
+                t = metrics.paired_totals(part, base, other)
+                if t:
+                    row.update({"e2e_overhead_pct": (t["ratio"] - 1) * 100,
+                                "e2e_overhead_pct_ci_low": (t["ratio_ci_low"] - 1) * 100,
+                                "e2e_overhead_pct_ci_high": (t["ratio_ci_high"] - 1) * 100})
+                try:
+                    c = metrics.compare(part, base, other, "ttft_ms")
+                    row.update({"ttft_ms_diff": c["diff"], "ttft_ms_diff_ci_low": c["ci_low"],
+                                "ttft_ms_diff_ci_high": c["ci_high"]})
+                except (ValueError, KeyError):
+                    pass
+                growth.append(row)
+        return {"engines": engine_tables(df, "length"), "overhead_by_length": growth,
+                "outputs_match": outputs_match(df, base, [e for e in names if e != base])}

@@ -1,0 +1,252 @@
+"""The bench core on real targets (tiny model): every target passes one contract, the runner
+treats them alike and survives what goes wrong, and the workloads past the 50 questions run.
+
+Targets here are real: DirectEngine, the stdio Engine, mlx-lm's BatchGenerator, a real
+``mlx_lm.server`` and a real ``krmlx serve`` on 127.0.0.1, an ``http://`` URL (a running
+krmlx serve), and ``cmd:`` (the calibration stub, whose only job is to calibrate a client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import psutil
+import pytest
+
+from krmlx import Request
+from krmlx.bench import make_target, make_workload, run_workload
+from krmlx.bench.targets import DirectTarget, HttpTarget, NotSupported
+from krmlx.errors import ConfigError, KrmlxError
+from krmlx.serve import ServerProcess
+
+MODEL = "tiny"
+PROMPT = Request("Why is the sky blue?", max_tokens=12, id="contract")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def processes_of(pids) -> list[int]:
+    return [p for p in pids if psutil.pid_exists(p) and
+            psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_path):
+    async def go():
+        t = await DirectTarget().start(MODEL)
+        try:
+            return await t.generate(PROMPT)
+        finally:
+            await t.stop()
+
+    return run(go())
+
+
+@pytest.fixture(scope="module")
+def served(tiny_path):
+    with ServerProcess(MODEL, scheduler="batched") as server:
+        yield server
+
+
+CONTRACT_SPECS = ["direct", "engine", "engine:all?scheduler=batched", "raw", "mlx_lm.server",
+                  "krmlx.serve"]
+
+
+@pytest.mark.parametrize("spec", CONTRACT_SPECS + ["url"])
+def test_every_target_passes_the_same_contract(spec, reference, served):
+    """Start, a greedy request (the same text as direct, its usage, TTFT within E2E, one
+    arrival time per token or chunk), an operation it may lack (NotSupported, never
+    another error), stop: nothing of it left running."""
+    target = make_target(served.base_url if spec == "url" else spec)
+
+    async def go():
+        await target.start(MODEL)
+        pids = target.pids()
+        try:
+            done = await target.generate(PROMPT)
+            try:
+                ids = await target.tokenize("hello there")
+            except NotSupported:
+                ids = None
+        finally:
+            await target.stop()
+        return done, ids, pids
+
+    done, ids, pids = run(go())
+    assert done.text == reference.text and done.finish_reason == reference.finish_reason
+    assert done.usage.output_tokens == reference.usage.output_tokens
+    assert 0 < done.ttft_ms <= done.e2e_ms
+    assert 1 <= len(done.token_times_s) <= done.usage.output_tokens
+    if target.kind in ("direct", "engine"):
+        assert done.token_ids == reference.token_ids and ids
+    else:
+        assert ids is None  # an OpenAI server has no tokenize: NotSupported, not a crash
+    assert not target.started and not processes_of(pids)
+
+
+def test_spec_strings_name_their_targets_and_bad_ones_say_what_exists():
+    assert make_target("direct").name == "direct" and make_target("engine").name == "phase0"
+    t = make_target("engine:batching,framing?scheduler=batched&liveness_timeout_s=5")
+    assert t.name == "batching+framing?scheduler=batched&liveness_timeout_s=5"
+    assert t.config.worker.scheduler == "batched" and t.config.worker.liveness_timeout_s == 5
+    assert make_target("fast=engine:all").name == "fast"
+    assert make_target("engine?prompt_cache=on").config.worker.prompt_cache is not None
+    assert make_target("http://127.0.0.1:9/v1?model=m").model_id == "m"
+    assert make_target("mlx_lm.server?decode_concurrency=8").options == {"decode_concurrency": 8}
+    assert make_target("krmlx.serve:all").name == "serve:all"
+    assert make_target("cmd:python -m x --port {port}").name == "cmd:python"
+    with pytest.raises(ConfigError, match="unknown target 'vllm'; targets: direct"):
+        make_target("vllm")
+    with pytest.raises(ConfigError, match="scheduler"):
+        make_target("engine?scheduler=magic")
+    with pytest.raises(ConfigError, match="unknown phase"):
+        make_target("engine:turbo")
+
+
+def test_an_unreachable_url_is_an_error_naming_the_target(tiny_path):
+    wl = make_workload("baseline", smoke=True, questions=1)
+    with pytest.raises(KrmlxError, match=r"target 'nowhere' \(nowhere=http://127.0.0.1:9/v1\)"):
+        run(run_workload(wl, MODEL, targets=["direct", "nowhere=http://127.0.0.1:9/v1"]))
+
+
+def test_targets_get_equal_warmup_and_interleaved_order(tiny_path):
+    """Sequence: for each request every target in turn, the first target rotating; the
+    warm-up each got is the same and recorded; the requests' hash is recorded."""
+    wl = make_workload("baseline", smoke=True, questions=4, max_tokens=4)
+    doc = run(run_workload(wl, MODEL, targets=["direct", "engine", "engine:all"]))
+    recs = sorted(doc["records"], key=lambda r: r["t_start_s"])
+    firsts = [recs[i]["engine"] for i in range(0, len(recs), 3)]
+    assert firsts == ["direct", "phase0", "all", "direct"]
+    assert [r["request_id"] for r in recs[:3]] == [recs[0]["request_id"]] * 3
+    t = doc["config"]["treatment"]
+    assert t["warmup"]["direct"] == t["warmup"]["phase0"] == t["warmup"]["all"]
+    assert t["requests"]["baseline"]["n"] == 4 and len(t["requests"]["baseline"]["sha256"]) == 16
+
+
+def test_what_a_target_lacks_is_recorded_not_a_crash(tiny_path):
+    """model_switching through direct (one model) and an engine: direct is not supported
+    for it (recorded once, no records), the engine runs it."""
+    wl = make_workload("model_switching", smoke=True, switches=(3,), warm_cache=False)
+    doc = run(run_workload(wl, MODEL, targets=["direct", "engine:caching"]))
+    assert {r["engine"] for r in doc["records"]} == {"caching"}
+    (note,) = [n for n in doc["config"]["not_supported"] if n["target"] == "direct"]
+    assert note["op"] == "generate" and "model switching" in note["reason"]
+
+
+def test_a_server_that_dies_mid_run_is_recorded_and_the_run_keeps_what_it_measured(tiny_path):
+    wl = make_workload("baseline", smoke=True, questions=6, max_tokens=8, warmup=False)
+    server = make_target("mlx_lm.server")
+
+    async def go():
+        async def killer():
+            while not server.alive:
+                await asyncio.sleep(0.05)
+            while sum(1 for r in records if r["engine"] == "mlx_lm.server") < 2:
+                await asyncio.sleep(0.01)
+            os.killpg(server.process.pid, signal.SIGKILL)
+
+        kill = asyncio.ensure_future(killer())
+        doc = await run_workload(wl, MODEL, targets=["direct", server], records=records)
+        await kill
+        return doc
+
+    records: list = []
+    doc = run(go())
+    mine = [r for r in doc["records"] if r["engine"] == "mlx_lm.server"]
+    assert 2 <= len(mine) < 6 and sum(not r["ok"] for r in mine) == 1
+    assert "mlx_lm.server" in doc["config"]["target_errors"]
+    assert len([r for r in doc["records"] if r["engine"] == "direct"]) == 6  # the others go on
+    assert not server.started
+
+
+def test_the_http_client_is_calibrated_against_the_stub(tiny_path):
+    """The stub streams its first token after 20 ms, then one every 2 ms: the client can't
+    see a token earlier than that, nor the gaps shorter on average; what it adds is in the
+    micro summary (the floor under any HTTP measurement)."""
+    doc = run(run_workload(make_workload("micro", smoke=True), MODEL))
+    http = {r["engine"]: r for r in doc["summary"]["http"]}
+    paced = http["stub:paced"]
+    assert paced["ttft_ms_p50"] >= 20.0 and paced["client_added_ttft_ms_p50"] >= 0
+    assert paced["itl_ms_p50"] >= 1.0 and paced["client_cpu_us_per_chunk"] > 0
+    assert http["stub:burst"]["wall_us_per_chunk"] > 0
+    stream = {r["engine"]: r for r in doc["summary"]["stream"]}
+    assert set(stream) == {f"stream:{c}{v}" for c in ("json", "msgpack")
+                           for v in ("", "+window64", "+coalesce8")}
+    # CPU times tick at 10 ms: a smoke stream may round the worker's to 0
+    assert all(r["wall_us_per_token"] > 0 and r["caller_cpu_us_per_token"] > 0
+               and r["worker_cpu_us_per_token"] >= 0 for r in stream.values())
+    assert {r["engine"] for r in doc["summary"]["ping"]} == {"ping:json", "ping:msgpack"}
+    paths = {r["engine"] for r in doc["summary"]["tokenize"]}
+    assert paths == {"tokenize:in-process", "tokenize:worker", "tokenize:batched"}
+
+
+@pytest.mark.parametrize("name, params, check", [
+    ("lengths", {}, lambda s: {r["length"] for r in s["overhead_by_length"]} == {16, 256}),
+    ("chat", {}, lambda s: {r["turn"] for r in s["turns"]} == {0, 1}
+     and max(r["cached_prompt_tokens_mean"] or 0 for r in s["turns"]) > 0),
+    ("goodput", {}, lambda s: all(0 <= r["goodput_fraction"] <= 1 for r in s["rates"])),
+    ("prompt_cache", {}, lambda s: s["prompt_cache"][1]["cached_tokens_p50"] > 0),
+    ("speculative", {}, lambda s: s["speculative"][1]["identical_to_no_draft"] == 2),
+])
+def test_the_workloads_past_the_50_questions_run_on_their_targets(name, params, check, tiny_path):
+    targets = ["engine"] if name == "goodput" else None
+    doc = run(run_workload(make_workload(name, smoke=True, **params), MODEL, targets=targets))
+    assert doc["records"] and all(r["ok"] for r in doc["records"]), doc["config"]["target_errors"]
+    assert check(doc["summary"]), doc["summary"]
+
+
+def test_lengths_prompts_have_the_lengths_they_name(tiny_path):
+    from krmlx.bench.prompts import prompt_of_length
+    from krmlx.bench.runner import Plan, Run
+
+    tok = Run({}, Plan(), "lengths", MODEL, [], {}).tokenizer()
+    from krmlx import gen
+
+    for n in (16, 64, 256):
+        got = len(gen.encode_prompt(tok, {"prompt": prompt_of_length(tok, n), "chat": True}))
+        assert n <= got <= n + 3, (n, got)
+
+
+def test_direct_is_refused_for_open_loop_arrivals(tiny_path):
+    doc = run(run_workload(make_workload("goodput", smoke=True), MODEL, targets=["direct", "engine"]))
+    assert {r["engine"] for r in doc["records"]} == {"phase0"}
+    assert [n["target"] for n in doc["config"]["not_supported"]] == ["direct"]
+
+
+def test_the_cli_runs_a_workload_on_the_targets_given(tmp_path, tiny_path):
+    import subprocess
+
+    from krmlx.bench.results import read_results
+
+    p = subprocess.run([sys.executable, "-m", "krmlx", "bench", "baseline", "--smoke", "--model",
+                        MODEL, "--target", "direct", "--target", "engine", "--param",
+                        "questions=2", "--out", str(tmp_path), "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (path,) = tmp_path.glob("baseline-*.json")
+    doc = read_results(path)
+    assert {r["engine"] for r in doc["records"]} == {"direct", "phase0"}
+    assert len(doc["records"]) == 4 and doc["config"]["params"]["questions"] == 2
+    bad = subprocess.run([sys.executable, "-m", "krmlx", "bench", "baseline", "--target", "nope"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown target 'nope'" in bad.stderr
+
+
+def test_an_http_target_takes_the_model_the_server_lists_and_says_how_it_connects(served, tiny_path):
+    target = HttpTarget(served.base_url)
+
+    async def go():
+        await target.start(MODEL)
+        try:
+            return target.model_id, target.info()
+        finally:
+            await target.stop()
+
+    model_id, info = run(go())
+    assert model_id == MODEL and info["served_models"][0] == MODEL
+    assert info["http_client"]["keep_alive"] is True and info["http_client"]["max_connections"] > 0
