@@ -47,6 +47,7 @@ class BlasInfo:
     kind: str  # "openblas", "reference", "accelerate" (macOS), "gpu", or "unknown"
     library: str | None  # path of the library cblas_sgemm resolves to
     openblas_available: str | None  # an OpenBLAS found on the machine, if any
+    threads: int | None = None  # the BLAS's thread pool in this process (OpenBLAS), if known
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,7 +122,18 @@ def detect_blas() -> BlasInfo:
     # A preloaded library wins the global lookup; the wheel's bundled BLAS is loaded
     # privately (RTLD_LOCAL), so when the lookup finds nothing, the mapped files tell.
     library = _resolved_library("cblas_sgemm") or _mapped_blas()
-    return BlasInfo(classify(library), library, find_openblas())
+    kind = classify(library)
+    return BlasInfo(kind, library, find_openblas(), openblas_threads() if kind == "openblas" else 1)
+
+
+def openblas_threads() -> int | None:
+    """The size of this process's OpenBLAS thread pool (``openblas_get_num_threads``)."""
+    try:
+        get = ctypes.CDLL(None).openblas_get_num_threads
+    except AttributeError:
+        return None
+    get.restype = ctypes.c_int
+    return int(get())
 
 
 def blas_env(base: dict[str, str] | None = None) -> dict[str, str]:

@@ -59,6 +59,8 @@ def collect_env(*, load_interval_s: float = 0.2) -> dict:
         "blas": blas.to_dict(),
         "blas_warning": slow_blas_warning(blas),
         "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "caller_blas_threads": blas.threads,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "foreign_cpu_load_cores": round(foreign_cpu_load(load_interval_s), 2),
         "git_sha": git_sha(),
@@ -74,7 +76,9 @@ def format_env(env: dict) -> str:
         f"device      {env['device']}",
         f"blas        {blas['kind']} ({blas['library']})",
         f"openblas    {blas['openblas_available'] or 'not found'}",
-        f"cores       {env['cores']}   memory {env['memory_gib']} GiB",
+        f"cores       {env['cores']} ({env.get('cores_usable')} usable)   memory {env['memory_gib']} GiB",
+        f"threads     BLAS {env.get('caller_blas_threads')} in this process; a worker spawned "
+        "from here gets the same",
         f"cpu load    {env['foreign_cpu_load_cores']} cores used by other processes",
         f"git         {env['git_sha']}",
     ]

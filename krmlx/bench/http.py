@@ -13,7 +13,9 @@ a :class:`~krmlx.types.Completion` timed on this side:
   else from the model's tokenizer on the text (``"tokenizer"``), else one per chunk
   (``"chunks"``); the source is in ``Completion.extra``, next to the server's own timings
   when it reports any (krmlx serve's ``timings``, rapid-mlx's ``metrics``);
-- ``token_ids`` are empty (a server sends text): outputs are compared as text.
+- ``token_ids`` are empty (a server sends text): outputs are compared as text;
+- E2E ends at ``[DONE]`` (or the end of the stream), not when the server closes the body
+  (rapid-mlx holds it ~0.4 s longer).
 
 Transport: one ``httpx.AsyncClient`` per target, HTTP/1.1 with keep-alive (a pool of
 ``max_connections``, reused across requests), SSE parsed by ``httpx-sse``; :meth:`describe`
@@ -128,9 +130,11 @@ class OpenAIClient:
             if response.status_code != 200:
                 await response.aread()
                 raise HttpError(response.status_code, _error_message(response))
+            t_end = None
             async for sse in source.aiter_sse():
                 data = sse.data
-                if data == "[DONE]":
+                if data == "[DONE]":  # E2E here: a server may hold the body open after it
+                    t_end = time.perf_counter()
                     break
                 now = time.perf_counter()
                 event = orjson.loads(data)
@@ -146,7 +150,8 @@ class OpenAIClient:
                 for key in ("timings", "metrics"):
                     if isinstance(event.get(key), dict):
                         server_timings[key] = event[key]
-        t_end = time.perf_counter()
+            if t_end is None:
+                t_end = time.perf_counter()
         text = "".join(c.text for c in chunks)
         if usage:
             out_tokens, in_tokens, source_ = (usage.get("completion_tokens", len(chunks)),

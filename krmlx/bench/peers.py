@@ -312,3 +312,35 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
             continue
     with contextlib.suppress(ProcessLookupError):   # children left in the group
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def peer_target(name: str, target_name: str | None = None, spec: str | None = None, **options):
+    """``peer:NAME`` as a bench target: a managed server run from the peer's own venv
+    (built on first use, cached), with its environment, health path and model id. A peer
+    that can't run here fails to start with the recorded reason."""
+    from ..process import ManagedProcess
+    from .servers import ManagedServer, flags
+
+    peer = get_peer(name)
+
+    class PeerServer(ManagedServer):
+        kind = "peer"
+        label = peer.name
+        health_path = peer.health
+
+        async def start(self, model: str):
+            import asyncio
+
+            self.venv = await asyncio.to_thread(peer_venv, peer)
+            return await super().start(model)
+
+        def make_process(self, folder: str, port: int) -> ManagedProcess:
+            self.model_id = peer_model_id(peer, folder)
+            return ManagedProcess(peer_argv(peer, self.venv, folder, port, flags(self.options)),
+                                  port=port, health_path=self.health_path, name=self.name,
+                                  env=peer_env(peer), ready_timeout_s=300.0)
+
+        def info(self) -> dict:
+            return {**super().info(), "pins": list(peer.pins), "own_metrics": peer.own_metrics}
+
+    return PeerServer(target_name or f"peer:{peer.name}", spec or f"peer:{peer.name}", **options)

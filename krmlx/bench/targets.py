@@ -479,7 +479,7 @@ def make_target(spec) -> Target:
     if kind == "peer" and arg:
         from .peers import peer_target
 
-        return peer_target(arg, name, spec)
+        return peer_target(arg, name, spec, **opts)
     raise ConfigError(f"unknown target {spec!r}; targets: direct, raw, engine[:PHASES][?k=v], "
                       "http://HOST:PORT/v1, mlx_lm.server[?k=v], krmlx.serve[:PHASES][?k=v], "
                       "cmd:COMMAND, peer:NAME")

@@ -169,8 +169,10 @@ class Worker:
         threading.Thread(target=self._aux_loop, name="aux", daemon=True).start()
         from ..blas import detect_blas
 
+        blas = detect_blas()
         self.send(ready_frame(pid=os.getpid(), codec=self.codec.name,
-                              scheduler=self.scheduler.name, blas=detect_blas().kind,
+                              scheduler=self.scheduler.name, blas=blas.kind,
+                              blas_threads=blas.threads,
                               ranks=self.group.size if self.group else 1,
                               backend=self.group.backend if self.group else None))
         if self.heartbeat_s:
