@@ -8,8 +8,8 @@ CPU; only the model and the sizes differ).
 Steps (``--steps``, in this order):
 
 - ``baseline``: the 50 questions, direct vs phase0 vs all;
-- ``sweep``: concurrency waves at ``--levels`` through the batched engine, raw
-  BatchGenerator, mlx_lm.server and krmlx serve;
+- ``sweep``: concurrency waves at ``--levels`` through the engine with each scheduler
+  (auto, the default; serial; batched), raw BatchGenerator, mlx_lm.server and krmlx serve;
 - ``lengths``: the prompt-length sweep, direct vs phase0 vs all vs krmlx serve;
 - ``distributed``: 1 GPU vs ``--distributed`` GPUs (tensor parallel, NCCL).
 
@@ -57,7 +57,8 @@ def main() -> int:
         "baseline": ("baseline", *trials, "--target", "direct", "--target", "engine",
                      "--target", "engine:all"),
         "sweep": ("concurrency", *trials, "--levels", a.levels, "--max-tokens", str(a.max_tokens),
-                  "--target", "engine=engine?scheduler=batched", "--target", "raw",
+                  "--target", "auto=engine", "--target", "serial=engine?scheduler=serial",
+                  "--target", "batched=engine?scheduler=batched", "--target", "raw",
                   "--target", "mlx_lm.server", "--target", "krmlx.serve"),
         "lengths": ("lengths", *trials, "--max-tokens", "32", "--target", "direct", "--target",
                     "engine", "--target", "engine:all", "--target", "krmlx.serve?scheduler=serial"),

@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model", default=os.environ.get("KRMLX_MODEL", "mini"))
     sv.add_argument("--phases", default="none", help="none | all | comma list of "
                     "batching,caching,retry,framing (all on together)")
-    sv.add_argument("--scheduler", default="batched", choices=["serial", "batched", "batched-staged"])
+    sv.add_argument("--scheduler", default="auto", choices=["auto", "serial", "batched", "batched-staged"])
     sv.add_argument("--prompt-cache", action="store_true",
                     help="reuse the KV state of shared prompt prefixes (serial scheduler)")
     sv.add_argument("--host", default="127.0.0.1")

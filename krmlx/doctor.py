@@ -43,11 +43,28 @@ def foreign_cpu_load(interval_s: float = 0.2) -> float:
     return meter.cores
 
 
+def oversubscription_warning(cores_usable: int | None, worker_blas_threads: int | None,
+                             caller_threads: int = 1) -> str | None:
+    """A warning when a worker's BLAS threads plus the caller's own busy threads (its event
+    loop reads every frame while the worker computes) need more cores than this process may
+    use; None when they fit or a count is unknown."""
+    if not cores_usable or not worker_blas_threads:
+        return None
+    need = worker_blas_threads + caller_threads
+    if need <= cores_usable:
+        return None
+    return (f"oversubscribed: the worker's {worker_blas_threads} BLAS threads and the caller's "
+            f"{caller_threads} busy thread(s) want {need} cores, {cores_usable} usable: the two "
+            "processes compete (prefill-heavy prompts suffer most); set OPENBLAS_NUM_THREADS "
+            "for the worker to trade its matmul speed for the caller's latency")
+
+
 def collect_env(*, load_interval_s: float = 0.2) -> dict:
     import mlx.core as mx
     import psutil
 
     blas = detect_blas()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -59,8 +76,10 @@ def collect_env(*, load_interval_s: float = 0.2) -> dict:
         "blas": blas.to_dict(),
         "blas_warning": slow_blas_warning(blas),
         "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cores_usable": usable,
         "caller_blas_threads": blas.threads,
+        # a worker spawned from here inherits this environment, so it gets the same count
+        "oversubscription_warning": oversubscription_warning(usable, blas.threads),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "foreign_cpu_load_cores": round(foreign_cpu_load(load_interval_s), 2),
         "git_sha": git_sha(),
@@ -82,6 +101,7 @@ def format_env(env: dict) -> str:
         f"cpu load    {env['foreign_cpu_load_cores']} cores used by other processes",
         f"git         {env['git_sha']}",
     ]
-    if env.get("blas_warning"):
-        lines.append(f"WARNING     {env['blas_warning']}")
+    for key in ("blas_warning", "oversubscription_warning"):
+        if env.get(key):
+            lines.append(f"WARNING     {env[key]}")
     return "\n".join(lines)

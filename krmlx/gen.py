@@ -142,7 +142,8 @@ def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
                 temperature: float = 0.0, seed: int | None = None, top_p: float = 1.0,
                 prompt_cache=None, draft_model=None, num_draft_tokens: int = 3,
                 on_draft=None, prefill_step: int = DEFAULT_PREFILL_STEP,
-                cancelled: Callable[[], bool] | None = None) -> Iterator[tuple[int, str]]:
+                cancelled: Callable[[], bool] | None = None,
+                detok=None) -> Iterator[tuple[int, str]]:
     """Yield ``(token_id, new_text)`` per generated token; return the finish reason.
 
     Stops at an EOS token ("stop", the EOS itself is not yielded) or after
@@ -151,14 +152,16 @@ def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
     The prompt is processed in chunks of ``prefill_step`` tokens; ``cancelled()`` is asked
     between chunks, and a True stops the prefill there ("cancelled", nothing yielded): a
     long prompt abandoned by its caller costs at most one more chunk. (Speculative
-    decoding prefills in its own loop, without that check.)
+    decoding prefills in its own loop, without that check.) ``detok``: the streaming
+    detokenizer to use (a fresh one by default; a caller that hands the stream on passes its
+    own, so the text goes on where it stopped).
     """
     import mlx.core as mx
     from mlx_lm.generate import generate_step, speculative_generate_step
 
     if max_tokens <= 0:
         raise BadRequest(f"max_tokens: must be positive, got {max_tokens}")
-    detok = tokenizer.detokenizer
+    detok = tokenizer.detokenizer if detok is None else detok
     eos = tokenizer.eos_token_ids
     sampler = make_sampler(temperature, seed, top_p)
 

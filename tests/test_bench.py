@@ -126,6 +126,19 @@ def test_targets_get_equal_warmup_and_interleaved_order(tiny_path):
     t = doc["config"]["treatment"]
     assert t["warmup"]["direct"] == t["warmup"]["phase0"] == t["warmup"]["all"]
     assert t["requests"]["baseline"]["n"] == 4 and len(t["requests"]["baseline"]["sha256"]) == 16
+    threads = doc["env"]["threads"]  # who used which threads on how many cores, recorded
+    assert set(threads["worker_blas_threads"]) == {"phase0", "all"}  # direct has no worker
+    assert all(isinstance(n, int) and n >= 1 for n in threads["worker_blas_threads"].values())
+    assert threads["cores_usable"] >= 1 and set(threads["oversubscription_warnings"]) <= {"phase0", "all"}
+
+
+def test_oversubscription_is_warned_when_worker_and_caller_want_more_cores_than_usable():
+    from krmlx.doctor import oversubscription_warning
+
+    warning = oversubscription_warning(2, 2)
+    assert warning and "2 BLAS threads" in warning and "3 cores, 2 usable" in warning
+    assert oversubscription_warning(4, 2) is None and oversubscription_warning(2, 1) is None
+    assert oversubscription_warning(None, 2) is None and oversubscription_warning(2, None) is None
 
 
 def test_what_a_target_lacks_is_recorded_not_a_crash(tiny_path):

@@ -18,13 +18,14 @@ def serial_outputs(tiny_path):
     questions = load_questions()[0]
 
     async def go():
-        async with Engine("tiny") as eng:
+        async with Engine("tiny", StackConfig.phases(scheduler="serial")) as eng:
+            assert eng.client.ready["scheduler"] == "serial"
             return [await eng.complete(Request(q.question, max_tokens=30, id=q.id)) for q in questions]
 
     return run(go())
 
 
-@pytest.mark.parametrize("scheduler", ["batched", "batched-staged"])
+@pytest.mark.parametrize("scheduler", ["batched", "batched-staged", "auto"])
 def test_50_concurrent_requests_equal_serial_outputs(serial_outputs, scheduler):
     questions = load_questions()[0]
 
@@ -43,7 +44,7 @@ def test_50_concurrent_requests_equal_serial_outputs(serial_outputs, scheduler):
     assert stats["active_streams"] == 0
 
 
-@pytest.mark.parametrize("scheduler", ["batched", "batched-staged"])
+@pytest.mark.parametrize("scheduler", ["batched", "batched-staged", "auto"])
 def test_per_request_max_tokens_cancel_and_admission_between_steps(tiny_path, scheduler):
     async def go():
         async with Engine("tiny", StackConfig.phases(scheduler=scheduler)) as eng:
@@ -68,6 +69,35 @@ def test_per_request_max_tokens_cancel_and_admission_between_steps(tiny_path, sc
     assert [o[0] for o in order] == ["short", "short", "short", "long"]  # admitted mid-batch
     assert all(o[1] == o[2] for o in order)  # each request's own max_tokens
     assert first.index == 0 and stats["active_streams"] == 0
+
+
+def test_auto_runs_one_stream_solo_and_hands_it_to_the_batch_when_others_come(serial_outputs):
+    """auto (the default): a lone request runs on the serial path; when others arrive while
+    it decodes, it moves into the batch mid-stream (its KV cache handed over) and goes on:
+    every output, the moved one included, equals the serial scheduler's."""
+    questions = load_questions()[0]
+    long_q, others = questions[0], questions[1:9]
+
+    async def go():
+        async with Engine("tiny") as eng:
+            assert eng.client.ready["scheduler"] == "auto"
+            alone = await eng.complete(Request(long_q.question, max_tokens=30, id=long_q.id))
+            stream = eng.stream(Request(long_q.question, max_tokens=30, id=long_q.id))
+            first = [await stream.__anext__() for _ in range(5)]  # solo, decoding
+            rest = asyncio.gather(*(eng.complete(Request(q.question, max_tokens=30, id=q.id))
+                                    for q in others))
+            tail = [c async for c in stream]
+            return alone, first + tail, stream.tail, await rest, (await eng.client.worker_stats())
+
+    alone, moved, end, outs, stats = run(go())
+    want = {o.request_id: o for o in serial_outputs}
+    assert alone.token_ids == want[long_q.id].token_ids
+    assert tuple(c.token_id for c in moved) == want[long_q.id].token_ids  # one stream, unbroken
+    assert "".join(c.text for c in moved) + end == want[long_q.id].text
+    for q, got in zip(others, outs, strict=True):
+        assert got.token_ids == want[q.id].token_ids, q.id
+    counts = stats["scheduler_counts"]
+    assert counts["solo_runs"] >= 2 and counts["handoffs"] >= 1
 
 
 def test_concurrency_sweep_smoke_has_one_row_per_level_and_three_targets(tiny_path):

@@ -27,6 +27,7 @@ from reliability_support import load_soak, pid_gone, run, worker_children, zombi
 from krmlx.engine import Engine
 from krmlx.errors import BadRequest, WorkerCrashed
 from krmlx.stack import StackConfig
+from krmlx.worker.config import WorkerConfig
 from krmlx.stages.breaker import BreakerPolicy
 from krmlx.stages.retry import RetryPolicy
 from krmlx.types import Request
@@ -102,11 +103,13 @@ def test_retry_phase_completes_everything_under_errors_and_kills(reference):
     threshold above the concurrency (with the default 5, one kill opens the breaker:
     test_one_crash_does_not_open_the_breaker). One exception is allowed, by the Retry
     contract: a generate whose worker died after its first token was delivered is not
-    retried (no duplicated text), at most one per kill (one stream runs at a time);
+    retried (no duplicated text), at most one per kill (on the serial scheduler one stream
+    runs at a time);
     test_complete_survives_a_kill_mid_stream_with_retry asks for more.
     """
     config = StackConfig.phases(["retry"], faults=FAULTS, retry=RetryPolicy(attempts=6),
-                                breaker=BreakerPolicy(failure_threshold=4 * CONCURRENCY))
+                                breaker=BreakerPolicy(failure_threshold=4 * CONCURRENCY),
+                                scheduler="serial")  # one stream at a time, as said above
     result = run(soak_run(config, soak.kill_points(N, KILLS, SEED)))
     summary = soak.summarize(result, reference)
     print("\n[retry]", soak.format_summary(summary))
@@ -128,7 +131,8 @@ def test_worker_death_fails_pending_calls_fast_then_engine_recovers(tiny_path):
     the next call restarts the worker and reloads tiny; nothing is left behind."""
 
     async def go():
-        async with Engine("tiny") as eng:
+        # the serial scheduler, so the queued calls wait behind the live stream
+        async with Engine("tiny", StackConfig(worker=WorkerConfig(scheduler="serial"))) as eng:
             want = await eng.complete(Request("Why do bees dance?", max_tokens=8))
             want_ids = await eng.tokenize("hello world")
             first_pid = eng.client.pid

@@ -566,8 +566,23 @@ async def run_workload(workload, model: str, *, targets=None, phases: str | None
         finally:
             await asyncio.gather(*(t.stop() for t in owned), return_exceptions=True)
     config["run_s"] = time.perf_counter() - t0
+    env["threads"] = thread_use(env, config["targets"])
     return {"env": env, "config": config, "records": records,
             "summary": workload.summarize(records, config) if records else {}}
+
+
+def thread_use(env: dict, targets: dict) -> dict:
+    """Who used which threads on how many cores: the caller's BLAS threads, each worker's
+    (from its ready frame), and a warning per worker that oversubscribes the cores."""
+    from ..doctor import oversubscription_warning
+
+    workers = {name: info["worker"].get("blas_threads") for name, info in targets.items()
+               if isinstance(info.get("worker"), dict) and info["worker"]}
+    warnings = {name: w for name, n in workers.items()
+                if (w := oversubscription_warning(env.get("cores_usable"), n))}
+    return {"cores": env.get("cores"), "cores_usable": env.get("cores_usable"),
+            "caller_blas_threads": env.get("caller_blas_threads"),
+            "worker_blas_threads": workers, "oversubscription_warnings": warnings}
 
 
 def summarize_partial(workload, records: list, config: dict) -> dict:

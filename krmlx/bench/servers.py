@@ -5,7 +5,8 @@ SIGTERM then SIGKILL of its group, always reaped).
 - :class:`MlxLmServer`: ``python -m mlx_lm.server`` on the model folder, in this
   environment (same mlx, mlx-lm and BLAS as the other targets); options become its flags
   (``decode_concurrency=64`` -> ``--decode-concurrency 64``; 64 unless given, the size of
-  krmlx's own continuous batch);
+  krmlx's own continuous batch; ``--prompt-cache-size 0`` unless given: its KV prompt cache
+  would serve the bench's repeated prompts from memory);
 - :class:`KrmlxServe`: ``python -m krmlx serve`` with the given phases (``scheduler``
   batched unless given; other options become its flags);
 - :class:`CommandServer`: any command line, ``{port}``, ``{model}`` (the model folder) and
@@ -105,7 +106,10 @@ class MlxLmServer(ManagedServer):
         return super().make_process(folder, port)
 
     def command(self, folder: str, port: int) -> list[str]:
-        opts = {"decode_concurrency": 64, "log_level": "WARNING", **self.options}
+        # its prompt cache off unless asked for: the bench repeats prompts (warm-up, trials),
+        # and krmlx's own engine reuses no KV state unless its prompt cache is on
+        opts = {"decode_concurrency": 64, "prompt_cache_size": 0, "log_level": "WARNING",
+                **self.options}
         return [sys.executable, "-m", "mlx_lm.server", "--model", folder, "--host", "127.0.0.1",
                 "--port", str(port), *flags(opts)]
 

@@ -12,8 +12,10 @@ Fields (validated on creation; ConfigError names the field):
 - ``framing``: a :class:`~krmlx.framing.FramerConfig` (codec, coalescing, backpressure
   window) or None for a frame per token without a window; a framer layer in the stack
   sets it;
-- ``scheduler``: ``serial`` (one generation at a time), ``batched`` (continuous batching)
-  or ``batched-staged`` (staged admission);
+- ``scheduler``: ``auto`` (the default: one stream on the serial path, two or more in the
+  continuous batch, :mod:`krmlx.worker.auto`; ``serial`` when a draft, prompt-cache reuse
+  or a group of ranks asks for it), ``serial`` (one generation at a time), ``batched``
+  (continuous batching) or ``batched-staged`` (staged admission);
 - ``timeout_s``: default whole-call deadline (None: none); per call, ``Call.timeout_s``;
 - ``idle_timeout_s``: the longest wait for a stream's next frame (None: none), so a stream
   that stops producing fails without cutting a long healthy one;
@@ -45,7 +47,7 @@ from .launch import DistributedConfig
 from .prompt_cache import PromptCacheConfig
 from .protocol import CODECS
 
-SCHEDULERS = ("serial", "batched", "batched-staged")
+SCHEDULERS = ("auto", "serial", "batched", "batched-staged")
 DEFAULT_LIVENESS_TIMEOUT_S = 10.0
 DEFAULT_STALL_TIMEOUT_S = 10.0
 HEARTBEATS_PER_LIVENESS = 5
@@ -63,7 +65,7 @@ def _positive(name: str, value, *, allow_none: bool = True) -> None:
 class WorkerConfig:
     codec: str = "json"
     framing: FramerConfig | None = None
-    scheduler: str = "serial"
+    scheduler: str = "auto"
     timeout_s: float | None = None
     idle_timeout_s: float | None = None
     liveness_timeout_s: float | None = DEFAULT_LIVENESS_TIMEOUT_S
@@ -95,6 +97,9 @@ class WorkerConfig:
                 raise ConfigError(f"{name}: must be a {cls.__name__} or None, got {type(value).__name__}")
         if self.draft is not None and (not isinstance(self.draft, str) or not self.draft):
             raise ConfigError(f"draft: must be a model name or None, got {self.draft!r}")
+        if self.scheduler == "auto" and (self.draft or self.prompt_cache is not None
+                                         or self.group is not None):
+            object.__setattr__(self, "scheduler", "serial")  # what those run on
         if self.draft is not None and self.scheduler != "serial":
             raise ConfigError("draft: speculative decoding runs with the serial scheduler only")
         for name in ("timeout_s", "idle_timeout_s", "liveness_timeout_s", "stall_timeout_s"):

@@ -22,7 +22,9 @@ Worker -> client:
   so a client can tell a long computation from a hung worker.
 
 Two codecs carry the envelope, chosen when the worker is spawned: ``json`` (one orjson
-document per line) and ``msgpack`` (a 4-byte big-endian length, then a msgpack map).
+document per line) and ``msgpack`` (a 4-byte big-endian length, then a msgpack map; token
+frames, the per-token hot path, as the compact array ``["t", id, tokens]``, read back as
+the same envelope).
 
 Decoders never raise on bad input: whatever fails while decoding or checking a frame comes
 back as a :class:`~krmlx.errors.ProtocolError` whose ``frame_id`` is the frame's own id when
@@ -64,6 +66,7 @@ CODECS = ("json", "msgpack")
 KINDS = frozenset({"call", "ack", "ready", "result", "token", "done", "error", "heartbeat"})
 NULL_MODEL = "null"  # always resident in a worker: synthetic tokens without MLX (stream costs)
 _LEN = struct.Struct(">I")
+TOKEN_MARK = "t"  # msgpack carries token frames as the array ["t", id, tokens]
 
 
 # -- methods -----------------------------------------------------------------------------------
@@ -213,13 +216,14 @@ def read_result(frame: dict):
 def read_tokens(frame: dict) -> list:
     """The ``[token_id, text]`` pairs of a token frame (checked; ProtocolError names the field)."""
     tokens = frame.get("tokens")
-    if type(tokens) is not list:
-        raise _missing(frame, "tokens", "a list of [token_id, text] pairs")
-    for pair in tokens:
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and type(pair[0]) is int
-                and type(pair[1]) is str):
-            raise _missing(frame, "tokens", "a list of [token_id, text] pairs")
-    return tokens
+    if type(tokens) is list:
+        for pair in tokens:
+            if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int \
+                    or type(pair[1]) is not str:
+                break
+        else:
+            return tokens
+    raise _missing(frame, "tokens", "a list of [token_id, text] pairs")
 
 
 def read_done(frame: dict) -> tuple[str, int, str, dict]:
@@ -360,7 +364,10 @@ class MsgpackCodec:
         self.desync: ProtocolDesync | None = None  # set once: nothing more is decoded
 
     def encode(self, frame: dict) -> bytes:
-        body = self._packer.pack(frame)
+        if frame.get("kind") == "token":  # the hot path, compact: ["t", id, tokens]
+            body = self._packer.pack((TOKEN_MARK, frame["id"], frame["tokens"]))
+        else:
+            body = self._packer.pack(frame)
         return _LEN.pack(len(body)) + body
 
     def feed(self, data: bytes) -> list:
@@ -395,6 +402,9 @@ class MsgpackCodec:
             frame = msgpack.unpackb(body)  # map keys must be strings (the envelope's are)
         except Exception as e:  # noqa: BLE001 - msgpack raises several types for bad input
             return ProtocolError(f"malformed msgpack frame: {type(e).__name__}: {e}")
+        if type(frame) is list and len(frame) == 3 and frame[0] == TOKEN_MARK \
+                and type(frame[1]) is int:
+            return {"v": VERSION, "id": frame[1], "kind": "token", "tokens": frame[2]}
         return _decoded(frame)
 
 

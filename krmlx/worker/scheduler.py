@@ -393,10 +393,14 @@ class BatchScheduler:
 
 
 def make_scheduler(name: str, on_error):
+    if name == "auto":
+        from .auto import AutoScheduler
+
+        return AutoScheduler(on_error)
     if name == "serial":
         return SerialScheduler(on_error)
     if name == "batched":
         return BatchScheduler(on_error)
     if name == "batched-staged":
         return BatchScheduler(on_error, staged=True)
-    raise ValueError(f"scheduler: must be serial, batched or batched-staged, got {name!r}")
+    raise ValueError(f"scheduler: must be auto, serial, batched or batched-staged, got {name!r}")

@@ -406,6 +406,8 @@ class Worker:
                 "resident_bytes": sum(e.bytes for e in list(self.models.values())),
                 "rss_max_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                 "injected": dict(self.faults.injected), "scheduler": self.scheduler.name,
+                "scheduler_counts": {k: getattr(self.scheduler, k) for k in
+                                     ("steps", "solo_runs", "handoffs") if hasattr(self.scheduler, k)},
                 "prompt_cache": dict(self.prompt_cache.stats) if self.prompt_cache else None,
                 "group": dict(self.group.stats) if self.group else None}
 
@@ -510,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faults", default=None, help="fault plan as JSON")
     parser.add_argument("--framing", default=None,
                         help="framing (coalescing, window) as JSON: a krmlx.framing.FramerConfig")
-    parser.add_argument("--scheduler", default="serial", choices=["serial", "batched", "batched-staged"])
+    parser.add_argument("--scheduler", default="auto", choices=["auto", "serial", "batched", "batched-staged"])
     parser.add_argument("--prompt-cache", default=None, help="prompt-cache reuse config as JSON")
     parser.add_argument("--distributed", default=None, choices=["ring", "nccl"],
                         help="run as one rank of an MLX distributed group (see krmlx.worker.launch)")

@@ -55,11 +55,14 @@ class Concurrency(Workload):
     def planned_records(self, n_targets):
         return sum(self.levels) * n_targets
 
-    def pool(self, run) -> list[Request]:
+    def pool(self, run, trial: int = 0) -> list[Request]:
+        """The prompts of a trial (``long``: fresh ones per trial, and others for the warm-up,
+        trial -1, so no target sees a timed prompt twice)."""
         if self.prompts == "long":
             from ..prompts import long_prompts
 
-            return long_prompts(run.tokenizer(), 20, max_tokens=self.max_tokens, seed=self.seed)
+            return long_prompts(run.tokenizer(), 20, max_tokens=self.max_tokens,
+                                seed=self.seed * 1000 + 100 * (trial + 1))
         return [Request(q.question, max_tokens=self.max_tokens, id=q.id) for q in load_questions()[0]]
 
     @staticmethod
@@ -70,12 +73,14 @@ class Concurrency(Workload):
                         **({"max_tokens": max_tokens} if max_tokens else {})) for i in range(c)]
 
     async def run(self, run, group=0):
-        pool, levels = self.pool(run), sorted(set(self.levels))
+        levels = sorted(set(self.levels))
+        warm = self.pool(run, -1)
         for c in levels:  # every batch shape once, untimed, on every target
-            await run.warm([("generate", r) for r in self.wave_of(pool, c, 4)],
+            await run.warm([("generate", r) for r in self.wave_of(warm, c, 4)],
                            label=f"a wave of {c}", concurrency=c)
 
         async def body(trial):
+            pool = self.pool(run, trial)
             for c in levels:
                 await run.wave(self.wave_of(pool, c), trial, series=f"c={c}", level=c)
 

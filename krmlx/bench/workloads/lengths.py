@@ -1,7 +1,9 @@
 """``lengths``: the prompt-length sweep. For each length (~16 to 2048 prompt tokens, chat
 template included, by the model's own tokenizer), ``per_length`` prompts of about that
 length, ``max_tokens`` out, one request at a time through every target in turn (the order
-rotated per request and trial). Warm-up: every prompt once, untimed, on every target.
+rotated per request and trial). Each trial gets fresh prompts (so a server's prompt cache
+can't serve a repeat); the warm-up, untimed on every target, gets others of the same
+lengths.
 
 The summary says how a serving layer's cost moves with prompt length: per length and
 target, TTFT / TPOT / E2E (mean, p50), and against the base (``direct`` when it ran, else
@@ -40,21 +42,23 @@ class Lengths(Workload):
     def planned_records(self, n_targets):
         return len(self.lengths) * self.per_length * n_targets
 
-    def requests(self, run) -> dict[int, list[Request]]:
+    def requests(self, run, trial: int = 0) -> dict[int, list[Request]]:
+        """A trial's prompts (fresh per trial; trial -1: the warm-up's, of the same lengths),
+        so a server's prompt cache never sees a timed prompt before it is timed."""
         from ..prompts import prompt_of_length
 
         tok = run.tokenizer()
-        return {n: [Request(prompt_of_length(tok, n, seed=self.seed * 1000 + n + i),
+        base = self.seed * 100_000 + (trial + 1) * 10_000
+        return {n: [Request(prompt_of_length(tok, n, seed=base + n + i),
                             max_tokens=self.max_tokens, id=f"len{n}-{i}")
                     for i in range(self.per_length)] for n in sorted(set(self.lengths))}
 
     async def run(self, run, group=0):
-        by_length = self.requests(run)
-        every = [r for reqs in by_length.values() for r in reqs]
-        await run.warm([("generate", r) for r in every], label="every prompt once")
+        warm = [r for reqs in self.requests(run, -1).values() for r in reqs]
+        await run.warm([("generate", r) for r in warm], label="every length, per_length prompts")
 
         async def body(trial):
-            for n, reqs in by_length.items():
+            for n, reqs in self.requests(run, trial).items():
                 await run.sequence(reqs, trial, series=f"len={n}", length=n)
 
         await run.trials(body)

@@ -1,0 +1,105 @@
+"""AutoScheduler (``scheduler="auto"``, the default): one stream runs on mlx-lm's
+single-sequence ``generate_step`` (the serial path: pipelined, no batch bookkeeping), two
+or more share the continuous batch.
+
+- A request that arrives to an idle scheduler runs *solo*, token by token, in a KV cache
+  the scheduler owns. Between tokens it looks at its queue: when another job is waiting,
+  the solo stream is handed to the batch without a restart: its cache is trimmed by its
+  last token, and the batch is given that token as the prompt, that cache as its prefix
+  and the tokens it still may generate (``BatchGenerator.insert(..., caches=...)``, the
+  same mechanism as prompt-cache reuse). Its detokenizer and stream go on unchanged, so
+  the caller sees one continuous stream. Greedy outputs are those of either path.
+- A request that arrives while anything is running joins the batch, as with ``batched``.
+- Admission to the batch is staged on a CPU (each group's first tokens go out before the
+  next group's prefill: measured lower TTFT under load where prefill is slow) and plain on
+  a GPU (where staging slowed the ramp-up).
+
+A solo stream's prefill is not interrupted: a job arriving during it waits for its first
+token (one prefill), then both are batched. The null model and unloaded models go the
+serial way, as in :class:`~krmlx.worker.scheduler.BatchScheduler`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .. import gen
+from .protocol import NULL_MODEL
+from .scheduler import BatchScheduler, GenerateJob, _Active, job_may_start
+
+
+def on_gpu() -> bool:
+    import mlx.core as mx
+
+    return mx.default_device() == mx.gpu
+
+
+class AutoScheduler(BatchScheduler):
+    name = "auto"
+
+    def __init__(self, on_error, *, staged: bool | None = None, **kw):
+        super().__init__(on_error, staged=not on_gpu() if staged is None else staged, **kw)
+        self.name = "auto"
+        self.solo_runs = 0
+        self.handoffs = 0
+
+    def _admit(self, job: GenerateJob) -> None:
+        if self._active or self._waiting or not self._jobs.empty():
+            return super()._admit(job)
+        self._solo(job)
+
+    def _generate_waiting(self) -> bool:
+        """Whether a generation that would join the batch waits in the queue (other jobs,
+        such as a load or an unload, wait for the solo stream, as on the serial path)."""
+        if self._jobs.empty():
+            return False
+        with self._jobs.mutex:
+            return any(isinstance(j, GenerateJob) and j.entry.id != NULL_MODEL
+                       and not j.entry.unloaded for j in self._jobs.queue)
+
+    def _solo(self, job: GenerateJob) -> None:
+        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+
+        out, entry, params = job.out, job.entry, job.params
+        if not job_may_start(job):
+            return
+        prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.limits)
+        temperature, seed = params.get("temperature", 0.0), params.get("seed")
+        cache = make_prompt_cache(entry.model)
+        detok = entry.tokenizer.detokenizer
+        steps = gen.iter_tokens(entry.model, entry.tokenizer, prompt_ids,
+                                max_tokens=params["max_tokens"], temperature=temperature,
+                                seed=seed, top_p=params.get("top_p", 1.0), prompt_cache=cache,
+                                cancelled=out.cancelled.is_set, detok=detok)
+        self.solo_runs += 1
+        entry.refs += 1
+        handed = False
+        try:
+            while True:
+                if out.cancelled.is_set():
+                    out.finish("cancelled", len(prompt_ids))
+                    return
+                try:
+                    token, text = next(steps)
+                except StopIteration as stop:
+                    finish, tail = stop.value
+                    out.finish(finish, len(prompt_ids), tail)
+                    return
+                out.put(token, text)
+                if (self._generate_waiting() and not out.cancelled.is_set()
+                        and out.tokens < params["max_tokens"] and can_trim_prompt_cache(cache)):
+                    steps.close()  # the cache now holds every token up to ``token``
+                    trim_prompt_cache(cache, 1)
+                    left = params["max_tokens"] - out.tokens
+                    sampler = gen.make_sampler(temperature, seed, params.get("top_p", 1.0))
+                    (uid,) = self._generator(entry).insert(
+                        [[token]], max_tokens=[left], caches=[cache], samplers=[sampler])
+                    self._active[(entry.id, uid)] = _Active(out, entry, detok, len(prompt_ids))
+                    self.handoffs += 1
+                    handed = True
+                    return
+        finally:
+            steps.close()
+            if not handed:
+                entry.refs -= 1
+                entry.last_used = time.monotonic()
