@@ -27,10 +27,10 @@ from reliability_support import load_soak, pid_gone, run, worker_children, zombi
 from krmlx.engine import Engine
 from krmlx.errors import BadRequest, WorkerCrashed
 from krmlx.stack import StackConfig
-from krmlx.worker.config import WorkerConfig
 from krmlx.stages.breaker import BreakerPolicy
 from krmlx.stages.retry import RetryPolicy
 from krmlx.types import Request
+from krmlx.worker.config import WorkerConfig
 
 soak = load_soak()
 
