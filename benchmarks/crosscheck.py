@@ -1,12 +1,20 @@
 """An independent cross-check: GuideLLM's numbers for an OpenAI-compatible server.
 
-    .venv/bin/python benchmarks/crosscheck.py --model tiny --concurrency 1,4 --requests 20
+    .venv/bin/python benchmarks/crosscheck.py --model mini --servers mlx_lm.server,krmlx.serve \
+        --concurrency 1,4 --requests 20 --out results/cpu/crosscheck.json
     .venv/bin/python benchmarks/crosscheck.py --url http://127.0.0.1:8080/v1 --model tiny
 
-Without ``--url`` it starts ``mlx_lm.server`` on the model (127.0.0.1, a free port; always
-stopped and reaped) and runs GuideLLM against it; with ``--url`` it uses a server already
-running (``--model`` then names the tokenizer folder and the id to send). Prints one row
-per concurrency level; ``--out`` writes them, with the exact command line, as JSON.
+Without ``--url`` it starts each of ``--servers`` on the model in turn (``mlx_lm.server``,
+``krmlx.serve``: 127.0.0.1, a free port; always stopped and reaped); with ``--url`` it uses
+a server already running (``--model`` then names the tokenizer folder and the id to send).
+On each server, after the same untimed warm-up: GuideLLM, then krmlx's own client with the
+same settings (``bench concurrency`` in its closed-loop mode: ``requests`` requests with
+``c`` in flight, synthetic prompts as long as GuideLLM's were by the server's count, the
+same output length, greedy), then GuideLLM again, so drift between runs shows. Prints one
+row per tool and level and the comparison: krmlx's TTFT p50 and output tok/s against the
+mean of the two GuideLLM runs, and whether they agree within ``--tolerance`` (10%).
+``--out`` writes it all as JSON, with GuideLLM's exact command line; krmlx's runs are
+results files of their own beside it. ``--no-krmlx`` runs GuideLLM alone.
 
 GuideLLM 0.8.1 lives in its own cached venv (:mod:`krmlx.bench.venvs`: ``guidellm==0.8.1``
 with the CPU build ``torch==2.13.0``, which keeps it at ~1.5 GB instead of a CUDA build).
@@ -235,6 +243,138 @@ def crosscheck_mlx_lm_server(model: str = "tiny", **settings) -> tuple[list[Tool
     return rows, info
 
 
+def run_krmlx(base_url: str, model: str, model_id: str, *, concurrency, requests: int,
+              prompt_tokens: int, output_tokens: int, out_dir: Path | None = None,
+              label: str = "krmlx") -> tuple[list[ToolRow], str | None]:
+    """krmlx's client on the same server and settings: ``bench concurrency`` closed-loop
+    (``requests`` with ``c`` in flight per level, synthetic prompts of ``prompt_tokens``
+    tokens, chat template included, ``output_tokens`` out, greedy). Rows, and the path of
+    the results file written into ``out_dir`` (None without one)."""
+    import asyncio
+
+    from krmlx.bench.results import write_results
+    from krmlx.bench.runner import run_workload
+    from krmlx.bench.workloads import make_workload
+
+    wl = make_workload("concurrency", mode="closed", levels=tuple(concurrency),
+                       requests=requests, prompts="synthetic", prompt_tokens=prompt_tokens,
+                       max_tokens=output_tokens)
+    doc = asyncio.run(run_workload(wl, model, targets=[f"{label}={base_url}?model={model_id}"]))
+    path = None
+    if out_dir is not None:
+        path = str(write_results(Path(out_dir) / f"crosscheck-{label}.json", **doc))
+    by_level: dict[int, list] = {}
+    for r in doc["records"]:
+        if r["ok"]:
+            by_level.setdefault(r["level"], []).append(r)
+    rows = []
+    for lv in doc["summary"]["levels"]:
+        recs = by_level.get(lv["concurrency"], [])
+        rows.append(ToolRow(
+            tool="krmlx", concurrency=lv["concurrency"], requests_ok=lv["requests"] - lv["errors"],
+            requests_errored=lv["errors"], requests_incomplete=0, ttft_p50_ms=lv["ttft_ms_p50"],
+            itl_p50_ms=lv["tpot_ms_p50"], tpot_p50_ms=_median([r["e2e_ms"] / r["output_tokens"]
+                                                                for r in recs if r["output_tokens"]]),
+            e2e_p50_ms=lv["e2e_ms_p50"], output_tok_s=lv["aggregate_tps"],
+            prompt_tokens_p50=_median([r["prompt_tokens"] for r in recs]),
+            output_tokens_p50=_median([r["output_tokens"] for r in recs]),
+            duration_s=float("nan")))
+    return rows, path
+
+
+def _median(values) -> float:
+    import statistics
+
+    values = [v for v in values if v is not None]
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def compare(krmlx_rows: list[ToolRow], tool_runs: list[list[ToolRow]],
+            tolerance: float = 0.10) -> list[dict]:
+    """Per level: krmlx's TTFT p50 and output tok/s against the mean of the tool's runs;
+    ``agree`` when both differ by at most ``tolerance`` (a fraction)."""
+    out = []
+    for k in krmlx_rows:
+        theirs = [r for run in tool_runs for r in run if r.concurrency == k.concurrency]
+        if not theirs:
+            continue
+        row = {"concurrency": k.concurrency}
+        for metric in ("ttft_p50_ms", "output_tok_s"):
+            ref = sum(getattr(r, metric) for r in theirs) / len(theirs)
+            mine = getattr(k, metric)
+            row.update({f"{metric}_krmlx": mine, f"{metric}_tool": ref,
+                        f"{metric}_tool_runs": [getattr(r, metric) for r in theirs],
+                        f"{metric}_diff_pct": (mine / ref - 1) * 100 if ref else float("nan")})
+        row["agree"] = all(abs(row[f"{m}_diff_pct"]) <= tolerance * 100
+                           for m in ("ttft_p50_ms", "output_tok_s"))
+        out.append(row)
+    return out
+
+
+def crosscheck_server(server: str, model: str, settings: dict, *, with_krmlx: bool = True,
+                      out_dir: Path | None = None, tolerance: float = 0.10) -> dict:
+    """One server (``mlx_lm.server`` or ``krmlx.serve``) started on ``model``: warm-up, GuideLLM,
+    krmlx, GuideLLM; stopped and reaped whatever happens."""
+    from contextlib import ExitStack
+
+    folder = resolve_model(model)
+    with ExitStack() as stack:
+        if server == "krmlx.serve":
+            from krmlx.serve.process import ServerProcess
+
+            srv = stack.enter_context(ServerProcess(model))
+            base_url, model_id = srv.base_url, model
+        elif server == "mlx_lm.server":
+            srv = stack.enter_context(serving(get_peer("mlx_lm.server"), folder))
+            base_url, model_id = srv.base_url, srv.model_id
+        else:
+            raise KrmlxError(f"--servers: mlx_lm.server or krmlx.serve, got {server!r}")
+        return crosscheck_url(base_url, model, model_id, settings, server=server,
+                              with_krmlx=with_krmlx, out_dir=out_dir, tolerance=tolerance)
+
+
+def crosscheck_url(base_url: str, model: str, model_id: str, settings: dict, *, server: str,
+                   with_krmlx: bool = True, out_dir: Path | None = None,
+                   tolerance: float = 0.10) -> dict:
+    folder = resolve_model(model)
+    warm = {k: settings[k] for k in ("concurrency", "prompt_tokens", "output_tokens")}
+    warm_up(base_url, model_id, **warm)
+    runs, infos = [], []
+    rows, info = run_guidellm(base_url, model_id, folder, **settings)
+    runs.append(rows)
+    infos.append(info)
+    result = {"server": server, "base_url": base_url, "model": str(folder), "model_id": model_id,
+              "guidellm_runs": [[asdict(r) for r in run] for run in runs], "guidellm": infos}
+    if with_krmlx:
+        # as long as GuideLLM's prompts were, by the server's own count (template included)
+        prompt_tokens = round(_median([r.prompt_tokens_p50 for r in rows]))
+        label = "krmlx-" + server.replace(".", "-").replace("_", "-")
+        mine, path = run_krmlx(base_url, model, model_id, concurrency=settings["concurrency"],
+                               requests=settings["requests"], prompt_tokens=prompt_tokens,
+                               output_tokens=settings["output_tokens"], out_dir=out_dir,
+                               label=label)
+        rows2, info2 = run_guidellm(base_url, model_id, folder, **settings)
+        runs.append(rows2)
+        infos.append(info2)
+        result.update({"guidellm_runs": [[asdict(r) for r in run] for run in runs],
+                       "krmlx": [asdict(r) for r in mine], "krmlx_results": path,
+                       "krmlx_prompt_tokens": prompt_tokens,
+                       "comparison": compare(mine, runs, tolerance), "tolerance": tolerance})
+    result["rows"] = runs, result.get("krmlx")
+    return result
+
+
+def format_comparison(rows: list[dict]) -> str:
+    lines = [f"{'conc':>4} {'TTFT p50 krmlx':>14} {'guidellm':>9} {'diff %':>7} "
+             f"{'tok/s krmlx':>11} {'guidellm':>9} {'diff %':>7}  agree"]
+    for r in rows:
+        lines.append(f"{r['concurrency']:>4} {r['ttft_p50_ms_krmlx']:>14.1f} "
+                     f"{r['ttft_p50_ms_tool']:>9.1f} {r['ttft_p50_ms_diff_pct']:>+7.1f} "
+                     f"{r['output_tok_s_krmlx']:>11.1f} {r['output_tok_s_tool']:>9.1f} "
+                     f"{r['output_tok_s_diff_pct']:>+7.1f}  {'yes' if r['agree'] else 'NO'}")
+    return "\n".join(lines)
+
+
 def format_rows(rows: list[ToolRow]) -> str:
     head = (f"{'tool':9} {'conc':>4} {'ok':>4} {'err':>3} {'TTFT p50 ms':>11} {'ITL p50 ms':>10} "
             f"{'TPOT(gl) p50':>12} {'E2E p50 ms':>10} {'out tok/s':>9} {'out tok':>7}")
@@ -249,6 +389,8 @@ def format_rows(rows: list[ToolRow]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny", help="preset or model folder (tokenizer too)")
+    ap.add_argument("--servers", default="mlx_lm.server",
+                    help="comma list: mlx_lm.server, krmlx.serve (started here in turn)")
     ap.add_argument("--url", help="an already running server's base URL (http://HOST:PORT/v1)")
     ap.add_argument("--model-id", help="id to send with --url (default: the folder path)")
     ap.add_argument("--concurrency", default="1,4")
@@ -256,25 +398,31 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS)
     ap.add_argument("--output-tokens", type=int, default=DEFAULT_OUTPUT_TOKENS)
     ap.add_argument("--workers", type=int, default=1, help="GuideLLM client processes")
-    ap.add_argument("--out", help="write rows and run info as JSON here")
+    ap.add_argument("--tolerance", type=float, default=0.10, help="agreement bound (fraction)")
+    ap.add_argument("--no-krmlx", action="store_true", help="GuideLLM alone")
+    ap.add_argument("--out", help="write rows, comparison and run info as JSON here")
     args = ap.parse_args()
     settings = {"concurrency": tuple(int(c) for c in args.concurrency.split(",")),
                 "requests": args.requests, "prompt_tokens": args.prompt_tokens,
                 "output_tokens": args.output_tokens, "workers": args.workers}
+    out_dir = Path(args.out).parent if args.out else None
+    opts = {"with_krmlx": not args.no_krmlx, "out_dir": out_dir, "tolerance": args.tolerance}
     if args.url:
-        folder = resolve_model(args.model)
-        model_id = args.model_id or str(folder)
-        warm_up(args.url, model_id, concurrency=settings["concurrency"],
-                prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens)
-        rows, info = run_guidellm(args.url, model_id, folder, **settings)
+        model_id = args.model_id or str(resolve_model(args.model))
+        results = [crosscheck_url(args.url, args.model, model_id, settings, server=args.url, **opts)]
     else:
-        rows, info = crosscheck_mlx_lm_server(args.model, **settings)
-    print(format_rows(rows))
-    for w in info["warnings"]:
-        print(f"guidellm warning: {w}")
+        results = [crosscheck_server(s, args.model, settings, **opts)
+                   for s in args.servers.split(",") if s]
+    for res in results:
+        runs, mine = res.pop("rows")
+        print(f"== {res['server']}")
+        print(format_rows([r for run in runs for r in run] + (mine and [ToolRow(**m) for m in mine] or [])))
+        for w in (w for info in res["guidellm"] for w in info["warnings"]):
+            print(f"guidellm warning: {w}")
+        if "comparison" in res:
+            print(format_comparison(res["comparison"]))
     if args.out:
-        Path(args.out).write_text(json.dumps(
-            {"settings": settings, "info": info, "rows": [asdict(r) for r in rows]}, indent=1))
+        Path(args.out).write_text(json.dumps({"settings": settings, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
     python -m krmlx compare A.json B.json
     python -m krmlx resummarize RESULTS...
     python -m krmlx report RESULTS... [--out DIR]
-    python -m krmlx serve [--model M] [--phases none|all|LIST] [--scheduler serial|batched|
+    python -m krmlx serve [--model M] [--phases none|all|LIST] [--scheduler auto|serial|batched|
         batched-staged] [--host 127.0.0.1] [--port N] [--api-key K] [--max-in-flight N]
 
 Model code runs under the fastest BLAS available: on Linux the command re-executes

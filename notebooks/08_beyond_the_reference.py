@@ -28,7 +28,8 @@ RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 #
 # The reference analysis concluded its phases give ~0% on generation-heavy work and pointed at "MLX
 # parameters" instead. Here the worker batches concurrent generations into one mlx-lm
-# `BatchGenerator` (`StackConfig.phases(scheduler="batched")`), reuses the KV state of shared
+# `BatchGenerator` (the default `auto` scheduler: one stream alone runs on the serial path,
+# two or more share the batch; `scheduler="batched"` always batches), reuses the KV state of shared
 # prompt prefixes, and decodes speculatively with a draft model.
 
 # %%
@@ -40,7 +41,7 @@ setup_notebook()
 
 # %% [markdown]
 # ## Continuous batching: throughput and TTFT per concurrency level
-# The engine (batched scheduler, streamed), raw `BatchGenerator` in this process (no
+# The engine (`auto` scheduler, streamed), raw `BatchGenerator` in this process (no
 # serving layer) and mlx-lm's own HTTP server, same prompts, model folder and warm-up (one
 # wave at every level, untimed, for each).
 

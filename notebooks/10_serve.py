@@ -20,7 +20,7 @@ import os
 
 SMOKE = os.environ.get("KRMLX_SMOKE") == "1"
 MODEL = "tiny" if SMOKE else "mini"
-SCHEDULER = "batched"
+SCHEDULER = "auto"
 PROMPTS = 3 if SMOKE else 12
 MAX_TOKENS = 16 if SMOKE else 64
 TRIALS = 1 if SMOKE else 3

@@ -225,6 +225,53 @@ def test_lengths_prompts_have_the_lengths_they_name(tiny_path):
         assert n <= got <= n + 3, (n, got)
 
 
+def max_in_flight(recs) -> int:
+    """The most requests open at once (from each record's start and end)."""
+    edges = sorted([(r["t_start_s"], 1) for r in recs] + [(r["t_end_s"], -1) for r in recs],
+                   key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, d in edges:
+        now += d
+        most = max(most, now)
+    return most
+
+
+def test_closed_loop_concurrency_keeps_c_in_flight_with_prompts_of_the_length_asked(tiny_path):
+    """mode=closed (the load generators' ``concurrent`` profile): ``requests`` per level,
+    never more than ``c`` open, the next sent as one ends; synthetic prompts of
+    ``prompt_tokens``."""
+    wl = make_workload("concurrency", levels=(1, 3), mode="closed", requests=6,
+                       prompts="synthetic", prompt_tokens=40, max_tokens=24)
+    doc = run(run_workload(wl, MODEL, targets=["engine"]))
+    recs = doc["records"]
+    assert all(r["ok"] for r in recs)
+    for c in (1, 3):
+        level = [r for r in recs if r["level"] == c]
+        assert len(level) == 6 and len({r["request_id"] for r in level}) == 6
+        assert max_in_flight(level) == c  # c open at once, never more
+        assert all(40 <= r["prompt_tokens"] <= 43 for r in level), [r["prompt_tokens"] for r in level]
+    rows = {r["concurrency"]: r for r in doc["summary"]["levels"]}
+    assert set(rows) == {1, 3} and all(rows[c]["aggregate_tps"] > 0 for c in rows)
+    with pytest.raises(ConfigError, match="mode"):
+        make_workload("concurrency", mode="open").validate(MODEL)
+
+
+def test_the_crosscheck_agrees_only_within_its_tolerance():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    from crosscheck import ToolRow, compare
+
+    def row(tool, c, ttft, tps):
+        return ToolRow(tool, c, 20, 0, 0, ttft, 5.0, 6.0, 200.0, tps, 64, 32, 1.0)
+
+    mine = [row("krmlx", 1, 105.0, 100.0), row("krmlx", 4, 130.0, 300.0)]
+    tool = [[row("guidellm", 1, 100.0, 98.0), row("guidellm", 4, 100.0, 300.0)],
+            [row("guidellm", 1, 100.0, 102.0), row("guidellm", 4, 100.0, 300.0)]]
+    got = {r["concurrency"]: r for r in compare(mine, tool, 0.10)}
+    assert got[1]["agree"] and got[1]["ttft_p50_ms_diff_pct"] == pytest.approx(5.0)
+    assert got[1]["output_tok_s_tool"] == pytest.approx(100.0)  # the mean of the two runs
+    assert not got[4]["agree"] and got[4]["ttft_p50_ms_diff_pct"] == pytest.approx(30.0)
+
+
 def test_direct_is_refused_for_open_loop_arrivals(tiny_path):
     doc = run(run_workload(make_workload("goodput", smoke=True), MODEL, targets=["direct", "engine"]))
     assert {r["engine"] for r in doc["records"]} == {"phase0"}

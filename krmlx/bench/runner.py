@@ -335,9 +335,12 @@ class Run:
                 pass
 
     async def batch(self, items: list[tuple[str, Request]], trial: int, *, series: str,
-                    concurrency: int, targets: list[str] | None = None, setup=None) -> None:
-        """(kind, request) items with ``concurrency`` in flight, one target at a time (order
-        rotated per trial). ``setup``: (kind, request) ops run untimed on each target first."""
+                    concurrency: int, targets: list[str] | None = None, setup=None,
+                    **extra) -> None:
+        """(kind, request) items with ``concurrency`` in flight (a closed loop: the next
+        starts when one ends), one target at a time (order rotated per trial). ``setup``:
+        (kind, request) ops run untimed on each target first; ``extra``: fields recorded on
+        every record and on the measurement."""
         self._order(f"{series}: one target at a time, {concurrency} in flight, the target "
                     "order rotated per trial")
         self.note_requests(series, [r for _, r in items])
@@ -349,11 +352,12 @@ class Run:
 
             async def one(kind, req, name=name, sem=sem):
                 async with sem:
-                    await self.do(name, kind, req, trial, series=series)
+                    await self.do(name, kind, req, trial, series=series, **extra)
 
             await self._measured(name, trial, series,
                                  lambda name=name, one=one: asyncio.gather(
-                                     *(one(k, r) for k, r in items)), concurrency=concurrency)
+                                     *(one(k, r) for k, r in items)),
+                                 **{"concurrency": concurrency, **extra})
 
     async def wave(self, requests: list[Request], trial: int, *, series: str, **extra) -> None:
         """All ``requests`` at once, one target at a time (order rotated per trial); a

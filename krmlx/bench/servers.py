@@ -127,7 +127,7 @@ class KrmlxServe(ManagedServer):
         from ..serve.process import ServerProcess
 
         opts = dict(self.options)
-        scheduler = opts.pop("scheduler", "batched")
+        scheduler = opts.pop("scheduler", "auto")
         return ServerProcess(self.model, phases=self.phases, scheduler=scheduler, port=port,
                              extra_args=flags(opts))
 

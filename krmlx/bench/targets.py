@@ -24,7 +24,7 @@ Spec strings (``--target`` on the CLI, :func:`make_target`), optionally ``NAME=S
 ``http://HOST:PORT/v1[?model=ID]`` any OpenAI-compatible endpoint already running
 ``mlx_lm.server[?k=v]``           mlx-lm's server, started here; ``k=v``: its flags
                                   (``decode_concurrency=32``)
-``krmlx.serve[:PHASES][?k=v]``     krmlx's own server, started here (``scheduler=serial``)
+``krmlx.serve[:PHASES][?k=v]``     krmlx's own server, started here (``?scheduler=serial``...)
 ``cmd:COMMAND``                   any server command line, with ``{port}``, ``{model}`` (the
                                   model folder) and ``{host}``; started and stopped here
 ``peer:NAME``                     a peer server in its own venv (:mod:`krmlx.bench.peers`)

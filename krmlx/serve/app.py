@@ -8,8 +8,8 @@ Contract:
 
 - The engine (an :class:`~krmlx.engine.Engine`, or anything with its API: ``start``,
   ``close``, ``stream``) is started in the app's lifespan and closed at its end; every
-  request shares it, so with ``scheduler="batched"`` concurrent clients share the worker's
-  continuous batching.
+  request shares it, so with the default ``scheduler="auto"`` (or ``batched``) concurrent
+  clients share the worker's continuous batching.
 - At most ``settings.max_in_flight`` generation requests are served at once; one more is
   answered 503 at once, with ``Retry-After`` and an OpenAI-style body (never queued).
 - A bad request is a 4xx before anything is generated (:mod:`krmlx.serve.openai_api`).

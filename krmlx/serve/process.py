@@ -1,6 +1,6 @@
 """ServerProcess: a managed ``python -m krmlx serve`` on 127.0.0.1 (tests, notebooks, bench)::
 
-    with ServerProcess("tiny", scheduler="batched") as server:
+    with ServerProcess("tiny", scheduler="serial") as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="unused")
         ...
     async with ServerProcess("tiny") as server:  # the same, without blocking the loop
@@ -20,7 +20,7 @@ from ..process import ManagedProcess, free_port
 
 
 class ServerProcess(ManagedProcess):
-    def __init__(self, model: str = "tiny", *, phases: str = "none", scheduler: str = "batched",
+    def __init__(self, model: str = "tiny", *, phases: str = "none", scheduler: str = "auto",
                  port: int | None = None, api_key: str | None = None, extra_args=(),
                  host: str = "127.0.0.1", env: dict | None = None,
                  ready_timeout_s: float = 120.0, stop_timeout_s: float = 10.0,

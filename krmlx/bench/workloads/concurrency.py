@@ -1,13 +1,17 @@
-"""``concurrency``: waves of ``c`` requests at once, for each level ``c``, through each
-target in turn: aggregate throughput, TTFT and TPOT under load.
+"""``concurrency``: for each level ``c``, through each target in turn, either a wave of
+``c`` requests at once (``mode="waves"``, the default) or ``requests`` requests with ``c``
+in flight, the next sent as one ends (``mode="closed"``: the closed loop of GuideLLM's and
+vLLM's ``concurrent`` profiles): aggregate throughput, TTFT and TPOT under load.
 
-Default targets: ``engine`` (the stdio Engine with continuous batching), ``raw`` (mlx-lm's
+Default targets: ``engine`` (the stdio Engine, its default ``auto`` scheduler), ``raw`` (mlx-lm's
 BatchGenerator in this process: the ceiling) and ``mlx_lm.server`` (mlx-lm's own HTTP
 server, started here with ``--decode-concurrency 64``); any others with ``--target``
 (``krmlx.serve``, ``http://...``, peers). Every target gets the same prompts (the 50
 questions cycled, or ``prompts="long"``: prefill-heavy prompts of 100-200 tokens), the same
 ``max_tokens`` and, untimed before the trials, one wave at every level (each batch shape
 once: GPU kernels compile per shape, a server's first batch allocates).
+``prompts="synthetic"``: fresh prompts of ``prompt_tokens`` tokens (chat template included)
+per trial, as a load generator's synthetic data.
 
 The summary: one row per (target, level) with aggregate tok/s (output tokens / the wave's
 wall time; a CI over trials when there are several), TTFT p50/p90, TPOT p50, E2E p50; and
@@ -17,7 +21,7 @@ the ratios of each target to the first (throughput, TTFT p50) per level.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,9 +32,10 @@ from ...types import Request
 from .. import metrics
 from ..servers import MlxLmServer
 from ..targets import EngineTarget, RawBatchTarget
-from .base import Workload, frame, outputs_match
+from .base import Workload, check_positive, frame, outputs_match
 
-PROMPT_SETS = ("questions", "long")
+PROMPT_SETS = ("questions", "long", "synthetic")
+MODES = ("waves", "closed")
 
 
 @dataclass(frozen=True)
@@ -41,19 +46,27 @@ class Concurrency(Workload):
     levels: tuple[int, ...] = (1, 4, 16, 64)
     max_tokens: int = 64
     prompts: str = "questions"
+    mode: str = "waves"
+    requests: int = 20  # closed mode: requests per level and trial
+    prompt_tokens: int = 64  # synthetic prompts
 
     def validate(self, model):
         if not self.levels or not all(isinstance(c, int) and c >= 1 for c in self.levels):
             raise ConfigError(f"{self.name}: levels must be positive ints, got {self.levels!r}")
         if self.prompts not in PROMPT_SETS:
             raise ConfigError(f"{self.name}: prompts must be one of {PROMPT_SETS}, got {self.prompts!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"{self.name}: mode must be one of {MODES}, got {self.mode!r}")
+        check_positive(self.name, max_tokens=self.max_tokens, requests=self.requests,
+                       prompt_tokens=self.prompt_tokens)
 
     def default_targets(self, phases, model):
-        return [EngineTarget(StackConfig.phases(scheduler="batched"), "engine"), RawBatchTarget(),
+        return [EngineTarget(StackConfig(), "engine"), RawBatchTarget(),
                 MlxLmServer(None, "mlx_lm.server")]
 
     def planned_records(self, n_targets):
-        return sum(self.levels) * n_targets
+        per = len(set(self.levels)) * self.requests if self.mode == "closed" else sum(set(self.levels))
+        return per * n_targets
 
     def pool(self, run, trial: int = 0) -> list[Request]:
         """The prompts of a trial (``long``: fresh ones per trial, and others for the warm-up,
@@ -63,12 +76,17 @@ class Concurrency(Workload):
 
             return long_prompts(run.tokenizer(), 20, max_tokens=self.max_tokens,
                                 seed=self.seed * 1000 + 100 * (trial + 1))
+        if self.prompts == "synthetic":
+            from ..prompts import prompt_of_length
+
+            n = max(self.requests, max(self.levels)) if self.mode == "closed" else 20
+            base = self.seed * 100_000 + (trial + 1) * 1000
+            return [Request(prompt_of_length(run.tokenizer(), self.prompt_tokens, seed=base + i),
+                            max_tokens=self.max_tokens, id=f"syn-{i}") for i in range(n)]
         return [Request(q.question, max_tokens=self.max_tokens, id=q.id) for q in load_questions()[0]]
 
     @staticmethod
     def wave_of(pool: list[Request], c: int, max_tokens: int | None = None) -> list[Request]:
-        from dataclasses import replace
-
         return [replace(pool[i % len(pool)], id=f"c{c}-{i:03d}",
                         **({"max_tokens": max_tokens} if max_tokens else {})) for i in range(c)]
 
@@ -82,7 +100,12 @@ class Concurrency(Workload):
         async def body(trial):
             pool = self.pool(run, trial)
             for c in levels:
-                await run.wave(self.wave_of(pool, c), trial, series=f"c={c}", level=c)
+                if self.mode == "closed":
+                    reqs = [replace(r, id=f"c{c}-{r.id}") for r in self.wave_of(pool, self.requests)]
+                    await run.batch([("generate", r) for r in reqs], trial, series=f"c={c}",
+                                    concurrency=c, level=c)
+                else:
+                    await run.wave(self.wave_of(pool, c), trial, series=f"c={c}", level=c)
 
         await run.trials(body)
 
