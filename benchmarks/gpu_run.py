@@ -11,6 +11,9 @@ Steps (``--steps``, in this order):
 - ``sweep``: concurrency waves at ``--levels`` through the engine with each scheduler
   (auto, the default; serial; batched), raw BatchGenerator, mlx_lm.server and krmlx serve;
 - ``lengths``: the prompt-length sweep, direct vs phase0 vs all vs krmlx serve;
+- ``few``: one and two streams in a closed loop (16 requests per level and trial, fresh
+  64-token prompts), auto vs serial vs batched: the small-load end of the sweep with more
+  samples than its waves give;
 - ``distributed``: 1 GPU vs ``--distributed`` GPUs (tensor parallel, NCCL).
 
 Used on an NVIDIA host through MLX's CUDA backend (see the GPU section of README.md).
@@ -23,7 +26,7 @@ import sys
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-STEPS = ("baseline", "sweep", "lengths", "distributed")
+STEPS = ("baseline", "sweep", "few", "lengths", "distributed")
 
 
 def bench(model: str, out: str, workload: str, *args: str) -> int:
@@ -60,6 +63,10 @@ def main() -> int:
                   "--target", "auto=engine", "--target", "serial=engine?scheduler=serial",
                   "--target", "batched=engine?scheduler=batched", "--target", "raw",
                   "--target", "mlx_lm.server", "--target", "krmlx.serve"),
+        "few": ("concurrency", *trials, "--levels", "1,2", "--max-tokens", str(a.max_tokens),
+                "--requests", "16", "--prompts", "synthetic", "--param", "mode=closed",
+                "--target", "auto=engine", "--target", "serial=engine?scheduler=serial",
+                "--target", "batched=engine?scheduler=batched"),
         "lengths": ("lengths", *trials, "--max-tokens", "32", "--target", "direct", "--target",
                     "engine", "--target", "engine:all", "--target", "krmlx.serve?scheduler=serial"),
         "distributed": ("distributed", "--ranks", str(a.distributed), "--backend", "nccl"),

@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrency: comma list of levels (default 1,4,16,64)")
     b.add_argument("--lengths", type=number_list(int), default=None,
                    help="lengths: comma list of prompt lengths in tokens (default 16..2048)")
-    b.add_argument("--prompts", default=None, help="concurrency: questions (default) or long")
+    b.add_argument("--prompts", default=None, help="concurrency: questions (default), long or synthetic (--param prompt_tokens=N)")
     b.add_argument("--seed", type=int, default=None)
     b.add_argument("--ranks", type=int, default=None, help="distributed: ranks of the group (2)")
     b.add_argument("--backend", default=None, help="distributed: ring (CPU) or nccl (GPUs)")

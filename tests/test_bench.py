@@ -310,3 +310,61 @@ def test_an_http_target_takes_the_model_the_server_lists_and_says_how_it_connect
     model_id, info = run(go())
     assert model_id == MODEL and info["served_models"][0] == MODEL
     assert info["http_client"]["keep_alive"] is True and info["http_client"]["max_connections"] > 0
+
+
+SSE_REPLY = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+             b'data: {"choices": [{"delta": {"content": "hi"}, "finish_reason": "length"}]}\n\n'
+             b"data: [DONE]\n\n")
+
+
+async def resetting_server(resets: int):
+    """A calibration server: the first ``resets`` connections are reset after their request
+    arrives, unanswered (as a full listen backlog does); later ones get one SSE reply."""
+    import socket
+    import struct
+
+    seen = []
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        seen.append(len(seen))
+        if len(seen) <= resets:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
+        writer.write(SSE_REPLY)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], seen
+
+
+@pytest.mark.parametrize("resets, ok", [(2, True), (3, False)])
+def test_the_http_client_sends_again_a_request_whose_connection_died_unanswered(resets, ok):
+    """Two retries (the openai SDK's default), timed from the first attempt and counted in
+    the completion; a third reset is the request's error."""
+    from krmlx.bench.http import OpenAIClient
+
+    async def go():
+        server, port, seen = await resetting_server(resets)
+        client = OpenAIClient(f"http://127.0.0.1:{port}/v1")
+        try:
+            if not ok:
+                with pytest.raises(Exception) as e:
+                    await client.generate(Request("x", max_tokens=1), "m")
+                assert "ReadError" in type(e.value).__name__ or "Protocol" in type(e.value).__name__
+                return len(seen), None
+            done = await client.generate(Request("x", max_tokens=1), "m")
+            return len(seen), done
+        finally:
+            await client.aclose()
+            server.close()
+            await server.wait_closed()
+
+    attempts, done = run(go())
+    assert attempts == 3
+    if ok:
+        assert done.text == "hi" and done.extra["connect_retries"] == 2
+        assert done.ttft_ms >= 200  # two waits of 0.1 s before the answered attempt

@@ -19,7 +19,12 @@ a :class:`~krmlx.types.Completion` timed on this side:
 
 Transport: one ``httpx.AsyncClient`` per target, HTTP/1.1 with keep-alive (a pool of
 ``max_connections``, reused across requests), SSE parsed by ``httpx-sse``; :meth:`describe`
-says so for the results file. Errors: a non-2xx answer raises :class:`HttpError` with the
+says so for the results file. A connection that fails *before any response* (refused,
+reset, closed unanswered: e.g. mlx_lm.server's listen backlog of 5, socketserver's default,
+resets connections beyond it when many clients connect at once) is tried again, up to
+``connect_retries`` times (2, as the openai SDK's default ``max_retries``) 0.1 s apart, timed
+from the first attempt; ``Completion.extra["connect_retries"]`` counts them. Once a status
+line has arrived nothing is retried. Errors: a non-2xx answer raises :class:`HttpError` with the
 status and the server's error message; a connection failure raises ``httpx`` errors
 (the runner records them); an ``error`` event in the stream raises HttpError.
 """
@@ -27,16 +32,20 @@ status and the server's error message; a connection failure raises ``httpx`` err
 from __future__ import annotations
 
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import httpx
 import orjson
 from httpx_sse import aconnect_sse
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from ..errors import KrmlxError
 from ..types import Chunk, Completion, Usage
 
 DEFAULT_TIMEOUT_S = 600.0
+# a connection that failed before any response: the request was not served, send it again
+UNANSWERED = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
 
 class HttpError(KrmlxError):
@@ -99,7 +108,9 @@ class OpenAIClient:
     """Streams requests to one OpenAI-compatible base URL (``http://host:port/v1``)."""
 
     def __init__(self, base_url: str, *, api_key: str | None = None, max_connections: int = 256,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, count_tokens=None):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, count_tokens=None,
+                 connect_retries: int = 2):
+        self.connect_retries = connect_retries
         self.base_url = base_url.rstrip("/")
         self.count_tokens = count_tokens  # text -> int, when the server sends no usage
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -112,6 +123,9 @@ class OpenAIClient:
     def describe(self) -> dict:
         return {"client": f"httpx {httpx.__version__} + httpx-sse", "http": "HTTP/1.1",
                 "keep_alive": True, "max_connections": self.max_connections,
+                "connect_retries": self.connect_retries,
+                "retried": "a connection that failed before any response, 0.1 s apart, timed "
+                           "from the first attempt",
                 "ttft": "first content-bearing SSE chunk"}
 
     async def models(self) -> list[str]:
@@ -125,7 +139,15 @@ class OpenAIClient:
         chunks: list[Chunk] = []
         usage, finish, server_timings = None, None, {}
         t0 = time.perf_counter()
-        async with aconnect_sse(self.http, "POST", body.path, json=body.json) as source:
+        retries = 0
+        async with AsyncExitStack() as stack:
+            async for attempt in AsyncRetrying(retry=retry_if_exception_type(UNANSWERED),
+                                               stop=stop_after_attempt(1 + self.connect_retries),
+                                               wait=wait_fixed(0.1), reraise=True):
+                with attempt:
+                    retries = attempt.retry_state.attempt_number - 1
+                    source = await stack.enter_async_context(
+                        aconnect_sse(self.http, "POST", body.path, json=body.json))
             response = source.response
             if response.status_code != 200:
                 await response.aread()
@@ -164,7 +186,8 @@ class OpenAIClient:
                           usage=Usage(int(in_tokens), int(out_tokens)), t_start_s=t0,
                           token_times_s=tuple(c.t_s for c in chunks), t_end_s=t_end,
                           request_id=request.id)
-        done.extra.update({"usage_source": source_, "chunks": len(chunks), **server_timings})
+        done.extra.update({"usage_source": source_, "chunks": len(chunks),
+                           "connect_retries": retries, **server_timings})
         cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
         if cached is not None:
             done.extra["cached_prompt_tokens"] = cached

@@ -134,6 +134,9 @@ def level_rows(df, config: dict) -> list[dict]:
         pct = metrics.percentiles
         rows.append({"engine": engine, "concurrency": level, "requests": len(part),
                      "errors": int((~part["ok"]).sum()),
+                     # HTTP: connections that failed unanswered and were sent again
+                     "connect_retries": int(part["connect_retries"].fillna(0).sum())
+                     if "connect_retries" in part else 0,
                      "aggregate_tps": float(np.mean(tps)) if tps else math.nan,
                      "aggregate_tps_ci_low": ci["ci_low"], "aggregate_tps_ci_high": ci["ci_high"],
                      **{f"ttft_ms_{k}": v for k, v in pct(ok["ttft_ms"], (50, 90)).items()},
