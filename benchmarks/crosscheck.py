@@ -23,7 +23,8 @@ The command (:func:`guidellm_argv`), one run for all levels::
     guidellm run
       --backend '{"kind": "openai_http", "target": ROOT, "model": MODEL_ID,
                   "request_format": "/v1/chat/completions", "timeout": 600,
-                  "extras": {"body": {"temperature": 0, "max_tokens": O}}}'
+                  "extras": {"body": {"temperature": 0, "max_tokens": O, "ignore_eos": false,
+                                      "stream_options": {"continuous_usage_stats": false}}}}'
       --profile kind=concurrent,streams=C1 --override profile.streams C1,C2,...
       --constraint kind=max_requests,count=N
       --data kind=synthetic_text,prompt_tokens=P,output_tokens=O
@@ -34,10 +35,12 @@ The command (:func:`guidellm_argv`), one run for all levels::
 with ``GUIDELLM__MAX_WORKER_PROCESSES=1`` (one client process, like krmlx's client; the
 default spawns several, which on 2 cores take CPU from the server). ROOT is the base URL
 without ``/v1``. GuideLLM streams every request (``stream_options.include_usage``), asks
-for ``max_completion_tokens: O`` with ``ignore_eos: true`` (a server that ignores
-``ignore_eos`` may stop early: ``output_tokens_p50`` shows it) and ``stop: null``; the
-extras add ``temperature: 0`` and ``max_tokens: O`` (vllm-mlx 0.6.0 drops
-``max_completion_tokens``). The synthetic prompt is P tokens by FOLDER's tokenizer before
+for ``max_completion_tokens: O`` and ``stop: null``; the extras add ``temperature: 0`` and
+``max_tokens: O`` (vllm-mlx 0.6.0 drops ``max_completion_tokens``) and turn off two vLLM
+extensions GuideLLM asks for, ``ignore_eos: true`` and ``stream_options.continuous_usage_stats``:
+mlx_lm.server ignores both fields, krmlx serve refuses them (400: it does neither), so
+every server gets the same body, where a model's EOS may end a request early
+(``output_tokens_p50`` shows it; krmlx's client stops at EOS too). The synthetic prompt is P tokens by FOLDER's tokenizer before
 the chat template (mlx_lm.server counts P + 7 on the tiny preset).
 
 Where each number comes from in GuideLLM's JSON, ``benchmarks[i]`` (one per level):
@@ -78,14 +81,17 @@ level (krmlx's equal-warm-up rule), so the server's first compile is not in the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -120,6 +126,9 @@ class ToolRow:
     prompt_tokens_p50: float
     output_tokens_p50: float
     duration_s: float
+    # CPU seconds the client's processes used during the level (on 2 cores, CPU a client
+    # takes is CPU the server lacks)
+    client_cpu_s: float = float("nan")
 
 
 def guidellm_venv() -> Venv:
@@ -134,7 +143,9 @@ def guidellm_argv(venv: Venv, base_url: str, model_id: str, tokenizer: str | os.
     root = base_url.rstrip("/").removesuffix("/v1")
     backend = {"kind": "openai_http", "target": root, "model": model_id,
                "request_format": "/v1/chat/completions", "timeout": 600,
-               "extras": {"body": {"temperature": 0, "max_tokens": output_tokens}}}
+               "extras": {"body": {"temperature": 0, "max_tokens": output_tokens,
+                                   "ignore_eos": False,
+                                   "stream_options": {"continuous_usage_stats": False}}}}
     levels = ",".join(str(c) for c in concurrency)
     return [
         str(venv.script("guidellm")), "run",
@@ -198,37 +209,81 @@ def run_guidellm(base_url: str, model_id: str, tokenizer: str | os.PathLike, *,
                  concurrency=DEFAULT_CONCURRENCY, requests: int = DEFAULT_REQUESTS,
                  prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
                  output_tokens: int = DEFAULT_OUTPUT_TOKENS, workers: int = 1,
-                 workdir: Path | None = None, timeout_s: float = 1800,
+                 report_to: Path | None = None, timeout_s: float = 1800,
                  ) -> tuple[list[ToolRow], dict]:
     """Run GuideLLM against ``base_url`` (``http://HOST:PORT/v1``); return rows and run info.
 
     ``model_id`` is sent as ``model``; ``tokenizer`` is a local model folder (no hub);
-    ``workers`` caps GuideLLM's client processes.
-    The info holds the command line, the JSON report's path and GuideLLM's own warnings.
+    ``workers`` caps GuideLLM's client processes. GuideLLM runs in a temporary folder,
+    removed afterwards; its JSON report is copied to ``report_to`` when given.
+    The info holds the command line, the report's path and GuideLLM's own warnings.
     Raises KrmlxError with the tail of GuideLLM's output when it fails.
     """
     venv = guidellm_venv()
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="krmlx-guidellm-"))
-    out_json = workdir / "guidellm.json"
-    argv = guidellm_argv(venv, base_url, model_id, tokenizer, out_json,
-                         concurrency=tuple(concurrency), requests=requests,
-                         prompt_tokens=prompt_tokens, output_tokens=output_tokens)
-    env = {**os.environ, "GUIDELLM__MAX_WORKER_PROCESSES": str(workers), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    env.pop("LD_PRELOAD", None)   # the client needs no BLAS; keep it off the server's cores
-    log = workdir / "guidellm.log"
-    with open(log, "wb") as out:
-        rc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, timeout=timeout_s, cwd=workdir).returncode
-    if rc != 0 or not out_json.is_file():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-        raise KrmlxError(f"guidellm exited {rc}: {' '.join(argv)}\n{tail}")
-    report = json.loads(out_json.read_text())
+    with tempfile.TemporaryDirectory(prefix="krmlx-guidellm-") as tmp:
+        workdir = Path(tmp)
+        out_json = workdir / "guidellm.json"
+        argv = guidellm_argv(venv, base_url, model_id, tokenizer, out_json,
+                             concurrency=tuple(concurrency), requests=requests,
+                             prompt_tokens=prompt_tokens, output_tokens=output_tokens)
+        env = {**os.environ, "GUIDELLM__MAX_WORKER_PROCESSES": str(workers),
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        env.pop("LD_PRELOAD", None)   # the client needs no BLAS; keep it off the server's cores
+        log = workdir / "guidellm.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, cwd=workdir)
+            try:
+                cpu = cpu_samples(proc, timeout_s)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                rc = proc.wait()
+        if rc != 0 or not out_json.is_file():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+            raise KrmlxError(f"guidellm exited {rc}: {' '.join(argv)}\n{tail}")
+        report = json.loads(out_json.read_text())
+        if report_to is not None:
+            Path(report_to).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out_json, report_to)
     warnings = [w.get("message") for b in report["benchmarks"] for w in b.get("warnings") or []]
     info = {"tool": "guidellm", "version": GUIDELLM_PINS[0].split("==")[1], "argv": argv,
-            "env": {"GUIDELLM__MAX_WORKER_PROCESSES": str(workers)}, "report": str(out_json),
-            "warnings": warnings}
-    return parse_guidellm(report), info
+            "env": {"GUIDELLM__MAX_WORKER_PROCESSES": str(workers)},
+            "report": None if report_to is None else str(report_to), "warnings": warnings}
+    rows = [replace(row, client_cpu_s=cpu_between(cpu, b["start_time"], b["end_time"]))
+            for row, b in zip(parse_guidellm(report), report["benchmarks"], strict=True)]
+    return rows, info
+
+
+def cpu_samples(proc: subprocess.Popen, timeout_s: float, every_s: float = 0.1) -> list:
+    """(time.time(), CPU seconds of ``proc`` and its children so far), every ``every_s``
+    until it exits (KrmlxError after ``timeout_s``)."""
+    import psutil
+
+    root, seen, samples = psutil.Process(proc.pid), {}, []
+    t_end = time.time() + timeout_s
+    while proc.poll() is None:
+        if time.time() > t_end:
+            raise KrmlxError(f"guidellm ran past {timeout_s:.0f} s")
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    seen[p.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+        samples.append((time.time(), sum(seen.values())))
+        time.sleep(every_s)
+    return samples
+
+
+def cpu_between(samples: list, t0: float, t1: float) -> float:
+    """CPU seconds used between ``t0`` and ``t1`` (the nearest samples around them)."""
+    before = [c for t, c in samples if t <= t0]
+    after = [c for t, c in samples if t >= t1]
+    if not before or not after:
+        return float("nan")
+    return after[0] - before[-1]
 
 
 def crosscheck_mlx_lm_server(model: str = "tiny", **settings) -> tuple[list[ToolRow], dict]:
@@ -278,7 +333,7 @@ def run_krmlx(base_url: str, model: str, model_id: str, *, concurrency, requests
             e2e_p50_ms=lv["e2e_ms_p50"], output_tok_s=lv["aggregate_tps"],
             prompt_tokens_p50=_median([r["prompt_tokens"] for r in recs]),
             output_tokens_p50=_median([r["output_tokens"] for r in recs]),
-            duration_s=float("nan")))
+            duration_s=float("nan"), client_cpu_s=lv["caller_cpu_s"]))
     return rows, path
 
 
@@ -292,7 +347,10 @@ def _median(values) -> float:
 def compare(krmlx_rows: list[ToolRow], tool_runs: list[list[ToolRow]],
             tolerance: float = 0.10) -> list[dict]:
     """Per level: krmlx's TTFT p50 and output tok/s against the mean of the tool's runs;
-    ``agree`` when both differ by at most ``tolerance`` (a fraction)."""
+    ``agree`` when both differ by at most ``tolerance`` (a fraction). ``*_tool_spread_pct``:
+    how far the tool's own runs lie apart ((max - min) / mean); ``within_tool_spread``: both
+    of krmlx's figures lie inside the range of the tool's runs (where the tool disagrees
+    with itself by more than ``tolerance``, no agreement finer than that can be read)."""
     out = []
     for k in krmlx_rows:
         theirs = [r for run in tool_runs for r in run if r.concurrency == k.concurrency]
@@ -302,11 +360,19 @@ def compare(krmlx_rows: list[ToolRow], tool_runs: list[list[ToolRow]],
         for metric in ("ttft_p50_ms", "output_tok_s"):
             ref = sum(getattr(r, metric) for r in theirs) / len(theirs)
             mine = getattr(k, metric)
+            runs = [getattr(r, metric) for r in theirs]
             row.update({f"{metric}_krmlx": mine, f"{metric}_tool": ref,
-                        f"{metric}_tool_runs": [getattr(r, metric) for r in theirs],
+                        f"{metric}_tool_runs": runs,
+                        f"{metric}_tool_spread_pct": (max(runs) - min(runs)) / ref * 100
+                        if ref else float("nan"),
                         f"{metric}_diff_pct": (mine / ref - 1) * 100 if ref else float("nan")})
+        row["client_cpu_s_krmlx"] = k.client_cpu_s
+        row["client_cpu_s_tool"] = sum(r.client_cpu_s for r in theirs) / len(theirs)
         row["agree"] = all(abs(row[f"{m}_diff_pct"]) <= tolerance * 100
                            for m in ("ttft_p50_ms", "output_tok_s"))
+        row["within_tool_spread"] = all(
+            min(row[f"{m}_tool_runs"]) <= row[f"{m}_krmlx"] <= max(row[f"{m}_tool_runs"])
+            for m in ("ttft_p50_ms", "output_tok_s"))
         out.append(row)
     return out
 
@@ -340,7 +406,12 @@ def crosscheck_url(base_url: str, model: str, model_id: str, settings: dict, *, 
     warm = {k: settings[k] for k in ("concurrency", "prompt_tokens", "output_tokens")}
     warm_up(base_url, model_id, **warm)
     runs, infos = [], []
-    rows, info = run_guidellm(base_url, model_id, folder, **settings)
+    label = "krmlx-" + server.replace(".", "-").replace("_", "-").replace(":", "-").replace("/", "")
+
+    def report(n: int) -> Path | None:
+        return None if out_dir is None else Path(out_dir) / f"crosscheck-guidellm-{label[6:]}-{n}.json"
+
+    rows, info = run_guidellm(base_url, model_id, folder, report_to=report(1), **settings)
     runs.append(rows)
     infos.append(info)
     result = {"server": server, "base_url": base_url, "model": str(folder), "model_id": model_id,
@@ -348,12 +419,11 @@ def crosscheck_url(base_url: str, model: str, model_id: str, settings: dict, *, 
     if with_krmlx:
         # as long as GuideLLM's prompts were, by the server's own count (template included)
         prompt_tokens = round(_median([r.prompt_tokens_p50 for r in rows]))
-        label = "krmlx-" + server.replace(".", "-").replace("_", "-")
         mine, path = run_krmlx(base_url, model, model_id, concurrency=settings["concurrency"],
                                requests=settings["requests"], prompt_tokens=prompt_tokens,
                                output_tokens=settings["output_tokens"], out_dir=out_dir,
                                label=label)
-        rows2, info2 = run_guidellm(base_url, model_id, folder, **settings)
+        rows2, info2 = run_guidellm(base_url, model_id, folder, report_to=report(2), **settings)
         runs.append(rows2)
         infos.append(info2)
         result.update({"guidellm_runs": [[asdict(r) for r in run] for run in runs],
@@ -366,23 +436,29 @@ def crosscheck_url(base_url: str, model: str, model_id: str, settings: dict, *, 
 
 def format_comparison(rows: list[dict]) -> str:
     lines = [f"{'conc':>4} {'TTFT p50 krmlx':>14} {'guidellm':>9} {'diff %':>7} "
-             f"{'tok/s krmlx':>11} {'guidellm':>9} {'diff %':>7}  agree"]
+             f"{'tok/s krmlx':>11} {'guidellm':>9} {'diff %':>7} {'client CPU s krmlx':>18} "
+             f"{'guidellm':>9} {'GuideLLM spread % (TTFT, tok/s)':>31}  agree"]
     for r in rows:
         lines.append(f"{r['concurrency']:>4} {r['ttft_p50_ms_krmlx']:>14.1f} "
                      f"{r['ttft_p50_ms_tool']:>9.1f} {r['ttft_p50_ms_diff_pct']:>+7.1f} "
                      f"{r['output_tok_s_krmlx']:>11.1f} {r['output_tok_s_tool']:>9.1f} "
-                     f"{r['output_tok_s_diff_pct']:>+7.1f}  {'yes' if r['agree'] else 'NO'}")
+                     f"{r['output_tok_s_diff_pct']:>+7.1f} {r.get('client_cpu_s_krmlx', float('nan')):>18.2f} "
+                     f"{r.get('client_cpu_s_tool', float('nan')):>9.2f} "
+                     f"{r['ttft_p50_ms_tool_spread_pct']:>21.1f}, {r['output_tok_s_tool_spread_pct']:>7.1f}  "
+                     f"{'yes' if r['agree'] else ('within its spread' if r['within_tool_spread'] else 'NO')}")
     return "\n".join(lines)
 
 
 def format_rows(rows: list[ToolRow]) -> str:
     head = (f"{'tool':9} {'conc':>4} {'ok':>4} {'err':>3} {'TTFT p50 ms':>11} {'ITL p50 ms':>10} "
-            f"{'TPOT(gl) p50':>12} {'E2E p50 ms':>10} {'out tok/s':>9} {'out tok':>7}")
+            f"{'TPOT(gl) p50':>12} {'E2E p50 ms':>10} {'out tok/s':>9} {'out tok':>7} "
+            f"{'client CPU s':>12}")
     lines = [head]
     for r in rows:
         lines.append(f"{r.tool:9} {r.concurrency:>4} {r.requests_ok:>4} {r.requests_errored:>3} "
                      f"{r.ttft_p50_ms:>11.1f} {r.itl_p50_ms:>10.2f} {r.tpot_p50_ms:>12.2f} "
-                     f"{r.e2e_p50_ms:>10.1f} {r.output_tok_s:>9.1f} {r.output_tokens_p50:>7.0f}")
+                     f"{r.e2e_p50_ms:>10.1f} {r.output_tok_s:>9.1f} {r.output_tokens_p50:>7.0f} "
+                     f"{r.client_cpu_s:>12.2f}")
     return "\n".join(lines)
 
 

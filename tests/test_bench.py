@@ -270,6 +270,11 @@ def test_the_crosscheck_agrees_only_within_its_tolerance():
     assert got[1]["agree"] and got[1]["ttft_p50_ms_diff_pct"] == pytest.approx(5.0)
     assert got[1]["output_tok_s_tool"] == pytest.approx(100.0)  # the mean of the two runs
     assert not got[4]["agree"] and got[4]["ttft_p50_ms_diff_pct"] == pytest.approx(30.0)
+    assert got[1]["within_tool_spread"] is False  # 105 ms lies outside the runs' 100..100
+    assert got[1]["output_tok_s_tool_spread_pct"] == pytest.approx(4.0)
+    wide = [[row("guidellm", 4, 80.0, 250.0)], [row("guidellm", 4, 140.0, 320.0)]]
+    (w,) = compare([row("krmlx", 4, 130.0, 300.0)], wide, 0.10)
+    assert not w["agree"] and w["within_tool_spread"]
 
 
 def test_direct_is_refused_for_open_loop_arrivals(tiny_path):
