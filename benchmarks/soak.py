@@ -525,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.duration_s and args.requests <= 0:
         print("--requests must be positive without --duration-s", file=sys.stderr)
         return 2
+    if args.hostile and (args.duration_s or args.requests <= 0):
+        print("--hostile runs a fixed list of ops twice: give --requests N (no --duration-s)",
+              file=sys.stderr)
+        return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from krmlx.bench.results import write_results
     from krmlx.doctor import collect_env
