@@ -40,8 +40,9 @@ for ``max_completion_tokens: O`` and ``stop: null``; the extras add ``temperatur
 extensions GuideLLM asks for, ``ignore_eos: true`` and ``stream_options.continuous_usage_stats``:
 mlx_lm.server ignores both fields, krmlx serve refuses them (400: it does neither), so
 every server gets the same body, where a model's EOS may end a request early
-(``output_tokens_p50`` shows it; krmlx's client stops at EOS too). The synthetic prompt is P tokens by FOLDER's tokenizer before
-the chat template (mlx_lm.server counts P + 7 on the tiny preset).
+(``output_tokens_p50`` shows it; krmlx's client stops at EOS too). The synthetic prompt is
+P tokens by FOLDER's tokenizer before the chat template (mlx_lm.server counts P + 7 on
+the tiny preset).
 
 Where each number comes from in GuideLLM's JSON, ``benchmarks[i]`` (one per level):
 
