@@ -13,7 +13,12 @@ same settings (``bench concurrency`` in its closed-loop mode: ``requests`` reque
 same output length, greedy), then GuideLLM again, so drift between runs shows. Prints one
 row per tool and level and the comparison: krmlx's TTFT p50 and output tok/s against the
 mean of the two GuideLLM runs, and whether they agree within ``--tolerance`` (10%).
-``--out`` writes it all as JSON, with GuideLLM's exact command line; krmlx's runs are
+Each row also says how much CPU the client's processes used during the level and the
+median gap between consecutive request starts: both tools run a closed loop, but krmlx's
+restarts requests that end together at the same moment (gaps under 1 ms at c=4: prefills
+arrive in clusters) while GuideLLM's drift apart (gaps of ~90 ms), and TTFT under load
+depends on that phase (measured on krmlx serve, mini, 2 cores: see README). ``--out``
+writes it all as JSON, with GuideLLM's exact command line and reports; krmlx's runs are
 results files of their own beside it. ``--no-krmlx`` runs GuideLLM alone.
 
 GuideLLM 0.8.1 lives in its own cached venv (:mod:`krmlx.bench.venvs`: ``guidellm==0.8.1``
@@ -130,6 +135,10 @@ class ToolRow:
     # CPU seconds the client's processes used during the level (on 2 cores, CPU a client
     # takes is CPU the server lacks)
     client_cpu_s: float = float("nan")
+    # median gap between consecutive request starts: a closed loop whose requests end
+    # together restarts them together (small gaps: prefills arrive in clusters), one that
+    # drifts apart spreads them (larger gaps); TTFT under load depends on which
+    start_gap_p50_ms: float = float("nan")
 
 
 def guidellm_venv() -> Venv:
@@ -183,6 +192,10 @@ def parse_guidellm(report: dict) -> list[ToolRow]:
             prompt_tokens_p50=med("prompt_token_count"),
             output_tokens_p50=med("output_token_count"),
             duration_s=float(b["duration"]),
+            start_gap_p50_ms=start_gap_p50_ms(
+                r["info"]["timings"]["request_start"]
+                for r in (b.get("requests") or {}).get("successful") or ()
+                if (r.get("info") or {}).get("timings", {}).get("request_start") is not None),
         ))
     return rows
 
@@ -334,8 +347,15 @@ def run_krmlx(base_url: str, model: str, model_id: str, *, concurrency, requests
             e2e_p50_ms=lv["e2e_ms_p50"], output_tok_s=lv["aggregate_tps"],
             prompt_tokens_p50=_median([r["prompt_tokens"] for r in recs]),
             output_tokens_p50=_median([r["output_tokens"] for r in recs]),
-            duration_s=float("nan"), client_cpu_s=lv["caller_cpu_s"]))
+            duration_s=float("nan"), client_cpu_s=lv["caller_cpu_s"],
+            start_gap_p50_ms=start_gap_p50_ms(r["t_start_s"] for r in recs)))
     return rows, path
+
+
+def start_gap_p50_ms(starts) -> float:
+    """The median gap (ms) between consecutive request start times (seconds, any clock)."""
+    ts = sorted(starts)
+    return _median([(b - a) * 1e3 for a, b in zip(ts[:-1], ts[1:], strict=True)])
 
 
 def _median(values) -> float:
@@ -369,6 +389,8 @@ def compare(krmlx_rows: list[ToolRow], tool_runs: list[list[ToolRow]],
                         f"{metric}_diff_pct": (mine / ref - 1) * 100 if ref else float("nan")})
         row["client_cpu_s_krmlx"] = k.client_cpu_s
         row["client_cpu_s_tool"] = sum(r.client_cpu_s for r in theirs) / len(theirs)
+        row["start_gap_p50_ms_krmlx"] = k.start_gap_p50_ms
+        row["start_gap_p50_ms_tool"] = sum(r.start_gap_p50_ms for r in theirs) / len(theirs)
         row["agree"] = all(abs(row[f"{m}_diff_pct"]) <= tolerance * 100
                            for m in ("ttft_p50_ms", "output_tok_s"))
         row["within_tool_spread"] = all(
@@ -453,13 +475,13 @@ def format_comparison(rows: list[dict]) -> str:
 def format_rows(rows: list[ToolRow]) -> str:
     head = (f"{'tool':9} {'conc':>4} {'ok':>4} {'err':>3} {'TTFT p50 ms':>11} {'ITL p50 ms':>10} "
             f"{'TPOT(gl) p50':>12} {'E2E p50 ms':>10} {'out tok/s':>9} {'out tok':>7} "
-            f"{'client CPU s':>12}")
+            f"{'client CPU s':>12} {'start gap p50 ms':>16}")
     lines = [head]
     for r in rows:
         lines.append(f"{r.tool:9} {r.concurrency:>4} {r.requests_ok:>4} {r.requests_errored:>3} "
                      f"{r.ttft_p50_ms:>11.1f} {r.itl_p50_ms:>10.2f} {r.tpot_p50_ms:>12.2f} "
                      f"{r.e2e_p50_ms:>10.1f} {r.output_tok_s:>9.1f} {r.output_tokens_p50:>7.0f} "
-                     f"{r.client_cpu_s:>12.2f}")
+                     f"{r.client_cpu_s:>12.2f} {r.start_gap_p50_ms:>16.1f}")
     return "\n".join(lines)
 
 

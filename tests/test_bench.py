@@ -258,7 +258,7 @@ def test_closed_loop_concurrency_keeps_c_in_flight_with_prompts_of_the_length_as
 
 def test_the_crosscheck_agrees_only_within_its_tolerance():
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-    from crosscheck import ToolRow, compare
+    from crosscheck import ToolRow, compare, start_gap_p50_ms
 
     def row(tool, c, ttft, tps):
         return ToolRow(tool, c, 20, 0, 0, ttft, 5.0, 6.0, 200.0, tps, 64, 32, 1.0)
@@ -275,6 +275,8 @@ def test_the_crosscheck_agrees_only_within_its_tolerance():
     wide = [[row("guidellm", 4, 80.0, 250.0)], [row("guidellm", 4, 140.0, 320.0)]]
     (w,) = compare([row("krmlx", 4, 130.0, 300.0)], wide, 0.10)
     assert not w["agree"] and w["within_tool_spread"]
+    # request starts 1 ms and 99 ms apart: the median gap is 50 ms, in any order
+    assert start_gap_p50_ms([0.1, 0.0, 0.001]) == pytest.approx(50.0)
 
 
 def test_direct_is_refused_for_open_loop_arrivals(tiny_path):
