@@ -117,3 +117,20 @@ def test_server_that_exits_raises_with_its_output(tmp_path):
     with pytest.raises(KrmlxError, match=r"fake exited with 3(.|\n)*bad flag"):
         with peers.serving(fake, tmp_path, log_dir=tmp_path, timeout_s=30):
             pass
+
+
+def test_serving_removes_the_log_folder_it_made(tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    fake = _fake(("{python}", "-m", "http.server", "{port}", "--bind", "127.0.0.1"))
+    with peers.serving(fake, tmp_path) as srv:
+        assert srv.log.is_file() and srv.log.parent.parent == scratch
+    assert not list(scratch.iterdir())
+    with pytest.raises(KrmlxError, match="fake exited with 3"):  # on failure too
+        with peers.serving(_fake(("{python}", "-c", "import sys; sys.exit(3)")), tmp_path,
+                           timeout_s=30):
+            pass
+    assert not list(scratch.iterdir())

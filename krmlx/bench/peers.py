@@ -84,6 +84,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -259,13 +260,15 @@ def serving(peer: Peer | str, model: str | os.PathLike, *, port: int | None = No
     """Start ``peer`` on ``model`` at 127.0.0.1, wait until healthy, yield, stop and reap.
 
     The server runs in its own session (process group), which is signalled SIGTERM then,
-    after 15 s, SIGKILL, and always waited for. Its stdout and stderr go to a log file. A
+    after 15 s, SIGKILL, and always waited for. Its stdout and stderr go to a log file (in
+    ``log_dir``, else in a temporary folder removed when the server stops). A
     server that exits or stays unhealthy past ``timeout_s`` raises KrmlxError with the last
     lines of that log.
     """
     peer = get_peer(peer) if isinstance(peer, str) else peer
     venv = venv or peer_venv(peer)
     port = port or free_port()
+    own_dir = log_dir is None  # a folder made here goes when the peer stops
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="krmlx-peer-"))
     log = log_dir / f"{peer.name}-{port}.log"
     with open(log, "wb") as out:
@@ -278,6 +281,8 @@ def serving(peer: Peer | str, model: str | os.PathLike, *, port: int | None = No
                           proc.pid, log)
     finally:
         stop_process_group(proc)
+        if own_dir:
+            shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float, name: str,
