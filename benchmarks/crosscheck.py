@@ -300,18 +300,6 @@ def cpu_between(samples: list, t0: float, t1: float) -> float:
     return after[0] - before[-1]
 
 
-def crosscheck_mlx_lm_server(model: str = "tiny", **settings) -> tuple[list[ToolRow], dict]:
-    """Start mlx_lm.server on ``model``, warm it up, run GuideLLM, stop the server."""
-    folder = resolve_model(model)
-    with serving(get_peer("mlx_lm.server"), folder) as srv:
-        warm = {k: v for k, v in settings.items()
-                if k in ("concurrency", "prompt_tokens", "output_tokens")}
-        warm_up(srv.base_url, srv.model_id, **warm)
-        rows, info = run_guidellm(srv.base_url, srv.model_id, folder, **settings)
-    info["server"] = {"peer": "mlx_lm.server", "model": str(folder)}
-    return rows, info
-
-
 def run_krmlx(base_url: str, model: str, model_id: str, *, concurrency, requests: int,
               prompt_tokens: int, output_tokens: int, out_dir: Path | None = None,
               label: str = "krmlx") -> tuple[list[ToolRow], str | None]:
@@ -379,9 +367,8 @@ def compare(krmlx_rows: list[ToolRow], tool_runs: list[list[ToolRow]],
             continue
         row = {"concurrency": k.concurrency}
         for metric in ("ttft_p50_ms", "output_tok_s"):
-            ref = sum(getattr(r, metric) for r in theirs) / len(theirs)
-            mine = getattr(k, metric)
             runs = [getattr(r, metric) for r in theirs]
+            ref, mine = sum(runs) / len(runs), getattr(k, metric)
             row.update({f"{metric}_krmlx": mine, f"{metric}_tool": ref,
                         f"{metric}_tool_runs": runs,
                         f"{metric}_tool_spread_pct": (max(runs) - min(runs)) / ref * 100
@@ -429,10 +416,11 @@ def crosscheck_url(base_url: str, model: str, model_id: str, settings: dict, *, 
     warm = {k: settings[k] for k in ("concurrency", "prompt_tokens", "output_tokens")}
     warm_up(base_url, model_id, **warm)
     runs, infos = [], []
-    label = "krmlx-" + server.replace(".", "-").replace("_", "-").replace(":", "-").replace("/", "")
+    slug = server.replace(".", "-").replace("_", "-").replace(":", "-").replace("/", "")
+    label = f"krmlx-{slug}"
 
     def report(n: int) -> Path | None:
-        return None if out_dir is None else Path(out_dir) / f"crosscheck-guidellm-{label[6:]}-{n}.json"
+        return None if out_dir is None else Path(out_dir) / f"crosscheck-guidellm-{slug}-{n}.json"
 
     rows, info = run_guidellm(base_url, model_id, folder, report_to=report(1), **settings)
     runs.append(rows)

@@ -101,7 +101,8 @@ class Concurrency(Workload):
             pool = self.pool(run, trial)
             for c in levels:
                 if self.mode == "closed":
-                    reqs = [replace(r, id=f"c{c}-{r.id}") for r in self.wave_of(pool, self.requests)]
+                    reqs = [replace(pool[i % len(pool)], id=f"c{c}-{i:03d}")
+                            for i in range(self.requests)]
                     await run.batch([("generate", r) for r in reqs], trial, series=f"c={c}",
                                     concurrency=c, level=c)
                 else:
