@@ -6,8 +6,13 @@ seconds, every rank is reaped, and the next call brings the group back.
 """
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import psutil
@@ -19,6 +24,7 @@ from krmlx.errors import BadRequest, ConfigError, ModelError, WorkerCrashed
 from krmlx.questions import load_questions
 from krmlx.stack import StackConfig
 from krmlx.types import Request
+from krmlx.worker.group import GROUP_BROKEN_EXIT_CODE
 from krmlx.worker.launch import DistributedConfig
 
 TWO = DistributedConfig(2)
@@ -130,6 +136,50 @@ def test_dead_rank_fails_calls_fast_and_group_restarts(tiny_path, reference, vic
     assert waited < 5, f"WorkerCrashed took {waited:.1f} s"
     assert not still_alive, f"ranks not reaped: {still_alive}"
     assert after == reference[0] and restarts == 1
+
+
+def test_rank0_leaves_itself_when_a_peer_dies_mid_generation(tiny_path, reference):
+    # the launcher is stopped, so it cannot take the group down: rank 0's own collective
+    # fails ("connection to a peer was lost") and rank 0 must leave (WorkerCrashed), not
+    # answer with an error frame that tells the engine the group can go on
+    async def go():
+        async with Engine(str(tiny_path), StackConfig.phases(distributed=TWO)) as eng:
+            launcher = psutil.Process(eng.client.pid)
+            lead = eng.client.ready["pid"]
+            follower = next(p for p in ranks_of(eng) if p.pid != lead)
+            stream = eng.stream(Request(QUESTIONS[0], max_tokens=400))
+            await stream.__anext__()
+            launcher.suspend()
+            try:
+                os.kill(follower.pid, signal.SIGKILL)
+                with pytest.raises(WorkerCrashed):
+                    async for _ in stream:
+                        pass
+            finally:
+                with contextlib.suppress(psutil.NoSuchProcess):  # the client may have killed it
+                    launcher.resume()
+            return (await eng.complete(Request(QUESTIONS[0], max_tokens=12))).token_ids
+
+    assert run(go()) == reference[0]
+
+
+def test_group_worker_exits_on_a_failure_krmlx_did_not_raise():
+    # the race of a dead follower: rank 0's collective raises before the launcher kills it;
+    # a failure krmlx raised on purpose (the ranks are in step) is still an error frame
+    code = textwrap.dedent("""
+        import types
+        from krmlx.errors import BadRequest
+        from krmlx.worker.server import Worker
+        w = Worker(1, group=object())
+        w._job_failed(types.SimpleNamespace(fid=7), BadRequest("probe: a bad parameter"))
+        w._job_failed(types.SimpleNamespace(fid=8), RuntimeError("[ring] connection to a peer was lost"))
+        print("still running")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    frames = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == GROUP_BROKEN_EXIT_CODE, proc.stderr
+    assert [(f["id"], f["kind"], f["code"]) for f in frames] == [(7, "error", "bad_request")]
+    assert "connection to a peer was lost" in proc.stderr
 
 
 def test_idle_follower_waits_without_spinning_and_close_reaps_every_rank(tiny_path):

@@ -138,6 +138,10 @@ class _Protocol(asyncio.SubprocessProtocol):
         else:
             self.client._on_stderr(data)
 
+    def pipe_connection_lost(self, fd: int, exc) -> None:
+        if fd == 1:
+            self.client._on_stdout_closed()
+
     def process_exited(self) -> None:
         if not self.exited.done():
             self.exited.set_result(None)
@@ -148,6 +152,7 @@ class WorkerClient:
     name = "worker"
 
     RELOAD_BACKOFF_S = 0.05  # the first wait between reload attempts (doubles each time)
+    STDOUT_EOF_GRACE_S = 1.0  # stdout closed: how long the process gets to exit by itself
 
     def __init__(self, config: WorkerConfig | None = None, *, env: dict | None = None,
                  python: str = sys.executable):
@@ -388,6 +393,23 @@ class WorkerClient:
             self.stderr_tail.append(text)
             if os.environ.get("KRMLX_WORKER_STDERR"):
                 print(text, file=sys.stderr)
+
+    def _on_stdout_closed(self) -> None:
+        """The worker's stdout closed: nothing more can come. Its exit normally follows at
+        once (and ``_on_exit`` says with what code); a process that stays (a group's
+        launcher that is stopped or stuck after rank 0, which holds the pipe, left) is
+        given up after ``STDOUT_EOF_GRACE_S``, so pending calls never wait on it."""
+        transport = self.transport
+        if self._closed or transport is None or transport.get_returncode() is not None:
+            return
+
+        def check():
+            if self.transport is transport and transport.get_returncode() is None:
+                self._give_up(f"worker pid {self.pid} closed its stdout but had not exited "
+                              f"{self.STDOUT_EOF_GRACE_S:g} s later; killed, the next call "
+                              "restarts it")
+
+        asyncio.get_running_loop().call_later(self.STDOUT_EOF_GRACE_S, check)
 
     def _on_exit(self) -> None:
         code = self.transport.get_returncode() if self.transport else None

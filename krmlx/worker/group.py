@@ -22,24 +22,32 @@ value, the others zeros; as mlx-lm's server shares requests):
 Doorbells (krmlx's launcher only): a follower waiting in a collective spins (a core on
 the ring backend, an NCCL kernel on a GPU), so between commands it waits on a pipe
 instead: rank 0 writes one byte to each follower's pipe before each command. A pipe that
-closes (rank 0 died) ends the follower. Across hosts (mlx.launch) there are no pipes and
-idle followers spin.
+closes (rank 0 died) ends the follower; a follower that dies closes its pipe's read end,
+and rank 0 (watching its write ends) leaves at once. Across hosts (mlx.launch) there are
+no pipes and idle followers spin.
 
 A rank that dies takes the group down: the launcher (:mod:`krmlx.worker.launch`, or
 ``mlx.launch``) kills the other ranks when one exits, so rank 0's stdout closes and
 the engine sees :class:`~krmlx.errors.WorkerCrashed`; nothing waits on a collective
-forever. Limits: the serial scheduler only; no draft model, no prompt-cache reuse.
+forever. Rank 0 does not count on the launcher alone: a collective that raises, or a
+follower's closed doorbell, makes it exit (:data:`GROUP_BROKEN_EXIT_CODE`), never answer
+with an error frame as if the group could go on (the ring backend, once a peer is gone,
+may also just block in the next collective). Limits: the serial scheduler only; no
+draft model, no prompt-cache reuse.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
+import threading
 import time
 
 import orjson
 
 log = logging.getLogger("krmlx.worker.group")
+GROUP_BROKEN_EXIT_CODE = 3  # rank 0 left: a collective failed (a rank died) or a step failed halfway
 
 
 def _all_sum(x, group):
@@ -112,8 +120,25 @@ class Leader:
         self.backend = backend
         self.stats = {"ranks": self.size, "backend": backend, "commands": 0, "steps": 0,
                       "step_sync_s": 0.0}
+        self.leaving = False  # set before the shutdown command: followers then exit on purpose
+        if self.doorbells:
+            threading.Thread(target=self._watch_followers, name="followers", daemon=True).start()
+
+    def _watch_followers(self) -> None:
+        """Exit when a follower's doorbell pipe loses its reader (the follower died): the
+        group is broken, whatever the launcher does and wherever the compute thread waits."""
+        poller = select.poll()
+        for fd in self.doorbells:
+            poller.register(fd, select.POLLERR | select.POLLHUP)
+        poller.poll()  # blocks until a pipe's reader is gone
+        if self.leaving:  # the followers exit because rank 0 told them to
+            return
+        log.error("a follower rank is gone (its doorbell pipe closed); exiting")
+        os._exit(GROUP_BROKEN_EXIT_CODE)
 
     def command(self, op: str, **fields) -> None:
+        if op == "shutdown":
+            self.leaving = True
         self.stats["commands"] += 1
         for fd in self.doorbells:
             os.write(fd, b"\x01")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .. import gen
 from ..framing import PLAIN, FramerConfig
+from .group import GROUP_BROKEN_EXIT_CODE
 from .protocol import NULL_MODEL, done_frame, token_frame
 
 
@@ -199,7 +200,7 @@ def run_generate(job: GenerateJob) -> None:
             except BaseException:
                 if group is not None:  # failed inside a step: the ranks are out of step
                     logging.getLogger("krmlx.worker").exception("generation failed inside a step")
-                    os._exit(3)  # the launcher ends the group; the engine restarts it
+                    os._exit(GROUP_BROKEN_EXIT_CODE)  # the launcher ends the group; the engine restarts it
                 raise
             out.put(token, text)
     finally:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from .. import gen, validate
 from ..errors import (
     BadRequest,
+    KrmlxError,
     ModelError,
     NotFound,
     ProtocolDesync,
@@ -38,6 +39,7 @@ from ..errors import (
 )
 from ..framing import PLAIN, FramerConfig
 from .faults import FaultInjector, FaultPlan, crash_now
+from .group import GROUP_BROKEN_EXIT_CODE
 from .protocol import (
     METHODS,
     NULL_MODEL,
@@ -295,6 +297,13 @@ class Worker:
         self.send(frame)
 
     def _job_failed(self, job, exc: BaseException) -> None:
+        if self.group is not None and not isinstance(exc, KrmlxError):
+            # a collective raised (a rank died: "[ring] connection to a peer was lost") or a
+            # step failed halfway: the ranks are out of step, and an error frame would tell
+            # the engine the group can go on. Leave: the launcher ends the group, the engine
+            # sees WorkerCrashed and restarts it.
+            log.error("group job failed (%s: %s); exiting", type(exc).__name__, exc)
+            os._exit(GROUP_BROKEN_EXIT_CODE)
         if isinstance(job, GenerateJob):
             self.streams.pop(job.out.id, None)
             self.fail(job.out.id, exc)
