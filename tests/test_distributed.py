@@ -147,6 +147,7 @@ def test_rank0_leaves_itself_when_a_peer_dies_mid_generation(tiny_path, referenc
             launcher = psutil.Process(eng.client.pid)
             lead = eng.client.ready["pid"]
             follower = next(p for p in ranks_of(eng) if p.pid != lead)
+            folder = psutil.Process(lead).environ()["KRMLX_GROUP_FOLDER"]
             stream = eng.stream(Request(QUESTIONS[0], max_tokens=400))
             await stream.__anext__()
             launcher.suspend()
@@ -158,9 +159,12 @@ def test_rank0_leaves_itself_when_a_peer_dies_mid_generation(tiny_path, referenc
             finally:
                 with contextlib.suppress(psutil.NoSuchProcess):  # the client may have killed it
                     launcher.resume()
-            return (await eng.complete(Request(QUESTIONS[0], max_tokens=12))).token_ids
+            # the launcher was SIGKILLed, yet its temp folder (the ring hostfile) is gone
+            return (await eng.complete(Request(QUESTIONS[0], max_tokens=12))).token_ids, folder
 
-    assert run(go()) == reference[0]
+    after, folder = run(go())
+    assert after == reference[0]
+    assert not os.path.exists(folder), f"{folder} left behind"
 
 
 def test_group_worker_exits_on_a_failure_krmlx_did_not_raise():

@@ -41,6 +41,7 @@ BACKENDS = ("ring", "nccl")
 LAUNCHERS = ("krmlx", "mlx.launch")
 FOLLOWER_GRACE_S = 5.0  # after rank 0 exits cleanly, how long the others get to follow
 DOORBELLS_ENV = "KRMLX_DOORBELLS"  # rank 0: write fds, comma-separated; a follower: its read fd
+GROUP_FOLDER_ENV = "KRMLX_GROUP_FOLDER"  # rank 0: the launcher's temp folder, removed once all ranks joined
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             env = {**os.environ, **extra}
             lead = i == 0
             if lead:
+                # rank 0 removes the folder (the ring hostfile) once every rank has joined,
+                # so a launcher that is SIGKILLed later leaves nothing behind
+                env[GROUP_FOLDER_ENV] = folder
                 env[DOORBELLS_ENV] = ",".join(str(w) for _, w in bells)
                 fds = [w for _, w in bells]
             else:

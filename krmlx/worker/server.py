@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -482,11 +483,15 @@ def join_group(backend: str):
     import mlx.core as mx
 
     from .group import Leader, follow
-    from .launch import DOORBELLS_ENV
+    from .launch import DOORBELLS_ENV, GROUP_FOLDER_ENV
 
     g = mx.distributed.init(strict=True, backend=backend)
+    mx.eval(mx.distributed.all_sum(mx.array(1), group=g))  # every rank has joined (read the hostfile)
     bells = [int(fd) for fd in os.environ.pop(DOORBELLS_ENV, "").split(",") if fd]
     if g.rank() == 0:
+        folder = os.environ.pop(GROUP_FOLDER_ENV, None)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
         return Leader(g, backend, bells)
     # A follower reads no frames: drain stdin (mlx.launch copies it to every rank).
     threading.Thread(target=_drain, args=(0,), daemon=True).start()
