@@ -21,7 +21,6 @@ In-process, no serving layer. For the concurrency workload's prompts (N prompts 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -68,13 +67,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-sizes", default="1,2,4,8,16")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    from krmlx.blas import blas_env
+    from krmlx.blas import reexec_under_blas
 
-    env = blas_env()  # on OpenBLAS, as the worker and the bench's direct target run
-    if env.get("LD_PRELOAD", "") != os.environ.get("LD_PRELOAD", ""):
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
-    import mlx.core as mx
-
+    reexec_under_blas(sys.argv)  # on OpenBLAS, as the worker and the bench's direct target run
     from krmlx import gen
     from krmlx.bench.prompts import long_prompts
     from krmlx.bench.results import write_results
@@ -118,7 +113,6 @@ def main(argv=None) -> int:
                       config={"workload": "prefill_floor", "model": args.model, "n": args.n,
                               "low": args.low, "high": args.high, "reps": args.reps,
                               "warm_up": "one solo prompt and one batch of all, untimed"})
-    mx.clear_cache()
     return 0
 
 

@@ -27,18 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-REEXEC_FLAG = "KRMLX_REEXECED"
-
-
-def reexec_under_blas() -> None:
-    from .blas import blas_env
-
-    if os.environ.get(REEXEC_FLAG):
-        return
-    env = blas_env()
-    if env.get("LD_PRELOAD", "") != os.environ.get("LD_PRELOAD", ""):
-        env[REEXEC_FLAG] = "1"
-        os.execve(sys.executable, [sys.executable, "-m", "krmlx", *sys.argv[1:]], env)
+from .blas import reexec_under_blas
 
 
 def cmd_doctor(args) -> int:
@@ -386,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd in ("doctor", "bench", "serve"):
-        reexec_under_blas()
+        reexec_under_blas(["-m", "krmlx", *sys.argv[1:]])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handler = {"doctor": cmd_doctor, "models": cmd_models, "bench": cmd_bench,
                "compare": cmd_compare, "report": cmd_report,

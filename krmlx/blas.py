@@ -161,6 +161,21 @@ def blas_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+REEXEC_FLAG = "KRMLX_REEXECED"
+
+
+def reexec_under_blas(args: list[str]) -> None:
+    """Re-execute this Python (``sys.executable`` with ``args``) under :func:`blas_env`
+    when this process runs on another BLAS; once only (``KRMLX_REEXECED``), so a preload
+    that does not take can't loop. Call it before mlx is imported."""
+    if os.environ.get(REEXEC_FLAG):
+        return
+    env = blas_env()
+    if env.get("LD_PRELOAD", "") != os.environ.get("LD_PRELOAD", ""):
+        env[REEXEC_FLAG] = "1"
+        os.execve(sys.executable, [sys.executable, *args], env)
+
+
 def running_on_preferred_blas() -> bool:
     """True when this process already runs with the BLAS that blas_env() would choose."""
     wanted = blas_env().get("LD_PRELOAD", "")
