@@ -130,6 +130,14 @@ def test_targets_get_equal_warmup_and_interleaved_order(tiny_path):
     assert set(threads["worker_blas_threads"]) == {"phase0", "all"}  # direct has no worker
     assert all(isinstance(n, int) and n >= 1 for n in threads["worker_blas_threads"].values())
     assert threads["cores_usable"] >= 1 and set(threads["oversubscription_warnings"]) <= {"phase0", "all"}
+    # the engines' workers report their own clock, so the summary splits off the wire
+    from krmlx.bench.metrics import summarize, to_frame
+
+    s = summarize(to_frame(doc["records"])).set_index("engine")
+    for name in ("phase0", "all"):
+        assert 0 < s.loc[name, "wire_ttft_ms_p50"] < s.loc[name, "ttft_ms_p50"]
+        assert 0 < s.loc[name, "worker_tpot_ms_mean"]
+    assert s["wire_ttft_ms_p50"].isna()["direct"]
 
 
 def test_oversubscription_is_warned_when_worker_and_caller_want_more_cores_than_usable():
@@ -375,3 +383,32 @@ def test_the_http_client_sends_again_a_request_whose_connection_died_unanswered(
     if ok:
         assert done.text == "hi" and done.extra["connect_retries"] == 2
         assert done.ttft_ms >= 200  # two waits of 0.1 s before the answered attempt
+
+
+def test_the_trial_block_ci_widens_where_noise_is_shared_within_a_trial():
+    """Every request of a trial shifted together (a host slow for a whole trial, on both
+    targets' turns in different amounts): the per-request CI treats 160 pairs as
+    independent and comes out narrow; resampling whole trials does not."""
+    import numpy as np
+    import pandas as pd
+
+    from krmlx.bench.metrics import paired_totals, trial_block_ratio_ci
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for trial in range(20):
+        shift = rng.normal(0, 0.05)  # the other target's share of this trial's noise
+        for i in range(8):
+            base = 100 * (1 + rng.normal(0, 0.01))
+            rows += [{"engine": "a", "trial": trial, "request_id": f"r{i}", "ok": True,
+                      "e2e_ms": base},
+                     {"engine": "b", "trial": trial, "request_id": f"r{i}", "ok": True,
+                      "e2e_ms": base * (1 + shift)}]
+    df = pd.DataFrame(rows)
+    per_request = paired_totals(df, "a", "b")
+    by_trial = trial_block_ratio_ci(df, "a", "b")
+    assert by_trial["trials"] == 20 and by_trial["ratio"] == pytest.approx(per_request["ratio"])
+    assert by_trial["ratio_ci_low"] < by_trial["ratio"] < by_trial["ratio_ci_high"]
+    width = by_trial["ratio_ci_high"] - by_trial["ratio_ci_low"]
+    assert width > 2 * (per_request["ratio_ci_high"] - per_request["ratio_ci_low"])
+    assert trial_block_ratio_ci(df[df["trial"] == 0], "a", "b") is None  # one trial: no CI

@@ -51,6 +51,10 @@ def test_50_questions_match_direct_token_for_token(config, direct_outputs, tiny_
         assert got.text == want.text and got.finish_reason == want.finish_reason
         assert got.usage == want.usage
         assert got.ttft_ms > 0 and len(got.token_times_s) == got.usage.output_tokens
+        # the worker's own clock sits inside the caller's: it got the request after the
+        # caller sent it and made the first token before the caller read it
+        assert 0 < got.extra["worker_ttft_ms"] < got.ttft_ms
+        assert 0 <= got.extra["worker_decode_ms"] < got.e2e_ms - got.extra["worker_ttft_ms"]
     assert stats["client"]["calls"] >= 51
 
 

@@ -66,6 +66,13 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         row["throughput_tps_mean"] = float(t["throughput_tps"].mean()) if len(t) else float("nan")
         row["wall_throughput_tps_mean"] = float(t["wall_throughput_tps"].mean()) if len(t) else float("nan")
         row["output_tokens"] = int(ok["output_tokens"].sum())
+        if "worker_ttft_ms" in ok and ok["worker_ttft_ms"].notna().any():
+            # an engine's worker reports its own clock: what of the caller's TTFT the wire
+            # took (the request in, the first token out), and its TPOT without the wire
+            row["wire_ttft_ms_p50"] = describe(ok["ttft_ms"] - ok["worker_ttft_ms"])["p50"]
+            many = ok[ok["output_tokens"] > 1]
+            row["worker_tpot_ms_mean"] = describe(
+                many["worker_decode_ms"] / (many["output_tokens"] - 1))["mean"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -201,6 +208,29 @@ def paired_totals(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms
             "ratio_ci_low": r["ratio_ci_low"], "ratio_ci_high": r["ratio_ci_high"],
             "speedup_x": inv(r["ratio"]), "speedup_ci_low": inv(r["ratio_ci_high"]),
             "speedup_ci_high": inv(r["ratio_ci_low"])}
+
+
+def trial_block_ratio_ci(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms", *,
+                         seed: int = 0, n_boot: int = 2000, level: float = 0.95) -> dict | None:
+    """sum(other) / sum(base) over the requests both completed, with a CI that resamples
+    whole trials (each trial's pairs stay together). A trial's requests run close in time,
+    so on a noisy host their errors are correlated and a per-request bootstrap
+    (:func:`paired_totals`) is too narrow; this one is not, given enough trials. None with
+    fewer than 2 trials."""
+    ok = df[df["ok"]]
+    a = ok[ok["engine"] == base].set_index(["trial", "request_id"])[metric]
+    b = ok[ok["engine"] == other].set_index(["trial", "request_id"])[metric]
+    common = a.index.intersection(b.index)
+    sa = a.loc[common].groupby(level="trial").sum()
+    sb = b.loc[common].groupby(level="trial").sum()
+    if len(sa) < 2:
+        return None
+    sa, sb = sa.values.astype(float), sb.values.astype(float)
+    idx = np.random.default_rng(seed).integers(0, sa.size, size=(n_boot, sa.size))
+    ratios = sb[idx].sum(axis=1) / sa[idx].sum(axis=1)
+    lo, hi = np.percentile(ratios, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return {"trials": int(sa.size), "ratio": float(sb.sum() / sa.sum()),
+            "ratio_ci_low": float(lo), "ratio_ci_high": float(hi)}
 
 
 def wall_speedup(df: pd.DataFrame, base: str, other: str, *, seed: int = 0) -> dict | None:

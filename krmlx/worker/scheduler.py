@@ -45,6 +45,11 @@ class StreamOut:
         self._held_since = 0.0
         self.tokens = 0
         self.frames = 0
+        # the worker's own clock: when the request arrived, its first and its last token
+        # (reported in the done frame's info, so a caller can tell the worker's compute
+        # from the transport: worker_ttft_ms, worker_decode_ms)
+        self._t_created = time.perf_counter()
+        self._t_first = self._t_last = 0.0
         self._crash_after = crash_after
         self._crash = crash
 
@@ -59,7 +64,9 @@ class StreamOut:
             self._crash()
         self.tokens += 1
         self._held.append((token, text))
-        now = time.perf_counter()
+        now = self._t_last = time.perf_counter()
+        if self.tokens == 1:
+            self._t_first = now
         if len(self._held) == 1:
             self._held_since = now
         if (self.tokens == 1 or len(self._held) >= self.opts.coalesce_tokens
@@ -80,6 +87,9 @@ class StreamOut:
 
     def finish(self, finish_reason: str, prompt_tokens: int, tail: str = "", info: dict | None = None) -> None:
         self.flush(force=True)  # the last frame goes out whatever the window says
+        if self.tokens:
+            info = {**(info or {}), "worker_ttft_ms": (self._t_first - self._t_created) * 1e3,
+                    "worker_decode_ms": (self._t_last - self._t_first) * 1e3}
         self._send(done_frame(self.id, finish_reason, prompt_tokens, tail, self.tokens, info))
 
 
