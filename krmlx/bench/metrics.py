@@ -211,19 +211,20 @@ def paired_totals(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms
 
 
 def trial_block_ratio_ci(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms", *,
-                         seed: int = 0, n_boot: int = 2000, level: float = 0.95) -> dict | None:
+                         seed: int = 0, n_boot: int = 2000, level: float = 0.95,
+                         min_trials: int = 10) -> dict | None:
     """sum(other) / sum(base) over the requests both completed, with a CI that resamples
     whole trials (each trial's pairs stay together). A trial's requests run close in time,
     so on a noisy host their errors are correlated and a per-request bootstrap
     (:func:`paired_totals`) is too narrow; this one is not, given enough trials. None with
-    fewer than 2 trials."""
+    fewer than ``min_trials`` (a bootstrap over a handful of trials is itself too narrow)."""
     ok = df[df["ok"]]
     a = ok[ok["engine"] == base].set_index(["trial", "request_id"])[metric]
     b = ok[ok["engine"] == other].set_index(["trial", "request_id"])[metric]
     common = a.index.intersection(b.index)
     sa = a.loc[common].groupby(level="trial").sum()
     sb = b.loc[common].groupby(level="trial").sum()
-    if len(sa) < 2:
+    if len(sa) < max(2, min_trials):
         return None
     sa, sb = sa.values.astype(float), sb.values.astype(float)
     idx = np.random.default_rng(seed).integers(0, sa.size, size=(n_boot, sa.size))
