@@ -120,12 +120,18 @@ def compare(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms", *,
             **r, "ci_low": r["diff_ci_low"], "ci_high": r["diff_ci_high"]}
 
 
-def _paired(df: pd.DataFrame, base: str, other: str, metric: str):
+def _paired_series(df: pd.DataFrame, base: str, other: str, metric: str):
+    """``metric`` of base and other over the (trial, request_id) pairs both completed."""
     ok = df[df["ok"]]
     a = ok[ok["engine"] == base].set_index(["trial", "request_id"])[metric]
     b = ok[ok["engine"] == other].set_index(["trial", "request_id"])[metric]
     common = a.index.intersection(b.index)
-    return (a.loc[common].values, b.loc[common].values) if len(common) >= 2 else None
+    return a.loc[common], b.loc[common]
+
+
+def _paired(df: pd.DataFrame, base: str, other: str, metric: str):
+    a, b = _paired_series(df, base, other, metric)
+    return (a.values, b.values) if len(a) >= 2 else None
 
 
 def overhead(df: pd.DataFrame, base: str = "direct", *, seed: int = 0) -> pd.DataFrame:
@@ -218,12 +224,8 @@ def trial_block_ratio_ci(df: pd.DataFrame, base: str, other: str, metric: str = 
     so on a noisy host their errors are correlated and a per-request bootstrap
     (:func:`paired_totals`) is too narrow; this one is not, given enough trials. None with
     fewer than ``min_trials`` (a bootstrap over a handful of trials is itself too narrow)."""
-    ok = df[df["ok"]]
-    a = ok[ok["engine"] == base].set_index(["trial", "request_id"])[metric]
-    b = ok[ok["engine"] == other].set_index(["trial", "request_id"])[metric]
-    common = a.index.intersection(b.index)
-    sa = a.loc[common].groupby(level="trial").sum()
-    sb = b.loc[common].groupby(level="trial").sum()
+    a, b = _paired_series(df, base, other, metric)
+    sa, sb = a.groupby(level="trial").sum(), b.groupby(level="trial").sum()
     if len(sa) < max(2, min_trials):
         return None
     sa, sb = sa.values.astype(float), sb.values.astype(float)

@@ -8,8 +8,8 @@ lengths.
 The summary says how a serving layer's cost moves with prompt length: per length and
 target, TTFT / TPOT / E2E (mean, p50), and against the base (``direct`` when it ran, else
 the first target): the E2E overhead in % of the base's total with a paired bootstrap CI
-over requests and a wider one over whole trials (``_trial_ci``: the honest one where the
-host's noise is correlated in time), and the TTFT difference in ms with its CI.
+over requests and a wider one over whole trials (``e2e_overhead_pct_trial_ci_*``, from 10
+trials: the honest one where the host's noise is correlated in time), and the TTFT difference in ms with its CI.
 """
 
 from __future__ import annotations
