@@ -9,6 +9,7 @@
         [--param K=V ...]
     python -m krmlx compare A.json B.json
     python -m krmlx resummarize RESULTS...
+    python -m krmlx pool RESULTS... --out FILE
     python -m krmlx report RESULTS... [--out DIR]
     python -m krmlx serve [--model M] [--phases none|all|LIST] [--scheduler auto|serial|batched|
         batched-staged] [--host 127.0.0.1] [--port N] [--api-key K] [--max-in-flight N]
@@ -215,26 +216,57 @@ def cmd_resummarize(args) -> int:
     with this krmlx (the records are not touched; the file is rewritten atomically and
     records which krmlx summarized it)."""
     from .bench.results import read_results, write_results
-    from .bench.workloads import WORKLOADS, make_workload
     from .doctor import git_sha
     from .errors import KrmlxError
 
     for path in args.results:
         try:
             doc = read_results(path)
-            cfg = doc["config"]
-            if cfg.get("workload") not in WORKLOADS:
-                raise KrmlxError(f"{path}: workload {cfg.get('workload')!r} has no summarize step here")
-            params = {k: tuple(v) if isinstance(v, list) else v
-                      for k, v in (cfg.get("params") or {}).items() if k != "smoke"}
-            wl = make_workload(cfg["workload"], smoke=bool(cfg.get("smoke")), **params)
-            cfg["resummarized_by"] = git_sha()
-            write_results(path, env=doc["env"], config=cfg, records=doc["records"],
-                          summary=wl.summarize(doc["records"], cfg), complete=doc.get("complete", True))
+            doc["config"]["resummarized_by"] = git_sha()
+            write_results(path, env=doc["env"], config=doc["config"], records=doc["records"],
+                          summary=_summarize_doc(path, doc), complete=doc.get("complete", True))
             print(f"{path}: summary recomputed from {len(doc['records'])} records")
         except KrmlxError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    return 0
+
+
+def _summarize_doc(path, doc) -> dict:
+    """The summary of a results document, by its workload's own summarize step."""
+    from .bench.workloads import WORKLOADS, make_workload
+    from .errors import KrmlxError
+
+    cfg = doc["config"]
+    if cfg.get("workload") not in WORKLOADS:
+        raise KrmlxError(f"{path}: workload {cfg.get('workload')!r} has no summarize step here")
+    params = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in (cfg.get("params") or {}).items() if k != "smoke"}
+    wl = make_workload(cfg["workload"], smoke=bool(cfg.get("smoke")), **params)
+    return wl.summarize(doc["records"], cfg)
+
+
+def cmd_pool(args) -> int:
+    """Summarize replications of one workload as one run (krmlx.bench.pool)."""
+    from .bench.pool import pool_results
+    from .bench.results import write_results
+    from .doctor import git_sha
+    from .errors import KrmlxError
+
+    out = Path(args.out)
+    if out.is_dir() or any(out.resolve() == Path(p).resolve() for p in args.results):
+        print(f"krmlx pool: --out {out} must be a new file, not a folder or one of the "
+              "files pooled", file=sys.stderr)
+        return 2
+    try:
+        doc = pool_results(args.results)
+        doc["config"]["pooled_by"] = git_sha()
+        write_results(out, **doc, summary=_summarize_doc(out, doc))
+    except KrmlxError as e:
+        print(f"krmlx pool: {e}", file=sys.stderr)
+        return 2
+    print(f"{out}: {len(doc['records'])} records, {doc['config']['trials']} trials "
+          f"from {len(args.results)} files")
     return 0
 
 
@@ -348,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("b")
     s = sub.add_parser("resummarize", help="recompute workload results files' summaries from their records")
     s.add_argument("results", nargs="+")
+    pl = sub.add_parser("pool", help="summarize replications of one workload (same machine, "
+                        "same settings) as one run, trials kept whole")
+    pl.add_argument("results", nargs="+")
+    pl.add_argument("--out", required=True, help="the pooled results file to write")
     r = sub.add_parser("report", help="write an offline HTML/Markdown/CSV report of results files")
     r.add_argument("results", nargs="+", help="results files or folders of them")
     r.add_argument("--out", default="report", help="output folder")
@@ -379,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handler = {"doctor": cmd_doctor, "models": cmd_models, "bench": cmd_bench,
                "compare": cmd_compare, "report": cmd_report,
-               "resummarize": cmd_resummarize, "serve": cmd_serve}[args.cmd]
+               "resummarize": cmd_resummarize, "pool": cmd_pool, "serve": cmd_serve}[args.cmd]
     return handler(args)
 
 

@@ -412,3 +412,47 @@ def test_the_trial_block_ci_widens_where_noise_is_shared_within_a_trial():
     width = by_trial["ratio_ci_high"] - by_trial["ratio_ci_low"]
     assert width > 2 * (per_request["ratio_ci_high"] - per_request["ratio_ci_low"])
     assert trial_block_ratio_ci(df[df["trial"] < 9], "a", "b") is None  # too few trials: no CI
+
+
+def test_pool_summarizes_replications_as_one_run_with_trials_kept_whole(tiny_path, tmp_path):
+    """Two 5-trial lengths runs (different seeds, so different prompts) pooled: 10 distinct
+    trials, every record kept and naming its file, and the CI over whole trials that
+    neither run has alone (it needs 10). A run with other settings, or --out naming an
+    input, is refused with the reason, and the inputs are left as they were."""
+    from krmlx.__main__ import main
+    from krmlx.bench.pool import pool_results
+    from krmlx.bench.results import read_results, write_results
+    from krmlx.errors import ResultsError
+
+    # The first model load in a process loads the system's OpenBLAS, which the env then
+    # reports: after one untimed run, both runs below share one env (as a CLI run's do).
+    run(run_workload(make_workload("lengths", smoke=True), MODEL, targets=["direct"]))
+    paths = []
+    for seed in (1, 2):
+        wl = make_workload("lengths", lengths=(16,), per_length=2, max_tokens=4, seed=seed)
+        doc = run(run_workload(wl, MODEL, targets=["direct", "engine"], trials=5))
+        assert not any("trial_ci_low" in k for row in doc["summary"]["overhead_by_length"]
+                       for k in row)
+        paths.append(write_results(tmp_path / f"run{seed}.json", **doc))
+    out = tmp_path / "pooled.json"
+    assert main(["pool", *map(str, paths), "--out", str(out)]) == 0
+    pooled = read_results(out)
+    inputs = [read_results(p) for p in paths]
+    assert len(pooled["records"]) == sum(len(d["records"]) for d in inputs) == 40
+    assert sorted({r["trial"] for r in pooled["records"]}) == list(range(10))
+    assert {r["pooled_from"] for r in pooled["records"]} == set(map(str, paths))
+    assert [s["seed"] for s in pooled["config"]["pooled_from"]] == [1, 2]
+    (row,) = pooled["summary"]["overhead_by_length"]
+    assert row["e2e_overhead_pct_trial_ci_low"] < row["e2e_overhead_pct"] \
+        < row["e2e_overhead_pct_trial_ci_high"]
+    assert pooled["summary"]["outputs_match"][0]["identical_outputs"] == 20
+
+    other = dict(inputs[1], config={**inputs[1]["config"],
+                                    "params": {**inputs[1]["config"]["params"], "max_tokens": 8}})
+    odd = write_results(tmp_path / "odd.json", **{k: other[k] for k in
+                                                  ("env", "config", "records", "summary")})
+    with pytest.raises(ResultsError, match=r"max_tokens"):
+        pool_results([paths[0], odd])
+    before = paths[0].read_bytes()
+    assert main(["pool", str(paths[0]), str(paths[1]), "--out", str(paths[0])]) == 2
+    assert paths[0].read_bytes() == before

@@ -236,6 +236,24 @@ def trial_block_ratio_ci(df: pd.DataFrame, base: str, other: str, metric: str = 
             "ratio_ci_low": float(lo), "ratio_ci_high": float(hi)}
 
 
+def order_split(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms") -> dict | None:
+    """sum(other) / sum(base) over the pairs where base ran first and, apart, over those
+    where other ran first (by ``t_start_s``): in a crossover design the two differ by what
+    running second costs (on a small host, following another process). Their mean is the
+    order-balanced ratio; their gap is the order effect. None unless both orders occur."""
+    ok = df[df["ok"]]
+    cols = [metric, "t_start_s"]
+    a = ok[ok["engine"] == base].set_index(["trial", "request_id"])[cols]
+    b = ok[ok["engine"] == other].set_index(["trial", "request_id"])[cols]
+    j = a.join(b, how="inner", lsuffix="_a", rsuffix="_b")
+    first = j["t_start_s_a"] < j["t_start_s_b"]
+    if not first.any() or first.all():
+        return None
+    ratio = {k: float(part[f"{metric}_b"].sum() / part[f"{metric}_a"].sum())
+             for k, part in (("base_first", j[first]), ("other_first", j[~first]))}
+    return {**ratio, "n_base_first": int(first.sum()), "n_other_first": int((~first).sum())}
+
+
 def wall_speedup(df: pd.DataFrame, base: str, other: str, *, seed: int = 0) -> dict | None:
     """Wall time (first start to last end, per trial) of ``base`` over ``other``: wall_s_base,
     wall_s_other (means over trials), speedup_x = their ratio, with a bootstrap CI over trials

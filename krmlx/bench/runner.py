@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from ..errors import ConfigError
 from ..types import Request
 from .targets import NotSupported, Target
 
@@ -108,6 +109,13 @@ def record_of(target: str, trial: int, request: Request, completion=None, error=
                     "output_text": "", "finish_reason": "error", "t_end_s": now})
     rec.update(extra or {})
     return rec
+
+
+SEQUENCE_ORDERS = {
+    "rotate": "sequence: one request at a time, each through every target, the target order "
+              "rotated per request and trial",
+    "blocks": "sequence in blocks: one request at a time, all of a trial's requests of a "
+              "series through one target, then through the next, the target order rotated per trial"}
 
 
 def rotate(names: list, k: int) -> list:
@@ -287,19 +295,29 @@ class Run:
     # -- schedules -----------------------------------------------------------------------
     async def sequence(self, requests: list[Request], trial: int, *, kind: str = "generate",
                        series: str = "", targets: list[str] | None = None, measure: bool = False,
-                       retries: int = 0, retry_delay_s: float = 0.0, **extra) -> None:
-        """Each request through every target (or ``targets``) in turn, the order rotated per
-        request and trial. ``measure``: each target's counter deltas over the sequence are
-        kept as a measurement. ``retries``: see :meth:`do`."""
-        self._order("sequence: one request at a time, each through every target, the target "
-                    "order rotated per request and trial")
+                       retries: int = 0, retry_delay_s: float = 0.0, order: str = "rotate",
+                       **extra) -> None:
+        """Each request through every target (or ``targets``), one at a time. ``order``
+        ``rotate``: request by request, every target in turn, the order rotated per request
+        and trial (so a target often runs right after another: on a small host a switch
+        between processes costs the one that follows); ``blocks``: all the requests through
+        one target, then all through the next, the target order rotated per trial (a target
+        follows itself but at a block's start). ``measure``: each target's counter deltas
+        over the sequence are kept as a measurement. ``retries``: see :meth:`do`."""
+        if order not in SEQUENCE_ORDERS:
+            raise ConfigError(f"sequence: order must be one of {list(SEQUENCE_ORDERS)}, got {order!r}")
+        self._order(SEQUENCE_ORDERS[order])
         self.note_requests(series, requests)
         names = [n for n in (targets or list(self.targets)) if n in self.targets]
         before = {n: self.targets[n].stats() for n in names} if measure else {}
-        for i, req in enumerate(requests):
-            for name in rotate(names, i + trial):
-                await self.do(name, kind, req, trial, series=series, retries=retries,
-                              retry_delay_s=retry_delay_s, **extra)
+        if order == "rotate":
+            plan = [(name, req) for i, req in enumerate(requests)
+                    for name in rotate(names, i + trial)]
+        else:
+            plan = [(name, req) for name in rotate(names, trial) for req in requests]
+        for name, req in plan:
+            await self.do(name, kind, req, trial, series=series, retries=retries,
+                          retry_delay_s=retry_delay_s, **extra)
         for name in before:
             self.measurements.append({"trial": trial, "series": series, "engine": name,
                                       "group": self.group,

@@ -9,7 +9,12 @@ The summary says how a serving layer's cost moves with prompt length: per length
 target, TTFT / TPOT / E2E (mean, p50), and against the base (``direct`` when it ran, else
 the first target): the E2E overhead in % of the base's total with a paired bootstrap CI
 over requests and a wider one over whole trials (``e2e_overhead_pct_trial_ci_*``, from 10
-trials: the honest one where the host's noise is correlated in time), and the TTFT difference in ms with its CI.
+trials: the honest one where the host's noise is correlated in time), the same overhead over
+the pairs where the base ran first and over those where the other did
+(``e2e_overhead_pct_base_first`` / ``_other_first``: their gap is what running second
+costs), and the TTFT difference in ms with its CI. ``order="blocks"`` runs a trial's
+requests of one length through one target, then the next (a target follows itself)
+instead of rotating the targets request by request.
 """
 
 from __future__ import annotations
@@ -34,11 +39,17 @@ class Lengths(Workload):
     lengths: tuple[int, ...] = DEFAULT_LENGTHS
     per_length: int = 5
     max_tokens: int = 32
+    order: str = "rotate"  # or "blocks": see Run.sequence
 
     def validate(self, model):
         if not self.lengths or not all(isinstance(n, int) and n >= 8 for n in self.lengths):
             raise ConfigError(f"{self.name}: lengths must be ints >= 8, got {self.lengths!r}")
         check_positive(self.name, per_length=self.per_length, max_tokens=self.max_tokens)
+        from ..runner import SEQUENCE_ORDERS
+
+        if self.order not in SEQUENCE_ORDERS:
+            raise ConfigError(f"{self.name}: order must be one of {list(SEQUENCE_ORDERS)}, "
+                              f"got {self.order!r}")
 
     def planned_records(self, n_targets):
         return len(self.lengths) * self.per_length * n_targets
@@ -60,7 +71,7 @@ class Lengths(Workload):
 
         async def body(trial):
             for n, reqs in self.requests(run, trial).items():
-                await run.sequence(reqs, trial, series=f"len={n}", length=n)
+                await run.sequence(reqs, trial, series=f"len={n}", length=n, order=self.order)
 
         await run.trials(body)
 
@@ -83,6 +94,10 @@ class Lengths(Workload):
                 if tb:  # the honest CI where noise is correlated within a trial
                     row.update({"e2e_overhead_pct_trial_ci_low": (tb["ratio_ci_low"] - 1) * 100,
                                 "e2e_overhead_pct_trial_ci_high": (tb["ratio_ci_high"] - 1) * 100})
+                split = metrics.order_split(part, base, other)
+                if split:  # what running second costs, either way round
+                    row.update({"e2e_overhead_pct_base_first": (split["base_first"] - 1) * 100,
+                                "e2e_overhead_pct_other_first": (split["other_first"] - 1) * 100})
                 try:
                     c = metrics.compare(part, base, other, "ttft_ms")
                     row.update({"ttft_ms_diff": c["diff"], "ttft_ms_diff_ci_low": c["ci_low"],
