@@ -9,7 +9,7 @@
         [--param K=V ...]
     python -m krmlx compare A.json B.json
     python -m krmlx resummarize RESULTS...
-    python -m krmlx pool RESULTS... --out FILE
+    python -m krmlx pool RESULTS... --out FILE [--summary-only]
     python -m krmlx report RESULTS... [--out DIR]
     python -m krmlx serve [--model M] [--phases none|all|LIST] [--scheduler auto|serial|batched|
         batched-staged] [--host 127.0.0.1] [--port N] [--api-key K] [--max-in-flight N]
@@ -261,11 +261,16 @@ def cmd_pool(args) -> int:
     try:
         doc = pool_results(args.results)
         doc["config"]["pooled_by"] = git_sha()
-        write_results(out, **doc, summary=_summarize_doc(out, doc))
+        summary = _summarize_doc(out, doc)
+        if args.summary_only:  # the records are in the files pooled: pooling again remakes them
+            doc["config"]["records_left_out"] = len(doc["records"])
+            doc["records"] = []
+        write_results(out, **doc, summary=summary)
     except KrmlxError as e:
         print(f"krmlx pool: {e}", file=sys.stderr)
         return 2
-    print(f"{out}: {len(doc['records'])} records, {doc['config']['trials']} trials "
+    n = doc["config"].get("records_left_out", len(doc["records"]))
+    print(f"{out}: {n} records, {doc['config']['trials']} trials "
           f"from {len(args.results)} files")
     return 0
 
@@ -384,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "same settings) as one run, trials kept whole")
     pl.add_argument("results", nargs="+")
     pl.add_argument("--out", required=True, help="the pooled results file to write")
+    pl.add_argument("--summary-only", action="store_true",
+                    help="write the summary and config, not the records (they stay in the inputs)")
     r = sub.add_parser("report", help="write an offline HTML/Markdown/CSV report of results files")
     r.add_argument("results", nargs="+", help="results files or folders of them")
     r.add_argument("--out", default="report", help="output folder")

@@ -453,6 +453,47 @@ def test_pool_summarizes_replications_as_one_run_with_trials_kept_whole(tiny_pat
                                                   ("env", "config", "records", "summary")})
     with pytest.raises(ResultsError, match=r"max_tokens"):
         pool_results([paths[0], odd])
+    small = tmp_path / "pooled-summary.json"
+    assert main(["pool", *map(str, paths), "--out", str(small), "--summary-only"]) == 0
+    brief = read_results(small)
+    assert brief["records"] == [] and brief["config"]["records_left_out"] == 40
+    assert brief["summary"]["overhead_by_length"] == pooled["summary"]["overhead_by_length"]
     before = paths[0].read_bytes()
     assert main(["pool", str(paths[0]), str(paths[1]), "--out", str(paths[0])]) == 2
     assert paths[0].read_bytes() == before
+
+
+def test_order_split_separates_what_running_second_costs():
+    """Whichever target runs second in a pair is 4% slower (it follows the other one's
+    process): the overhead over the pairs where the base ran first shows +4%, the other way
+    round -4%, and their mean the true 0."""
+    import pandas as pd
+
+    from krmlx.bench.metrics import order_split
+
+    rows = []
+    for trial in range(4):
+        for i in range(6):
+            base_first = (i + trial) % 2 == 0
+            for engine, t in (("a", 0.0 if base_first else 1.0), ("b", 1.0 if base_first else 0.0)):
+                rows.append({"engine": engine, "trial": trial, "request_id": f"r{i}", "ok": True,
+                             "t_start_s": 10.0 * i + t, "e2e_ms": 100.0 * (1.04 if t else 1.0)})
+    split = order_split(pd.DataFrame(rows), "a", "b")
+    assert split["n_base_first"] == split["n_other_first"] == 12
+    assert split["base_first"] == pytest.approx(1.04) and split["other_first"] == pytest.approx(1 / 1.04)
+    one_way = pd.DataFrame([r for r in rows if r["request_id"] in ("r0", "r2", "r4")
+                            and r["trial"] % 2 == 0])
+    assert order_split(one_way, "a", "b") is None  # one order only: nothing to split
+
+
+def test_lengths_in_blocks_runs_each_target_through_a_lengths_requests_in_turn(tiny_path):
+    wl = make_workload("lengths", lengths=(16,), per_length=3, max_tokens=4, order="blocks")
+    doc = run(run_workload(wl, MODEL, targets=["direct", "engine"], trials=2))
+    by_start = sorted(doc["records"], key=lambda r: r["t_start_s"])
+    runs = [(r["trial"], r["engine"]) for r in by_start]
+    assert runs == [(0, "direct")] * 3 + [(0, "phase0")] * 3 + [(1, "phase0")] * 3 + [(1, "direct")] * 3
+    assert doc["config"]["treatment"]["order"][0].startswith("sequence in blocks")
+    (row,) = doc["summary"]["overhead_by_length"]
+    assert row["e2e_overhead_pct_base_first"] is not None and row["e2e_overhead_pct_other_first"] is not None
+    with pytest.raises(ConfigError, match="order must be one of"):
+        make_workload("lengths", order="zigzag").validate(MODEL)

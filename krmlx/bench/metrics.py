@@ -245,7 +245,7 @@ def order_split(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms")
     cols = [metric, "t_start_s"]
     a = ok[ok["engine"] == base].set_index(["trial", "request_id"])[cols]
     b = ok[ok["engine"] == other].set_index(["trial", "request_id"])[cols]
-    j = a.join(b, how="inner", lsuffix="_a", rsuffix="_b")
+    j = a.merge(b, left_index=True, right_index=True, suffixes=("_a", "_b"))
     first = j["t_start_s_a"] < j["t_start_s_b"]
     if not first.any() or first.all():
         return None

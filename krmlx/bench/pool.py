@@ -31,20 +31,35 @@ def _env_key(env: dict) -> dict:
     return key
 
 
+def _params(cfg: dict) -> dict:
+    """A file's workload parameters with the workload's defaults filled in (a file written
+    before a parameter existed ran with its default), less the ones that may differ."""
+    from dataclasses import MISSING, fields
+
+    from .workloads import WORKLOADS
+
+    cls = WORKLOADS.get(cfg.get("workload"))
+    defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING} if cls else {}
+    params = {**defaults, **(cfg.get("params") or {})}
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in params.items() if k not in FREE_PARAMS}
+
+
 def _differences(a: dict, b: dict) -> list[str]:
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def pool_results(paths: list[str | Path]) -> dict:
     """One results document (``env``: the first file's, whose machine facts all share;
-    ``config``; ``records``; no summary yet) from the replications in ``paths``. Raises :class:`ResultsError` naming the file and the field
-    when they are not replications of one another."""
+    ``config``; ``records``; no summary yet) from the replications in ``paths``. Raises
+    :class:`ResultsError` naming the file and the field when they are not replications of
+    one another."""
     if len(paths) < 2:
         raise ResultsError(f"pool: give two or more results files, got {len(paths)}")
     docs = [(str(p), read_results(p)) for p in paths]
     first_path, first = docs[0]
     cfg0, env0 = first["config"], first["env"]
-    params0 = {k: v for k, v in (cfg0.get("params") or {}).items() if k not in FREE_PARAMS}
+    params0 = _params(cfg0)
     records, sources, lengths, offset = [], [], set(), 0
     for path, doc in docs:
         cfg, env = doc["config"], doc["env"]
@@ -56,8 +71,7 @@ def pool_results(paths: list[str | Path]) -> dict:
             if cfg.get(field) != cfg0.get(field):
                 raise ResultsError(f"pool: {path} has {field} {cfg.get(field)!r}, "
                                    f"{first_path} has {cfg0.get(field)!r}")
-        params = {k: v for k, v in (cfg.get("params") or {}).items() if k not in FREE_PARAMS}
-        if bad := _differences(params, params0):
+        if bad := _differences(_params(cfg), params0):
             raise ResultsError(f"pool: {path} and {first_path} differ in workload "
                                f"parameter(s) {bad}: not replications of one run")
         if bad := _differences(_env_key(env), _env_key(env0)):
@@ -82,5 +96,6 @@ def pool_results(paths: list[str | Path]) -> dict:
         params["lengths"] = sorted(lengths)
     config = {"workload": cfg0["workload"], "model": cfg0.get("model"), "trials": offset,
               "smoke": False, "params": params, "pooled_from": sources,
-              "targets": {k: v for _, d in docs for k, v in (d["config"].get("targets") or {}).items()}}
+              "targets": {k: v for _, d in docs
+                          for k, v in (d["config"].get("targets") or {}).items()}}
     return {"env": env0, "config": config, "records": records}

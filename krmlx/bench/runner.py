@@ -305,7 +305,8 @@ class Run:
         follows itself but at a block's start). ``measure``: each target's counter deltas
         over the sequence are kept as a measurement. ``retries``: see :meth:`do`."""
         if order not in SEQUENCE_ORDERS:
-            raise ConfigError(f"sequence: order must be one of {list(SEQUENCE_ORDERS)}, got {order!r}")
+            raise ConfigError(f"sequence: order must be one of {list(SEQUENCE_ORDERS)}, "
+                              f"got {order!r}")
         self._order(SEQUENCE_ORDERS[order])
         self.note_requests(series, requests)
         names = [n for n in (targets or list(self.targets)) if n in self.targets]

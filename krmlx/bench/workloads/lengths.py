@@ -82,7 +82,8 @@ class Lengths(Workload):
         growth = []
         for n in sorted(df["length"].dropna().unique()):
             part = df[df["length"] == n]
-            for other in [e for e in names if e != base]:
+            ran = set(part["engine"])
+            for other in [e for e in names if e != base and e in ran]:
                 row = {"length": int(n), "engine": other, "base": base,
                        "prompt_tokens_mean": float(part[part["engine"] == other]["prompt_tokens"].mean())}
                 t = metrics.paired_totals(part, base, other)
