@@ -120,8 +120,9 @@ def compare(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms", *,
             **r, "ci_low": r["diff_ci_low"], "ci_high": r["diff_ci_high"]}
 
 
-def _paired_series(df: pd.DataFrame, base: str, other: str, metric: str):
-    """``metric`` of base and other over the (trial, request_id) pairs both completed."""
+def _paired_series(df: pd.DataFrame, base: str, other: str, metric):
+    """``metric`` (a column, or a list of them) of base and other over the (trial,
+    request_id) pairs both completed, in the same order."""
     ok = df[df["ok"]]
     a = ok[ok["engine"] == base].set_index(["trial", "request_id"])[metric]
     b = ok[ok["engine"] == other].set_index(["trial", "request_id"])[metric]
@@ -241,16 +242,12 @@ def order_split(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms")
     where other ran first (by ``t_start_s``): in a crossover design the two differ by what
     running second costs (on a small host, following another process). Their mean is the
     order-balanced ratio; their gap is the order effect. None unless both orders occur."""
-    ok = df[df["ok"]]
-    cols = [metric, "t_start_s"]
-    a = ok[ok["engine"] == base].set_index(["trial", "request_id"])[cols]
-    b = ok[ok["engine"] == other].set_index(["trial", "request_id"])[cols]
-    j = a.merge(b, left_index=True, right_index=True, suffixes=("_a", "_b"))
-    first = j["t_start_s_a"] < j["t_start_s_b"]
+    a, b = _paired_series(df, base, other, [metric, "t_start_s"])
+    first = a["t_start_s"].values < b["t_start_s"].values
     if not first.any() or first.all():
         return None
-    ratio = {k: float(part[f"{metric}_b"].sum() / part[f"{metric}_a"].sum())
-             for k, part in (("base_first", j[first]), ("other_first", j[~first]))}
+    ratio = {k: float(b[metric].values[m].sum() / a[metric].values[m].sum())
+             for k, m in (("base_first", first), ("other_first", ~first))}
     return {**ratio, "n_base_first": int(first.sum()), "n_other_first": int((~first).sum())}
 
 

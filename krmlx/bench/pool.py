@@ -63,6 +63,7 @@ def pool_results(paths: list[str | Path]) -> dict:
     records, sources, lengths, offset = [], [], set(), 0
     for path, doc in docs:
         cfg, env = doc["config"], doc["env"]
+        given = cfg.get("params") or {}
         if not doc.get("complete", True):
             raise ResultsError(f"pool: {path} is an interrupted run's partial file")
         if cfg.get("smoke"):
@@ -84,10 +85,10 @@ def pool_results(paths: list[str | Path]) -> dict:
             trial = r.get("trial")
             records.append({**r, "trial": None if trial is None else trial + offset,
                             "pooled_from": path})
-        lengths.update((cfg.get("params") or {}).get("lengths") or ())
+        lengths.update(given.get("lengths") or ())
         sources.append({"path": path, "trials": len(trials), "trial_offset": offset,
                         "records": len(doc["records"]), "git_sha": env.get("git_sha"),
-                        "seed": (cfg.get("params") or {}).get("seed"),
+                        "seed": given.get("seed"),
                         "targets": sorted(cfg.get("targets") or {}), "argv": env.get("argv"),
                         "treatment": cfg.get("treatment")})
         offset += trials[-1] + 1

@@ -118,6 +118,12 @@ SEQUENCE_ORDERS = {
               "series through one target, then through the next, the target order rotated per trial"}
 
 
+def check_sequence_order(owner: str, order: str) -> None:
+    """ConfigError naming ``owner`` unless ``order`` is one of :data:`SEQUENCE_ORDERS`."""
+    if order not in SEQUENCE_ORDERS:
+        raise ConfigError(f"{owner}: order must be one of {list(SEQUENCE_ORDERS)}, got {order!r}")
+
+
 def rotate(names: list, k: int) -> list:
     k %= max(1, len(names))
     return names[k:] + names[:k]
@@ -304,9 +310,7 @@ class Run:
         one target, then all through the next, the target order rotated per trial (a target
         follows itself but at a block's start). ``measure``: each target's counter deltas
         over the sequence are kept as a measurement. ``retries``: see :meth:`do`."""
-        if order not in SEQUENCE_ORDERS:
-            raise ConfigError(f"sequence: order must be one of {list(SEQUENCE_ORDERS)}, "
-                              f"got {order!r}")
+        check_sequence_order("sequence", order)
         self._order(SEQUENCE_ORDERS[order])
         self.note_requests(series, requests)
         names = [n for n in (targets or list(self.targets)) if n in self.targets]

@@ -45,11 +45,9 @@ class Lengths(Workload):
         if not self.lengths or not all(isinstance(n, int) and n >= 8 for n in self.lengths):
             raise ConfigError(f"{self.name}: lengths must be ints >= 8, got {self.lengths!r}")
         check_positive(self.name, per_length=self.per_length, max_tokens=self.max_tokens)
-        from ..runner import SEQUENCE_ORDERS
+        from ..runner import check_sequence_order
 
-        if self.order not in SEQUENCE_ORDERS:
-            raise ConfigError(f"{self.name}: order must be one of {list(SEQUENCE_ORDERS)}, "
-                              f"got {self.order!r}")
+        check_sequence_order(self.name, self.order)
 
     def planned_records(self, n_targets):
         return len(self.lengths) * self.per_length * n_targets
