@@ -14,6 +14,9 @@ or more share the continuous batch.
   next group's prefill: measured lower TTFT under load where prefill is slow) and plain on
   a GPU (where staging slowed the ramp-up).
 
+The handed-off stream enters the decode batch at once (one BatchGenerator step with
+nothing to prefill), so the prompts that were waiting keep mlx-lm's prefill groups whole.
+
 A solo stream's prefill is not interrupted: a job arriving during it waits for its first
 token (one prefill), then both are batched. The null model and unloaded models go the
 serial way, as in :class:`~krmlx.worker.scheduler.BatchScheduler`.
@@ -92,11 +95,19 @@ class AutoScheduler(BatchScheduler):
                     trim_prompt_cache(cache, 1)
                     left = params["max_tokens"] - out.tokens
                     sampler = gen.make_sampler(temperature, seed, params.get("top_p", 1.0))
-                    (uid,) = self._generator(entry).insert(
-                        [[token]], max_tokens=[left], caches=[cache], samplers=[sampler])
+                    batch = self._generator(entry)
+                    (uid,) = batch.insert([[token]], max_tokens=[left], caches=[cache],
+                                          samplers=[sampler])
                     self._active[(entry.id, uid)] = _Active(out, entry, detok, len(prompt_ids))
                     self.handoffs += 1
                     handed = True
+                    # Move it into the decode batch now, before the waiting prompts are
+                    # inserted: its cache needs no prefill, but left among them it would take
+                    # a slot of the first prefill group (mlx-lm groups prompts by
+                    # prefill_batch_size), and a wave's groups would go 7, 1, 7, 1, ... : twice
+                    # the prefill calls, each stalling every decoding stream (measured on an
+                    # H200 at 64 streams: 0.87x the throughput of ``batched``).
+                    self._advance(entry.id, batch)
                     return
         finally:
             steps.close()

@@ -265,6 +265,7 @@ class BatchScheduler:
         self._active: dict[tuple[str, int], _Active] = {}
         self._waiting: list[tuple] = []  # staged: (job, prompt_ids, sampler) not yet inserted
         self.steps = 0
+        self.prefills = 0  # steps that prefilled prompts (each stalls the decoding streams)
 
     @property
     def active(self) -> int:
@@ -375,32 +376,39 @@ class BatchScheduler:
                     self._finish(k, "cancelled")
                 if len(cancelled) == len(keys):
                     continue
-            try:
-                _, responses = batch.next()
-            except Exception as e:  # noqa: BLE001 - fail this model's requests, keep serving
-                for k in [k for k in self._active if k[0] == model_id]:
-                    a = self._active.pop(k)
-                    a.entry.refs -= 1
-                    self._on_error(GenerateJob(a.out, a.entry, {}), e)
-                self._gens.pop(model_id, None)
+            self._advance(model_id, batch)
+
+    def _advance(self, model_id: str, batch) -> None:
+        """One step of a model's BatchGenerator: its tokens go to their streams, those that
+        ended finish; if the step fails, every request of that model fails with the error
+        (its generator is dropped) and the scheduler keeps serving the others."""
+        try:
+            prompted, responses = batch.next()
+        except Exception as e:  # noqa: BLE001 - fail this model's requests, keep serving
+            for k in [k for k in self._active if k[0] == model_id]:
+                a = self._active.pop(k)
+                a.entry.refs -= 1
+                self._on_error(GenerateJob(a.out, a.entry, {}), e)
+            self._gens.pop(model_id, None)
+            return
+        self.steps += 1
+        self.prefills += any(not p.end_of_prompt for p in prompted)
+        for r in responses:
+            key = (model_id, r.uid)
+            a = self._active.get(key)
+            if a is None:
                 continue
-            self.steps += 1
-            for r in responses:
-                key = (model_id, r.uid)
-                a = self._active.get(key)
-                if a is None:
-                    continue
-                if r.finish_reason == "stop":  # an EOS: not yielded, as in serial mode
-                    a.detok.finalize()
-                    self._finish(key, "stop", a.detok.last_segment)
-                    continue
-                a.detok.add_token(r.token)
-                if r.finish_reason == "length":
-                    a.detok.finalize()
-                    a.out.put(r.token, a.detok.last_segment)
-                    self._finish(key, "length")
-                else:
-                    a.out.put(r.token, a.detok.last_segment)
+            if r.finish_reason == "stop":  # an EOS: not yielded, as in serial mode
+                a.detok.finalize()
+                self._finish(key, "stop", a.detok.last_segment)
+                continue
+            a.detok.add_token(r.token)
+            if r.finish_reason == "length":
+                a.detok.finalize()
+                a.out.put(r.token, a.detok.last_segment)
+                self._finish(key, "length")
+            else:
+                a.out.put(r.token, a.detok.last_segment)
 
 
 def make_scheduler(name: str, on_error):
