@@ -89,13 +89,18 @@ def _resolved_library(symbol: str) -> str | None:
 
 
 def _mapped_blas() -> str | None:
+    """The BLAS mapped into this process that mlx's own library links: the one in mlx's
+    wheel (``mlx_cpu.libs``). Other BLASes may be mapped too without mlx using them:
+    numpy's private OpenBLAS, or the OpenBLAS that :func:`find_openblas` opened
+    (``RTLD_LOCAL``) to look for its symbols; they count only when mlx's is not mapped."""
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if ".so" in line}
     except OSError:
         return None
     blas = sorted(p for p in paths if "blas" in os.path.basename(p).lower())
-    return blas[0] if blas else None
+    mlx_own = [p for p in blas if "mlx" in os.path.basename(os.path.dirname(p)).lower()]
+    return (mlx_own or blas or [None])[0]
 
 
 def classify(library: str | None) -> str:

@@ -62,3 +62,27 @@ def test_fast_path_taken_and_results_agree(tiny_path):
     diffs = [abs(x - y) for x, y in zip(flat(fast["matmul"]), flat(slow["matmul"]), strict=True)]
     print("max |fast - reference| matmul difference:", max(diffs))
     assert max(diffs) < 1e-3  # same matmul up to float32 summation order
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the bundled reference BLAS is a Linux wheel matter")
+def test_detection_is_stable_in_a_process_not_preloaded(tiny_path):
+    """Without a preload mlx runs on its bundled BLAS, and detect_blas says so before and
+    after a model load and after looking for OpenBLAS (which maps it into the process,
+    unused): two runs in one process (pytest, a notebook) carry the same env."""
+    code = (
+        "import json, sys\n"
+        "from krmlx.blas import detect_blas, find_openblas\n"
+        "before = detect_blas().to_dict()\n"
+        "found = find_openblas()\n"
+        "from mlx_lm import load\n"
+        "load(sys.argv[1])\n"
+        "print(json.dumps([before, detect_blas().to_dict(), found]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(tiny_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after, found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before["kind"] == "reference" and "mlx" in before["library"]
+    assert after == before
+    if found is None:
+        pytest.skip("no OpenBLAS on this machine: the unused mapping did not happen")
