@@ -57,9 +57,17 @@ def test_two_ranks_match_one_process(tiny_path, reference):
     assert run(outputs(str(tiny_path), StackConfig.phases(distributed=TWO), QUESTIONS)) == reference
 
 
-def test_mlx_launch_matches_one_process(tiny_path, reference):
+def test_mlx_launch_matches_one_process_and_leaves_no_temp_files(tiny_path, reference, tmp_path,
+                                                                  monkeypatch):
+    """mlx.launch writes each rank's pidfile with mktemp and leaves it: the client gives the
+    group a temp folder of its own and removes it when the group ends."""
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the launcher's mktemp would write
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     cfg = StackConfig.phases(distributed=DistributedConfig(2, launcher="mlx.launch"))
     assert run(outputs(str(tiny_path), cfg, QUESTIONS)) == reference
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_group_with_all_phases_matches(tiny_path, reference):

@@ -35,9 +35,11 @@ import asyncio
 import collections
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -187,6 +189,7 @@ class WorkerClient:
         self._last_heard = 0.0  # monotonic time of the worker's last output
         self._watchdog: asyncio.Task | None = None
         self._stalls: dict[int, tuple[int, float]] = {}  # stream id -> (frames taken, since)
+        self._tmpdir: str | None = None  # mlx.launch's TMPDIR while its group runs
 
     # -- lifecycle -------------------------------------------------------------------------
     def _argv(self) -> list[str]:
@@ -273,6 +276,10 @@ class WorkerClient:
         env.setdefault("HF_HUB_OFFLINE", "1")
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        if self.distributed is not None and self.distributed.launcher == "mlx.launch":
+            # mlx.launch writes each rank's pidfile (and a hostfile copy) with mktemp and
+            # leaves them when the group ends: give it a folder of its own, removed in _kill
+            self._tmpdir = env["TMPDIR"] = tempfile.mkdtemp(prefix="krmlx-mlx-launch-")
         self.codec = make_codec(self.config.wire_codec, self.config.max_frame_bytes)
         self._dead = None  # `alive` stays False until start() clears _starting
         self.last_worker_error = None
@@ -335,6 +342,9 @@ class WorkerClient:
                 self._hard_kill(transport)
         await protocol.exited
         transport.close()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
         self._fail_all(WorkerCrashed("worker was closed"))
 
     def _hard_kill(self, transport) -> None:
