@@ -15,6 +15,10 @@ In-process, no serving layer. For the concurrency workload's prompts (N prompts 
   prompts makes each prefill cheaper, which ``batch`` shows (tokens per second of prefill
   for each b).
 
+- ``profile``: where one prefill's time goes: one decoder layer at the median prompt
+  length, split into its attention, its MLP, the MLP's three matmuls and its SwiGLU
+  activation, and the cost of ``exp`` per element (median of 30 evaluations each).
+
     python benchmarks/prefill_floor.py --model mini --n 16 --out results/cpu/r18/prefill-floor.json
 """
 
@@ -55,6 +59,41 @@ def batch_ttfts(model, tokenizer, prompts, b: int) -> list[float]:
             seen.setdefault(r.uid, now)
     bg.close()
     return sorted(seen.values())
+
+
+def median_ms(f, reps: int = 30) -> float:
+    import mlx.core as mx
+
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        mx.eval(f())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def layer_profile(model, n: int) -> dict:
+    """One decoder layer's parts on an ``n``-token prefill, ms (llama-shaped models)."""
+    import mlx.core as mx
+    from mlx_lm.models.activations import swiglu
+
+    layer, dim = model.model.layers[0], model.args.hidden_size
+    x = mx.random.normal((1, n, dim))
+    mlp = layer.mlp
+    gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+    mx.eval(x, gate, up)
+    profile = {
+        "prompt_tokens": n, "layers": len(model.model.layers),
+        "layer_ms": median_ms(lambda: layer(x, mask="causal", cache=None)),
+        "attention_ms": median_ms(lambda: layer.self_attn(x, mask="causal", cache=None)),
+        "mlp_ms": median_ms(lambda: mlp(x)),
+        "mlp_matmuls_ms": median_ms(lambda: [mlp.gate_proj(x), mlp.up_proj(x)])
+        + median_ms(lambda: mlp.down_proj(gate)),
+        "swiglu_ms": median_ms(lambda: swiglu(gate, up)),
+        "exp_ns_per_element": median_ms(lambda: mx.exp(gate)) * 1e6 / gate.size,
+        "mul_ns_per_element": median_ms(lambda: gate * up) * 1e6 / gate.size,
+    }
+    return profile
 
 
 def main(argv=None) -> int:
@@ -101,6 +140,7 @@ def main(argv=None) -> int:
         records += [{"prefill_batch_size": b, "rep": i, "ttfts_ms": [t * 1e3 for t in r]}
                     for i, r in enumerate(runs)]
     summary["solo_prefill_tok_s"] = total_tokens / cum[-1]
+    summary["profile"] = prof = layer_profile(model, int(statistics.median(len(p) for p in prompts)))
     print(f"{args.n} prompts, {min(summary['prompt_tokens'])}-{max(summary['prompt_tokens'])} "
           f"tokens: solo first token median {summary['solo_median_ms']:.1f} ms "
           f"({summary['solo_prefill_tok_s']:.0f} prompt tok/s); one-at-a-time floor "
@@ -108,6 +148,10 @@ def main(argv=None) -> int:
     for b, s in summary["batch"].items():
         print(f"  BatchGenerator prefill_batch_size={b:>2}: TTFT p50 {s['ttft_p50_ms']:.0f} ms, "
               f"all started {s['all_started_ms']:.0f} ms ({s['prefill_tok_s']:.0f} prompt tok/s)")
+    print(f"  one layer at {prof['prompt_tokens']} tokens: {prof['layer_ms']:.1f} ms (attention "
+          f"{prof['attention_ms']:.1f}, MLP {prof['mlp_ms']:.1f}: matmuls {prof['mlp_matmuls_ms']:.1f}, "
+          f"SwiGLU {prof['swiglu_ms']:.1f}); exp {prof['exp_ns_per_element']:.1f} ns/element, "
+          f"multiply {prof['mul_ns_per_element']:.2f}")
     if args.out:
         write_results(args.out, env=collect_env(), records=records, summary=summary,
                       config={"workload": "prefill_floor", "model": args.model, "n": args.n,
