@@ -82,7 +82,7 @@ def layer_profile(model, n: int) -> dict:
     mlp = layer.mlp
     gate, up = mlp.gate_proj(x), mlp.up_proj(x)
     mx.eval(x, gate, up)
-    profile = {
+    return {
         "prompt_tokens": n, "layers": len(model.model.layers),
         "layer_ms": median_ms(lambda: layer(x, mask="causal", cache=None)),
         "attention_ms": median_ms(lambda: layer.self_attn(x, mask="causal", cache=None)),
@@ -93,7 +93,6 @@ def layer_profile(model, n: int) -> dict:
         "exp_ns_per_element": median_ms(lambda: mx.exp(gate)) * 1e6 / gate.size,
         "mul_ns_per_element": median_ms(lambda: gate * up) * 1e6 / gate.size,
     }
-    return profile
 
 
 def main(argv=None) -> int:
