@@ -414,6 +414,45 @@ def test_the_trial_block_ci_widens_where_noise_is_shared_within_a_trial():
     assert trial_block_ratio_ci(df[df["trial"] < 9], "a", "b") is None  # too few trials: no CI
 
 
+def test_trial_ratio_ci_resamples_whole_trials_of_plateaued_ttfts():
+    """A wave's first tokens come in plateaus, so one trial's p50 jumps with how arrivals
+    split. Ten trials where the other target's TTFTs are exactly half the base's give a
+    CI of exactly 0.5; one trial where they are level widens it, above 0.5 and around the
+    pooled ratio; nine trials give no CI. Through the concurrency summary: the ratio rows
+    carry these CIs (resampling trials) for TTFT p50 and throughput."""
+    import math
+
+    from krmlx.bench.metrics import trial_ratio_ci
+    from krmlx.bench.workloads.concurrency import Concurrency
+
+    base = {t: [600.0] * 8 + [1450.0] * 8 for t in range(10)}
+    half = {t: [v / 2 for v in vs] for t, vs in base.items()}
+    exact = trial_ratio_ci(base, half)
+    assert exact["trials"] == 10 and exact["ratio"] == pytest.approx(0.5)
+    assert exact["ratio_ci_low"] == pytest.approx(0.5) and exact["ratio_ci_high"] == pytest.approx(0.5)
+    mixed = trial_ratio_ci(base, {**half, 3: base[3]})
+    assert 0.5 <= mixed["ratio_ci_low"] <= mixed["ratio"] <= mixed["ratio_ci_high"]
+    assert mixed["ratio_ci_high"] > 0.5
+    few = trial_ratio_ci({t: base[t] for t in range(9)}, half)
+    assert few["trials"] == 9 and math.isnan(few["ratio_ci_low"]) and math.isnan(few["ratio_ci_high"])
+
+    records, measurements = [], []
+    for trial in range(10):
+        for name, ttfts, wall in (("a", base[trial], 2.0), ("b", half[trial], 1.0)):
+            measurements.append({"trial": trial, "engine": name, "level": 16, "wall_s": wall,
+                                 "caller_cpu_s": 0.0, "target_cpu_s": 0.0})
+            records += [{"workload": "concurrency", "engine": name, "trial": trial, "level": 16,
+                         "request_id": f"r{i}", "ok": True, "ttft_ms": v, "e2e_ms": v + 100,
+                         "tpot_ms": 10.0, "output_tokens": 8, "output_ids": [1] * 8}
+                        for i, v in enumerate(ttfts)]
+    summary = Concurrency().summarize(records, {"targets": {"a": {}, "b": {}},
+                                                "measurements": measurements})
+    (row,) = summary["ratios"]
+    assert row["trials"] == 10 and row["ttft_p50_ratio"] == pytest.approx(0.5)
+    assert row["ttft_p50_ratio_ci_low"] == pytest.approx(0.5) == row["ttft_p50_ratio_ci_high"]
+    assert row["throughput_ratio"] == pytest.approx(2.0) == row["throughput_ratio_ci_low"]
+
+
 def test_pool_summarizes_replications_as_one_run_with_trials_kept_whole(tiny_path, tmp_path):
     """Two 5-trial lengths runs (different seeds, so different prompts) pooled: 10 distinct
     trials, every record kept and naming its file, and the CI over whole trials that

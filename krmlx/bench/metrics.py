@@ -237,6 +237,30 @@ def trial_block_ratio_ci(df: pd.DataFrame, base: str, other: str, metric: str = 
             "ratio_ci_low": float(lo), "ratio_ci_high": float(hi)}
 
 
+def trial_ratio_ci(base: dict, other: dict, stat=np.median, *, seed: int = 0,
+                   n_boot: int = 2000, level: float = 0.95, min_trials: int = 10) -> dict:
+    """stat(other's values, pooled over trials) / stat(base's), with a CI that resamples whole
+    trials, paired: ``base`` and ``other`` map trial -> values, and a resample draws trial
+    numbers, taking both targets' values of each drawn trial (the two ran side by side, so
+    a trial's host state is common to both). For a wave's TTFT p50 (stat = median): its
+    first tokens come in plateaus, one per prefill group, so the p50 of one trial jumps with
+    how its arrivals split; resampling trials carries that. ratio_ci_low/high are NaN with
+    fewer than ``min_trials`` trials in common (a bootstrap over a handful is too narrow)."""
+    trials = sorted(set(base) & set(other))
+    pool = (lambda d, ts: np.concatenate([np.asarray(d[t], float) for t in ts])
+            if ts else np.array([]))
+    a, b = pool(base, trials), pool(other, trials)
+    out = {"trials": len(trials), "ratio": float(stat(b) / stat(a)) if a.size and b.size
+           else float("nan"), "ratio_ci_low": float("nan"), "ratio_ci_high": float("nan")}
+    if len(trials) < max(2, min_trials):
+        return out
+    idx = np.random.default_rng(seed).integers(0, len(trials), size=(n_boot, len(trials)))
+    ratios = [stat(pool(other, [trials[i] for i in row])) / stat(pool(base, [trials[i] for i in row]))
+              for row in idx]
+    lo, hi = np.percentile(ratios, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return {**out, "ratio_ci_low": float(lo), "ratio_ci_high": float(hi)}
+
+
 def order_split(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms") -> dict | None:
     """sum(other) / sum(base) over the pairs where base ran first and, apart, over those
     where other ran first (by ``t_start_s``): in a crossover design the two differ by what

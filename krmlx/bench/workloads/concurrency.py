@@ -115,7 +115,7 @@ class Concurrency(Workload):
         rows = level_rows(df, config)
         present = {r["engine"] for r in rows}
         names = [n for n in config.get("targets", {}) if n in present]  # in the order given
-        return {"levels": rows, "ratios": ratio_rows(rows, names[0]) if names else [],
+        return {"levels": rows, "ratios": ratio_rows(rows, names[0], df, config) if names else [],
                 "outputs_match": outputs_match(df, names[0], names[1:]) if names else []}
 
 
@@ -129,8 +129,7 @@ def level_rows(df, config: dict) -> list[dict]:
     for (engine, level), ms in sorted(walls.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         part = df[(df["engine"] == engine) & (df["level"] == level)]
         ok = part[part["ok"]]
-        tokens = [ok[ok["trial"] == m["trial"]]["output_tokens"].sum() for m in ms]
-        tps = [t / m["wall_s"] for t, m in zip(tokens, ms, strict=True) if m["wall_s"]]
+        tps = list(trial_tps(ok, ms).values())
         ci = metrics.mean_ci(tps)
         pct = metrics.percentiles
         rows.append({"engine": engine, "concurrency": level, "requests": len(part),
@@ -148,17 +147,46 @@ def level_rows(df, config: dict) -> list[dict]:
     return rows
 
 
-def ratio_rows(rows: list[dict], base: str) -> list[dict]:
-    """Each target against ``base`` per level: throughput ratio and TTFT p50 ratio."""
+def trial_tps(ok, ms) -> dict:
+    """trial -> aggregate tok/s of one wave: its completed requests' output tokens over the
+    wave's wall time (``ms``: the wave's measurements, one per trial)."""
+    return {m["trial"]: ok[ok["trial"] == m["trial"]]["output_tokens"].sum() / m["wall_s"]
+            for m in ms if m["wall_s"]}
+
+
+def ratio_rows(rows: list[dict], base: str, df=None, config: dict | None = None) -> list[dict]:
+    """Each target against ``base`` per level: throughput ratio (of mean tok/s over trials)
+    and TTFT p50 ratio (of the p50s of all trials' requests), each with a 95% CI that
+    resamples whole trials (:func:`metrics.trial_ratio_ci`; NaN below 10 trials)."""
     by = {(r["engine"], r["concurrency"]): r for r in rows}
     out = []
     for r in rows:
         b = by.get((base, r["concurrency"]))
         if r["engine"] == base or b is None:
             continue
-        out.append({"engine": r["engine"], "base": base, "concurrency": r["concurrency"],
-                    "throughput_ratio": r["aggregate_tps"] / b["aggregate_tps"]
-                    if b["aggregate_tps"] else math.nan,
-                    "ttft_p50_ratio": r["ttft_ms_p50"] / b["ttft_ms_p50"]
-                    if b["ttft_ms_p50"] else math.nan})
+        row = {"engine": r["engine"], "base": base, "concurrency": r["concurrency"],
+               "throughput_ratio": r["aggregate_tps"] / b["aggregate_tps"]
+               if b["aggregate_tps"] else math.nan,
+               "ttft_p50_ratio": r["ttft_ms_p50"] / b["ttft_ms_p50"]
+               if b["ttft_ms_p50"] else math.nan}
+        if df is not None and config is not None:
+            row.update(trial_ratio_cis(df, config, base, r["engine"], r["concurrency"]))
+        out.append(row)
+    return out
+
+
+def trial_ratio_cis(df, config: dict, base: str, other: str, level: int) -> dict:
+    """The CIs of :func:`ratio_rows`' two ratios, ``other`` over ``base`` at one level."""
+    ms = [m for m in config.get("measurements", []) if m.get("level") == level]
+    ok = df[df["ok"] & (df["level"] == level)]
+    tps, ttft = {}, {}
+    for name in (base, other):
+        mine = ok[ok["engine"] == name]
+        tps[name] = {t: [v] for t, v in trial_tps(mine, [m for m in ms if m["engine"] == name]).items()}
+        ttft[name] = {t: g["ttft_ms"].dropna().values for t, g in mine.groupby("trial")}
+    out = {"trials": 0}
+    for key, values, stat in (("throughput_ratio", tps, np.mean), ("ttft_p50_ratio", ttft, np.median)):
+        ci = metrics.trial_ratio_ci(values[base], values[other], stat)
+        out["trials"] = ci["trials"]
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = ci["ratio_ci_low"], ci["ratio_ci_high"]
     return out
