@@ -247,8 +247,10 @@ def trial_ratio_ci(base: dict, other: dict, stat=np.median, *, seed: int = 0,
     how its arrivals split; resampling trials carries that. ratio_ci_low/high are NaN with
     fewer than ``min_trials`` trials in common (a bootstrap over a handful is too narrow)."""
     trials = sorted(set(base) & set(other))
-    pool = (lambda d, ts: np.concatenate([np.asarray(d[t], float) for t in ts])
-            if ts else np.array([]))
+
+    def pool(d, ts):
+        return np.concatenate([np.asarray(d[t], float) for t in ts]) if ts else np.array([])
+
     a, b = pool(base, trials), pool(other, trials)
     out = {"trials": len(trials), "ratio": float(stat(b) / stat(a)) if a.size and b.size
            else float("nan"), "ratio_ci_low": float("nan"), "ratio_ci_high": float("nan")}
