@@ -15,7 +15,9 @@ per trial, as a load generator's synthetic data.
 
 The summary: one row per (target, level) with aggregate tok/s (output tokens / the wave's
 wall time; a CI over trials when there are several), TTFT p50/p90, TPOT p50, E2E p50; and
-the ratios of each target to the first (throughput, TTFT p50) per level.
+the ratios of each target to the first (throughput, TTFT p50) per level, each with a 95%
+CI that resamples whole trials (from 10 trials: a wave's first tokens come in plateaus, one
+per prefill group, so one trial's p50 jumps with how its arrivals split into groups).
 """
 
 from __future__ import annotations
