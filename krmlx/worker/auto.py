@@ -3,7 +3,9 @@ single-sequence ``generate_step`` (the serial path: pipelined, no batch bookkeep
 or more share the continuous batch.
 
 - A request that arrives to an idle scheduler runs *solo*, token by token, in a KV cache
-  the scheduler owns. Between tokens it looks at its queue: when another job is waiting,
+  the scheduler owns, unless another arrived while its prompt was encoded (then both join
+  the batch: a wave's requests come a few ms apart, and ``batched`` prefills them in one
+  group). Between tokens it looks at its queue: when another job is waiting,
   the solo stream is handed to the batch without a restart: its cache is trimmed by its
   last token, and the batch is given that token as the prompt, that cache as its prefix
   and the tokens it still may generate (``BatchGenerator.insert(..., caches=...)``, the
@@ -67,6 +69,12 @@ class AutoScheduler(BatchScheduler):
         if not job_may_start(job):
             return
         prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.limits)
+        if self._generate_waiting():
+            # another request came while this prompt was encoded (a wave's requests arrive
+            # a few ms apart): both go to the batch, prefilled in one group, as on
+            # ``batched``, whose own admission has the same window
+            self._enqueue(job, prompt_ids)
+            return
         temperature, seed = params.get("temperature", 0.0), params.get("seed")
         cache = make_prompt_cache(entry.model)
         detok = entry.tokenizer.detokenizer

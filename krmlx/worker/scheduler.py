@@ -324,10 +324,14 @@ class BatchScheduler:
         entry, params = job.entry, job.params
         if not job_may_start(job):
             return
-        prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.limits)
+        self._enqueue(job, gen.encode_prompt(entry.tokenizer, params, entry.limits))
+
+    def _enqueue(self, job: GenerateJob, prompt_ids: list[int]) -> None:
+        """An admitted job, its prompt encoded, into the batch (staged: into the waiting list)."""
+        params = job.params
         sampler = gen.make_sampler(params.get("temperature", 0.0), params.get("seed"),
                                    params.get("top_p", 1.0))
-        entry.refs += 1
+        job.entry.refs += 1
         if self.staged:
             self._waiting.append((job, prompt_ids, sampler))
         else:
