@@ -225,16 +225,9 @@ def trial_block_ratio_ci(df: pd.DataFrame, base: str, other: str, metric: str = 
     so on a noisy host their errors are correlated and a per-request bootstrap
     (:func:`paired_totals`) is too narrow; this one is not, given enough trials. None with
     fewer than ``min_trials`` (a bootstrap over a handful of trials is itself too narrow)."""
-    a, b = _paired_series(df, base, other, metric)
-    sa, sb = a.groupby(level="trial").sum(), b.groupby(level="trial").sum()
-    if len(sa) < max(2, min_trials):
-        return None
-    sa, sb = sa.values.astype(float), sb.values.astype(float)
-    idx = np.random.default_rng(seed).integers(0, sa.size, size=(n_boot, sa.size))
-    ratios = sb[idx].sum(axis=1) / sa[idx].sum(axis=1)
-    lo, hi = np.percentile(ratios, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return {"trials": int(sa.size), "ratio": float(sb.sum() / sa.sum()),
-            "ratio_ci_low": float(lo), "ratio_ci_high": float(hi)}
+    a, b = (dict(tuple(s.groupby(level="trial"))) for s in _paired_series(df, base, other, metric))
+    r = trial_ratio_ci(a, b, np.sum, seed=seed, n_boot=n_boot, level=level, min_trials=min_trials)
+    return r if r["trials"] >= max(2, min_trials) else None
 
 
 def trial_ratio_ci(base: dict, other: dict, stat=np.median, *, seed: int = 0,
