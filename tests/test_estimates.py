@@ -160,13 +160,15 @@ def small_doc():
 
 
 @pytest.mark.parametrize(("speed", "time", "verdicts"), [
-    ((2.4, 1.9, 2.9), 120.0, ("confirmed", "context")),
-    ((1.6, 1.5, 1.7), 80.0, ("ruled out", "context")),
-    ((3.0, None, None), 50.0, ("inconclusive", "context")),
+    ((2.05, 1.95, 2.15), 120.0, ("confirmed", "context")),  # CI within 2.0 ± 10%
+    ((1.6, 1.5, 1.7), 80.0, ("ruled out", "context")),  # CI wholly below 1.8
+    ((2.4, 1.9, 2.9), 120.0, ("unresolved", "context")),  # holds 2.0, but is wider than the band
+    ((3.0, None, None), 50.0, ("unresolved", "context")),  # no CI: nothing to decide by
 ])
 def test_compare_verdicts_judge_only_dimensionless_claims(speed, time, verdicts):
-    """A speedup's CI decides (holds the estimate: confirmed; excludes it: ruled out; no CI:
-    inconclusive); seconds from another machine and model are context, never judged."""
+    """A speedup's CI decides against the estimate ± 10% (within: confirmed; wholly outside:
+    ruled out; across an edge, or no CI: unresolved); seconds from another machine and
+    model are context, never judged."""
     value, low, high = speed
     measured = [{"workload": "baseline", "metric": "speedup_x", "measured": value,
                  "ci_low": low if low is not None else math.nan,
@@ -206,7 +208,7 @@ def test_compare_on_the_real_estimates(est):
     comparable = {t["id"] for t in est["tables"] if any(r["estimate_key"] for r in t["rows"])}
     assert set(out) == comparable and "combined_best_case" not in out
     p1 = out["phase1_batching"].set_index("row")
-    assert p1.loc["1000 tokenize requests", "verdict"] == "inconclusive"  # no CI
+    assert p1.loc["1000 tokenize requests", "verdict"] == "unresolved"  # no CI
     assert p1.loc["High-concurrency tokenize", "ratio"] == pytest.approx(7.0 / 7.5)
     assert p1.loc["Mixed workload (50% gen, 50% tokenize)", "verdict"] == "not measured"
     assert out["baseline"].set_index("row").loc["TTFT (mean)", "verdict"] == "context"
@@ -307,8 +309,11 @@ def test_missing_or_malformed_file_raises(tmp_path, est):
 def test_a_confidence_interval_that_excludes_the_estimate_does_not_confirm_it():
     from krmlx.bench.estimates import judge
 
-    # 0.86x against an estimate of 1.04x: its CI [0.74, 0.96] excludes it
-    assert judge(1.04, 0.86, "speedup_x", 0.74, 0.96) == "ruled out"
-    assert judge(1.04, 0.86, "speedup_x", 0.74, 1.10) == "confirmed"
-    assert judge(1.04, 1.04, "speedup_x") == "inconclusive"  # no CI: nothing to decide by
+    # 0.86x against an estimate of 1.04x ± 10% ([0.936, 1.144]): [0.74, 0.92] lies below it
+    assert judge(1.04, 0.86, "speedup_x", 0.74, 0.92) == "ruled out"
+    # [0.74, 0.96] excludes 1.04 itself but reaches into its band: not ruled out
+    assert judge(1.04, 0.86, "speedup_x", 0.74, 0.96) == "unresolved"
+    assert judge(1.04, 0.86, "speedup_x", 0.74, 1.10) == "unresolved"  # holds it, too wide
+    assert judge(1.04, 1.02, "speedup_x", 0.95, 1.10) == "confirmed"
+    assert judge(1.04, 1.04, "speedup_x") == "unresolved"  # no CI: nothing to decide by
     assert judge(199.5, 0.41, "total_s", 0.3, 0.5) == "context"  # another machine and model

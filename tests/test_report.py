@@ -46,6 +46,7 @@ def test_saved_file_keeps_estimates(results_file):
     loaded = load_results(results_file)[0]
     assert loaded["_source"] == str(results_file)
     rows = export.measured_rows(loaded)
+    assert all(r.pop("smoke") is True for r in rows)  # a smoke run's rows say so
     assert rows == loaded["summary"]["estimates"] and len(rows) >= 5
     assert {"ttft_ms_mean", "e2e_ms_mean", "overhead_pct", "speedup_x"} <= {r["metric"] for r in rows}
 
@@ -114,6 +115,41 @@ def test_html_has_the_tables(report):
     assert html.count("<table") >= 7
     bad = export.inconsistencies()
     assert len(bad) and bad["check"].iloc[0].split(":")[0] in html
+
+
+JUDGEMENTS = ("confirmed", "ruled out", "unresolved", "level", "slower", "faster")
+
+
+def judged_cells(text: str) -> list[str]:
+    """Table cells (Markdown, HTML, or a text table's last column) that hold a verdict word."""
+    cells = re.findall(r"\|\s*([a-z ]+?)\s*(?=\|)", text) + re.findall(r"<td[^>]*>([a-z ]+)</td>", text)
+    cells += [line.rsplit("  ", 1)[-1].strip() for line in text.splitlines()]
+    return [c for c in cells if c in JUDGEMENTS]
+
+
+def test_no_verdict_on_a_smoke_run_in_any_path(doc, report, tmp_path):
+    """The CLI's table, the Markdown/HTML/CSV report, the widget panel and the notebooks'
+    calls (beside_reference, estimate_tables) print 'smoke: not evidence', never a verdict."""
+    from krmlx.bench.report_text import format_summary
+    from krmlx.report.widgets import summary_html
+
+    assert doc["config"]["smoke"]
+    paths = {"cli": format_summary(doc), "markdown": report["markdown"].read_text(),
+             "html": report["html"].read_text(), "panel": summary_html(doc)}
+    for name, text in paths.items():
+        assert "smoke: not evidence" in text, name
+        assert judged_cells(text) == [], (name, judged_cells(text)[:5])
+    csv = pd.read_csv(next(p for p in report["csv"] if p.name == "estimates_vs_measured.csv"))
+    assert set(csv["verdict"]) <= {"smoke: not evidence", "not measured"}
+    for table in (export.beside_reference(doc, "baseline"), *export.estimate_tables(doc).values()):
+        assert "smoke: not evidence" in set(table["verdict"])
+        assert set(table["verdict"].dropna()) <= {"smoke: not evidence", "not measured"}
+    assert {r["total_verdict"] for r in doc["summary"]["overhead"]} == {"smoke: not evidence"}
+
+
+def test_judged_cells_finds_verdicts():
+    assert judged_cells("| a | confirmed |\n<td>level</td>\nrow   1.0  ruled out") == [
+        "confirmed", "level", "ruled out"]
 
 
 def test_report_cli(results_file, tmp_path):

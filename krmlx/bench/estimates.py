@@ -20,12 +20,15 @@ import pandas as pd
 
 from krmlx.errors import ResultsError
 
+from . import verdicts as V
+
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "data" / "estimates.json"
 WORKLOADS = ("baseline", "tokenize_flood", "model_switching_10", "model_switching_100",
              "multi_tenant", "mixed", "error_rate_5", "error_rate_10", "error_rate_20",
              "long_form", "server_profile", "stream_per_token", "ipc_per_request")
 CONSISTENCY_TOLERANCE = 0.02
-COMPARE_COLUMNS = ["row", "metric", "estimate", "measured", "ratio", "ci_low", "ci_high", "verdict"]
+COMPARE_COLUMNS = ["row", "metric", "estimate", "measured", "ratio", "ci_low", "ci_high",
+                   "margin", "ci_half_width", "n_to_resolve", "verdict"]
 UNIT_SCALE = {"ms": 1e-3, "s": 1.0, "hours": 3600.0}
 
 
@@ -86,37 +89,89 @@ def dimensionless(metric: str) -> bool:
 
 
 def judge(estimate: float, measured: float, metric: str,
-          ci_low: float = math.nan, ci_high: float = math.nan, *, smoke: bool = False) -> str:
-    """The verdict on one reference figure:
+          ci_low: float = math.nan, ci_high: float = math.nan, *, smoke: bool = False,
+          n: int | None = None) -> str:
+    """The verdict on one reference figure (:func:`assess` gives it with its margin)."""
+    return assess(estimate, measured, metric, ci_low, ci_high, smoke=smoke, n=n)["verdict"]
+
+
+def assess(estimate: float, measured: float, metric: str,
+           ci_low: float = math.nan, ci_high: float = math.nan, *, smoke: bool = False,
+           n: int | None = None) -> dict:
+    """The verdict on one reference figure, with the margin it was judged by:
 
     - 'not measured';
     - 'smoke: not evidence' for anything a smoke run measured;
     - 'context' for absolute figures (s, ms, tok/s: the reference's Mac and 3B model are
       not this machine and model; they are shown beside ours, never judged);
-    - for dimensionless claims (overheads, speedups, reductions): 'confirmed' when the 95%
-      CI holds the estimate, 'ruled out' when it excludes it, 'inconclusive' without a CI."""
+    - for dimensionless claims (overheads, speedups, reductions), the equivalence test of
+      :func:`krmlx.bench.verdicts.decide` with the metric's margin
+      (:func:`~krmlx.bench.verdicts.margin_for`): 'confirmed' when the whole 95% CI lies
+      within estimate ± margin, 'ruled out' when it lies wholly outside, else (a CI that
+      straddles an edge, or none) 'unresolved', with its half-width and the trials or pairs
+      that would resolve it."""
+    blank = {"margin": math.nan, "ci_half_width": math.nan, "n_to_resolve": math.nan}
     if pd.isna(measured):
-        return "not measured"
-    if smoke:
-        return "smoke: not evidence"
-    if not dimensionless(metric):
-        return "context"
-    if pd.isna(ci_low) or pd.isna(ci_high):
-        return "inconclusive"
-    return "confirmed" if ci_low <= estimate <= ci_high else "ruled out"
+        return {**blank, "verdict": "not measured"}
+    margin = V.margin_for(metric) if dimensionless(metric) else None
+    if margin is None:
+        return {**blank, "verdict": V.SMOKE if smoke else "context"}
+    r = V.decide(estimate, ci_low, ci_high, margin.around(estimate), measured=measured,
+                 n=None if n is None or pd.isna(n) else int(n), smoke=smoke)
+    return {k: r[k] for k in ("verdict", "margin", "ci_half_width", "n_to_resolve")}
+
+
+def rows_of(source) -> list[dict]:
+    """The measurements of reference metrics in ``source``: a results document, a list of
+    them, or a list of rows ({workload, metric, measured, ci_low, ci_high, [n], [smoke]}).
+    A document's rows (``summary.estimates``, or a top-level ``estimates``) are marked
+    ``smoke`` by :func:`krmlx.bench.verdicts.is_smoke`, so no path can lose the flag."""
+    if isinstance(source, dict):
+        docs = [source]
+    else:
+        items = list(source)
+        if not (items and isinstance(items[0], dict) and ("records" in items[0] or "summary" in items[0])):
+            return [r for r in items if isinstance(r, dict) and r.get("workload") and r.get("metric")]
+        docs = items
+    out = []
+    for doc in docs:
+        rows = doc.get("estimates")
+        if rows is None or len(rows) == 0:
+            rows = (doc.get("summary") or {}).get("estimates")
+        if isinstance(rows, pd.DataFrame):
+            rows = rows.to_dict(orient="records")
+        smoke = V.is_smoke(doc)
+        out += [{**r, "smoke": smoke or bool(r.get("smoke"))} for r in rows or []
+                if isinstance(r, dict) and r.get("workload") and r.get("metric")]
+    return out
+
+
+def estimate_tables(source, estimates: dict | None = None, *,
+                    measured_only: bool = True) -> dict[str, pd.DataFrame]:
+    """:func:`compare_estimates` over the rows of ``source`` (:func:`rows_of`; for a
+    workload/metric measured twice the last wins): one DataFrame per reference table.
+    ``measured_only`` keeps only the rows with a measurement, and only tables that have one."""
+    rows = rows_of(source)
+    m = pd.DataFrame(rows).drop_duplicates(["workload", "metric"], keep="last") if rows else []
+    tables = compare_estimates(m, estimates)
+    if not measured_only:
+        return tables
+    out = {tid: df[df["measured"].notna()].reset_index(drop=True) for tid, df in tables.items()}
+    return {tid: df for tid, df in out.items() if len(df)}
 
 
 def compare_estimates(measured: pd.DataFrame | list[dict],
                       estimates: dict | None = None) -> dict[str, pd.DataFrame]:
     """Per table id with rows that have a workload, metric and point estimate: those rows
     beside ``measured`` (columns workload, metric, measured; optionally ci_low, ci_high,
-    unit), with ratio = measured / estimate and a :func:`judge` verdict."""
+    unit, n: the trials or pairs behind the CI, smoke), with ratio = measured / estimate
+    and an :func:`assess` verdict with its margin."""
     est = load_estimates() if estimates is None else estimates
     m = pd.DataFrame(measured if len(measured) else {"workload": [], "metric": [], "measured": []})
     missing = {"workload", "metric", "measured"} - set(m.columns)
     if missing:
         raise ResultsError(f"measured lacks columns: {sorted(missing)}")
-    m = m.assign(**{c: m.get(c, math.nan) for c in ("ci_low", "ci_high")})
+    m = m.assign(**{c: m.get(c, math.nan) for c in ("ci_low", "ci_high", "n")})
     m = m.assign(smoke=m.get("smoke", False))
     if m.duplicated(["workload", "metric"]).any():
         raise ResultsError("measured has more than one value for a workload/metric pair")
@@ -126,13 +181,15 @@ def compare_estimates(measured: pd.DataFrame | list[dict],
          for t in est["tables"] for r in t["rows"]
          if r.get("workload") and r.get("metric") and r.get("estimate_key")],
         columns=["table", "row", "workload", "metric", "estimate"])
-    merged = targets.merge(m[["workload", "metric", "measured", "ci_low", "ci_high", "smoke"]],
+    merged = targets.merge(m[["workload", "metric", "measured", "ci_low", "ci_high", "n", "smoke"]],
                            on=["workload", "metric"], how="left")
     merged["smoke"] = merged["smoke"].fillna(False).astype(bool)
     merged["measured"] = pd.to_numeric(merged["measured"]).astype(float)
     merged["ratio"] = merged["measured"] / merged["estimate"].where(merged["estimate"] != 0)
-    merged["verdict"] = [judge(r.estimate, r.measured, r.metric, r.ci_low, r.ci_high, smoke=r.smoke)
-                         for r in merged.itertuples()]
+    judged = pd.DataFrame([assess(r.estimate, r.measured, r.metric, r.ci_low, r.ci_high,
+                                  smoke=r.smoke, n=r.n) for r in merged.itertuples()],
+                          columns=["verdict", "margin", "ci_half_width", "n_to_resolve"], index=merged.index)
+    merged = pd.concat([merged, judged], axis=1)
     return {tid: part[COMPARE_COLUMNS].reset_index(drop=True)
             for tid, part in merged.groupby("table", sort=False)}
 

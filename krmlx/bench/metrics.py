@@ -153,6 +153,7 @@ def overhead(df: pd.DataFrame, base: str = "direct", *, seed: int = 0) -> pd.Dat
         row["total_overhead_pct"] = (row["total_s"] / row["total_s_base"] - 1) * 100
         # CI of the total: resample requests (paired), ratio of summed E2E.
         c = _paired(df, base, engine, "e2e_ms")
+        row["pairs"] = len(c[0]) if c else 0
         r = bootstrap_ci(*c, paired=True, stat=np.sum, seed=seed) if c else None
         row["total_overhead_pct_ci_low"] = (r["ratio_ci_low"] - 1) * 100 if r else float("nan")
         row["total_overhead_pct_ci_high"] = (r["ratio_ci_high"] - 1) * 100 if r else float("nan")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pandas as pd
 
 from . import metrics
+from .estimates import estimate_tables
 from .results import records_frame
+from .verdicts import MARGINS, rule_text
 
 ENGINE_COLUMNS = {
     "series": "series", "kind": "kind", "engine": "engine", "requests": "n", "errors": "err", "ttft_ms_mean": "TTFT mean ms",
@@ -16,7 +18,7 @@ OVERHEAD_COLUMNS = {
     "engine": "engine", "ttft_ms_diff": "dTTFT ms", "ttft_ms_ci_low": "lo", "ttft_ms_ci_high": "hi",
     "e2e_ms_diff": "dE2E ms", "e2e_ms_ci_low": "lo", "e2e_ms_ci_high": "hi",
     "total_overhead_pct": "total %", "total_overhead_pct_ci_low": "lo",
-    "total_overhead_pct_ci_high": "hi",
+    "total_overhead_pct_ci_high": "hi", "total_verdict": "total", "ttft_verdict": "TTFT",
 }
 
 
@@ -31,6 +33,7 @@ def _table(rows, columns: dict, floatfmt: str = "{:.3f}") -> str:
 
 ESTIMATE_COLUMNS = {"row": "reference row", "metric": "metric", "estimate": "estimate",
                     "measured": "measured", "ratio": "ratio", "ci_low": "lo", "ci_high": "hi",
+                    "margin": "±margin", "ci_half_width": "±CI", "n_to_resolve": "n to resolve",
                     "verdict": "verdict"}
 
 
@@ -59,7 +62,8 @@ def format_summary(doc: dict) -> str:
         head += " · INTERRUPTED (partial)"
     parts = [head, "", _table(summary.get("engines", []), ENGINE_COLUMNS, "{:.2f}")]
     if summary.get("overhead") is not None and len(summary.get("overhead", [])):
-        parts += ["", "overhead vs direct (95% bootstrap CI)",
+        parts += ["", "overhead vs direct (95% bootstrap CI; verdict: level when the CI lies within "
+                  f"±{MARGINS['pct'].value:g} point of total time / ±{MARGINS['ms'].value:g} ms of TTFT)",
                   _table(summary["overhead"], OVERHEAD_COLUMNS, "{:.3f}")]
     if summary.get("headline"):
         rows = summary["headline"]
@@ -85,13 +89,10 @@ def format_summary(doc: dict) -> str:
     if matches:
         parts += ["", "greedy outputs identical: " + _matches_line(matches)]
     if summary.get("estimates"):
-        from .estimates import compare_estimates
-
-        tables = {tid: df[df["measured"].notna()] for tid, df in
-                  compare_estimates(summary["estimates"]).items()}
+        tables = estimate_tables(doc)
         note = " SMOKE sizes: totals are not the reference's workload" if cfg.get("smoke") else ""
         parts += ["", f"estimate vs measured (reference tables; ratio = measured / estimate){note}",
-                  format_estimates(tables)]
+                  rule_text(), format_estimates(tables)]
     for key in ("blas_warning", "direct_blas_warning"):
         if env.get(key):
             parts += ["", "WARNING: " + env[key]]

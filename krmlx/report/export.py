@@ -31,6 +31,7 @@ import pandas as pd
 from ..bench import estimates as E
 from ..bench.report_text import ENGINE_COLUMNS
 from ..bench.results import export_csv
+from ..bench.verdicts import rule_text
 from . import load_results, plots
 
 CSS = """
@@ -44,7 +45,7 @@ th{background:#f1f3f5}td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#f8f9fa}
 img{max-width:100%;border:1px solid #e9ecef;margin:.5em 0}
 .note{color:#6c757d;font-size:13px}.warn{color:#b02a37;font-weight:600}
-.confirmed{color:#2a9d8f}.inconclusive{color:#457b9d}.ruled-out{color:#e76f51}.context{color:#888}
+.confirmed,.level{color:#2a9d8f}.unresolved{color:#457b9d}.ruled-out{color:#e76f51}.context{color:#888}
 """
 ENV_FIELDS = (("workload", "config.workload"), ("model", "env.model"),
               ("model bytes", "env.model_bytes"), ("device", "env.device"),
@@ -73,37 +74,17 @@ def _get(doc: dict, dotted: str):
 
 
 def measured_rows(doc: dict) -> list[dict]:
-    """The document's measurements of reference metrics: rows {workload, metric, measured,
-    ci_low, ci_high} under ``estimates`` (top level or in ``summary``)."""
-    rows = doc.get("estimates")
-    if rows is None or len(rows) == 0:
-        rows = plots.summary_of(doc).get("estimates")
-    if isinstance(rows, pd.DataFrame):
-        rows = rows.to_dict(orient="records")
-    rows = rows or []
-    return [r for r in rows if isinstance(r, dict) and r.get("workload") and r.get("metric")]
-
-
-def rows_of(source) -> list[dict]:
-    """Measured rows from a results doc, a list of docs, or a list of rows."""
-    if isinstance(source, dict):
-        return measured_rows(source)
-    items = list(source)
-    if items and isinstance(items[0], dict) and "records" in items[0]:
-        return [r for doc in items for r in measured_rows(doc)]
-    return items
+    """The document's measurements of reference metrics, marked ``smoke`` for a smoke run
+    (:func:`krmlx.bench.estimates.rows_of`)."""
+    return E.rows_of(doc)
 
 
 def estimate_tables(source, estimates: dict | None = None, *,
                     measured_only_tables: bool = True) -> dict[str, pd.DataFrame]:
-    """compare_estimates over the measured rows of ``source`` (a doc, docs or rows;
-    duplicates: the last wins), keeping only the reference tables that have a measured row
-    (all when not ``measured_only_tables``)."""
-    rows = rows_of(source)
-    if not rows:
-        return {}
-    m = pd.DataFrame(rows).drop_duplicates(["workload", "metric"], keep="last")
-    tables = E.compare_estimates(m, estimates)
+    """:func:`krmlx.bench.estimates.estimate_tables` over ``source`` (a doc, docs or rows),
+    keeping every row of the reference tables that have a measured one (all tables when not
+    ``measured_only_tables``)."""
+    tables = E.estimate_tables(source, estimates, measured_only=False)
     if not measured_only_tables:
         return tables
     return {tid: t for tid, t in tables.items() if t["measured"].notna().any()}
@@ -173,7 +154,8 @@ def display_table(name: str, rows) -> pd.DataFrame:
                 out[label] = [fmt(v) + (f" [{fmt(a)}, {fmt(b)}]" if a is not None and not pd.isna(a) else "")
                               for v, a, b in zip(df[col], lo if lo is not None else [None] * len(df),
                                                  hi if hi is not None else [None] * len(df), strict=True)]
-        for col, label in (("total_s_base", "base total s"), ("total_s", "total s")):
+        for col, label in (("total_s_base", "base total s"), ("total_s", "total s"),
+                           ("total_verdict", "total verdict"), ("ttft_verdict", "TTFT verdict")):
             if col in df:
                 out[label] = df[col]
         return out
@@ -218,7 +200,7 @@ def html_table(df: pd.DataFrame) -> str:
         return '<p class="note">(no rows)</p>'
     body = df.to_html(index=False, border=0, na_rep="", escape=True,
                       formatters={c: fmt for c in df.columns})
-    body = re.sub(r"<td>(confirmed|inconclusive|context)</td>", r'<td class="\1">\1</td>', body)
+    body = re.sub(r"<td>(confirmed|unresolved|context|level)</td>", r'<td class="\1">\1</td>', body)
     body = body.replace("<td>ruled out</td>", '<td class="ruled-out">ruled out</td>')
     return f'<div class="scroll">{body}</div>'
 
@@ -343,10 +325,7 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
     if combined:
         verdicts = pd.concat(combined.values())["verdict"].value_counts()
         r.para("Verdicts: " + ", ".join(f"{v} {n}" for v, n in verdicts.items())
-               + " (speedups, overheads and reductions: confirmed when the 95% CI holds the "
-               "estimate, ruled out when it excludes it, inconclusive without a CI; seconds, ms "
-               "and tok/s from the reference's machine are context, not judged; a smoke run is "
-               "not evidence).", "note")
+               + f" ({rule_text()}).", "note")
         r.figure(plots.estimates_vs_measured(combined, measured_only=True), "all_estimates",
                  "all estimates vs measured")
         for tid, t in combined.items():

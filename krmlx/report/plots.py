@@ -21,7 +21,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..bench import metrics
 
-VERDICT_COLORS = {"confirmed": "#2a9d8f", "inconclusive": "#457b9d", "ruled out": "#e76f51",
+VERDICT_COLORS = {"confirmed": "#2a9d8f", "unresolved": "#457b9d", "ruled out": "#e76f51",
                   "context": "#888888", "smoke: not evidence": "#c9a227",
                   "not measured": "#adb5bd"}
 THROUGHPUT_COLUMNS = ("wall_throughput_tps", "throughput_tps", "aggregate_tps", "output_tok_s",
@@ -180,7 +180,6 @@ def estimates_vs_measured(tables, title: str | None = None, *, measured_only: bo
     shown = np.where(np.isfinite(ratio) & (ratio > 0), ratio, np.nan)
     ax.barh(y, np.nan_to_num(shown, nan=1.0) - 1, left=1, color=colors, height=0.6)
     ax.scatter(np.nan_to_num(shown, nan=1.0), y, c=colors, s=18, zorder=3)
-    ax.axvspan(0.75, 1.25, color="#2a9d8f", alpha=0.08)
     ax.axvline(1, color="black", lw=0.8)
     finite = shown[np.isfinite(shown)]
     lo, hi = (min(0.5, finite.min() / 1.5), max(2.0, finite.max() * 1.5)) if finite.size else (0.5, 2)
@@ -191,7 +190,7 @@ def estimates_vs_measured(tables, title: str | None = None, *, measured_only: bo
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("measured / estimate (log; shaded: within ±25%)")
+    ax.set_xlabel("measured / estimate (log); colour: the verdict, by the CI against the row's margin")
     measured = pd.to_numeric(df["measured"], errors="coerce").to_numpy(float)
     for i in np.flatnonzero(np.isnan(shown) & ~np.isnan(measured)):  # ratio <= 0: no log bar
         ax.annotate(f"measured {measured[i]:.3g} vs {df['estimate'].iloc[i]:.3g}", (1, y[i]),

@@ -35,12 +35,8 @@ rate_sweep). Every workload takes ``seed`` (request order, arrivals, fault draws
 
 from __future__ import annotations
 
-import math
-
-import pandas as pd
-
 from ...errors import ConfigError
-from ..estimates import compare_estimates
+from ..estimates import estimate_tables, rows_of
 from .base import BASE, DIRECT, Workload, phase_configs
 from .beyond import PromptCache, Speculative
 from .chat import Chat
@@ -63,7 +59,7 @@ SUITE = ("baseline", "tokenize_flood", "model_switching", "multi_tenant", "mixed
          "error_rates", "long_form", "server_profile", "rate_sweep")
 
 __all__ = ["BASE", "DIRECT", "SUITE", "WORKLOADS", "Workload", "estimate_tables",
-           "make_workload", "measured_estimates", "phase_configs"]
+           "make_workload", "phase_configs", "rows_of"]
 
 
 def make_workload(name: str, *, smoke: bool = False, **params) -> Workload:
@@ -72,26 +68,3 @@ def make_workload(name: str, *, smoke: bool = False, **params) -> Workload:
     if cls is None:
         raise ConfigError(f"unknown workload {name!r}; workloads: {', '.join(WORKLOADS)} (or suite)")
     return cls.make(smoke=smoke, **params)
-
-
-def measured_estimates(docs) -> list[dict]:
-    """The ``estimates`` rows of one results document or of several (a suite), each marked
-    ``smoke`` when its run was a smoke run."""
-    docs = [docs] if isinstance(docs, dict) else list(docs)
-    return [{**row, "smoke": bool((doc.get("config") or {}).get("smoke"))}
-            for doc in docs for row in (doc.get("summary") or {}).get("estimates", [])]
-
-
-def estimate_tables(doc, *, measured_only: bool = False) -> dict[str, pd.DataFrame]:
-    """``compare_estimates`` of a results document's (or several's) estimates rows: one
-    DataFrame per reference table (estimate, measured, ratio, CI, verdict).
-    ``measured_only`` keeps only rows with a measurement, and only tables that have one."""
-    tables = compare_estimates(measured_estimates(doc))
-    if not measured_only:
-        return tables
-    out = {}
-    for tid, df in tables.items():
-        df = df[df["measured"].map(lambda x: x is not None and not (isinstance(x, float) and math.isnan(x)))]
-        if len(df):
-            out[tid] = df.reset_index(drop=True)
-    return out

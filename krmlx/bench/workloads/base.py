@@ -210,16 +210,18 @@ def pick(names, *preferred: str) -> str | None:
 
 
 def est(workload: str, metric: str, measured, ci_low=math.nan, ci_high=math.nan,
-        source: str = "") -> dict | None:
-    """One estimates row, or None when nothing was measured."""
+        source: str = "", n: int | None = None) -> dict | None:
+    """One estimates row, or None when nothing was measured. ``n``: the pairs (or trials)
+    behind the CI, from which a verdict says how many would resolve it."""
     if measured is None or pd.isna(measured):
         return None
 
     def clean(x):
         return math.nan if x is None or pd.isna(x) else float(x)
 
-    return {"workload": workload, "metric": metric, "measured": float(measured),
-            "ci_low": clean(ci_low), "ci_high": clean(ci_high), "source": source}
+    row = {"workload": workload, "metric": metric, "measured": float(measured),
+           "ci_low": clean(ci_low), "ci_high": clean(ci_high), "source": source}
+    return {**row, "n": int(n)} if n else row
 
 
 def pct_less(new: float, old: float) -> float:

@@ -19,11 +19,13 @@ instead of rotating the targets request by request.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ...errors import ConfigError
 from ...types import Request
 from .. import metrics
+from ..verdicts import MARGINS, is_smoke, judge_difference
 from .base import DIRECT, Workload, check_positive, engine_tables, frame, outputs_match
 
 DEFAULT_LENGTHS = (16, 64, 256, 1024, 2048)
@@ -73,6 +75,20 @@ class Lengths(Workload):
 
         await run.trials(body)
 
+    @staticmethod
+    def verdicts(row: dict, pairs: int | None, smoke: bool) -> dict:
+        """E2E overhead against zero (±1 point), by the trial CI where there is one (the
+        per-request CI is too narrow when noise is correlated within a trial), and ΔTTFT
+        (±2 ms): :func:`krmlx.bench.verdicts.judge_difference`."""
+        ci = "e2e_overhead_pct_trial_ci" if "e2e_overhead_pct_trial_ci_low" in row else "e2e_overhead_pct_ci"
+        e2e = judge_difference(row.get("e2e_overhead_pct", math.nan), row.get(f"{ci}_low", math.nan),
+                               row.get(f"{ci}_high", math.nan), MARGINS["pct"].value,
+                               n=pairs, smoke=smoke)
+        ttft = judge_difference(row.get("ttft_ms_diff", math.nan), row.get("ttft_ms_diff_ci_low", math.nan),
+                                row.get("ttft_ms_diff_ci_high", math.nan), MARGINS["ms"].value, smoke=smoke)
+        return {"e2e_verdict": e2e["verdict"], "e2e_verdict_ci": "trials" if "trial" in ci else "requests",
+                "ttft_verdict": ttft["verdict"]}
+
     def summarize(self, records, config):
         df = frame(records)
         names = list(df["engine"].unique())
@@ -103,6 +119,7 @@ class Lengths(Workload):
                                 "ttft_ms_diff_ci_high": c["ci_high"]})
                 except (ValueError, KeyError):
                     pass
+                row.update(self.verdicts(row, int(t["n"]) if t else None, is_smoke(config)))
                 growth.append(row)
         return {"engines": engine_tables(df, "length"), "overhead_by_length": growth,
                 "outputs_match": outputs_match(df, base, [e for e in names if e != base])}

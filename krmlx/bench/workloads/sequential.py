@@ -16,6 +16,7 @@ from ...errors import ConfigError
 from ...questions import load_questions
 from ...types import Request
 from .. import metrics
+from ..verdicts import is_smoke, overhead_verdicts
 from .base import (
     BASE,
     DIRECT,
@@ -82,7 +83,9 @@ class Baseline(Workload):
         names = list(df["engine"].unique())
         out = {"engines": engine_tables(df)}
         if DIRECT in names and len(names) > 1:
-            out["overhead"] = metrics.overhead(df, DIRECT).to_dict(orient="records")
+            smoke = is_smoke(config)
+            out["overhead"] = [{**row, **overhead_verdicts(row, smoke=smoke)} for row in
+                               metrics.overhead(df, DIRECT).to_dict(orient="records")]
             out["outputs_match"] = outputs_match(df, DIRECT, [n for n in names if n != DIRECT])
         others = [e for e in names if e not in (BASE, DIRECT)]
         out["comparisons"] = comparisons(df, BASE, others) if BASE in names else []
@@ -109,7 +112,7 @@ class Baseline(Workload):
         if DIRECT in engines:
             c = metrics.compare(df, DIRECT, BASE, "e2e_ms")
             rows.append(est(w, "overhead_pct", (c["ratio"] - 1) * 100, (c["ratio_ci_low"] - 1) * 100,
-                            (c["ratio_ci_high"] - 1) * 100, "phase0 mean E2E / direct - 1"))
+                            (c["ratio_ci_high"] - 1) * 100, "phase0 mean E2E / direct - 1", n=c["n"]))
             t = metrics.paired_totals(df, DIRECT, BASE)
             if t:
                 rows.append(est(w, "total_overhead_s", t["diff"] / 1e3, t["ci_low"] / 1e3,
@@ -119,11 +122,12 @@ class Baseline(Workload):
             if engine not in engines:
                 continue
             t = metrics.paired_totals(df, BASE, engine)
-            rows.append(est(w, metric, *gain_pct(t), source=f"phase0 total / {engine} total - 1"))
+            n = t["n"] if t else None
+            rows.append(est(w, metric, *gain_pct(t), source=f"phase0 total / {engine} total - 1", n=n))
             if t:
                 name = "speedup_x" if engine == "all" else f"{engine}_speedup_x"
                 rows.append(est(w, name, t["speedup_x"], t["speedup_ci_low"], t["speedup_ci_high"],
-                                f"phase0 total / {engine} total"))
+                                f"phase0 total / {engine} total", n=n))
         if "retry" in engines:
             c = metrics.compare(df, BASE, "retry", "e2e_ms")
             rows.append(est(w, "retry_overhead_ms_mean", c["diff"], c["ci_low"], c["ci_high"],
