@@ -448,9 +448,9 @@ def test_trial_ratio_ci_resamples_whole_trials_of_plateaued_ttfts():
     summary = Concurrency().summarize(records, {"targets": {"a": {}, "b": {}},
                                                 "measurements": measurements})
     (row,) = summary["ratios"]
-    assert row["trials"] == 10 and row["ttft_p50_ratio"] == pytest.approx(0.5)
-    assert row["ttft_p50_ratio_ci_low"] == pytest.approx(0.5) == row["ttft_p50_ratio_ci_high"]
-    assert row["throughput_ratio"] == pytest.approx(2.0) == row["throughput_ratio_ci_low"]
+    assert row["trials"] == 10 and row["ttft_p50_engine_over_base"] == pytest.approx(0.5)
+    assert row["ttft_p50_engine_over_base_ci_low"] == pytest.approx(0.5) == row["ttft_p50_engine_over_base_ci_high"]
+    assert row["tok_s_engine_over_base"] == pytest.approx(2.0) == row["tok_s_engine_over_base_ci_low"]
 
 
 def test_pool_summarizes_replications_as_one_run_with_trials_kept_whole(tiny_path, tmp_path):

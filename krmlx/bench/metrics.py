@@ -13,6 +13,10 @@ import pandas as pd
 
 STATS = ("n", "mean", "p50", "p90", "p95", "max")
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "e2e_ms")
+PERCENTILES = (50, 90, 99)
+# the fewest samples a percentile can rest on before it is only the slowest few requests
+MIN_SAMPLES = {50: 1, 90: 20, 99: 100}
+MIN_TRIALS_TO_RESAMPLE = 10  # below this, a bootstrap over trials is itself too narrow
 
 
 def to_frame(records: list[dict]) -> pd.DataFrame:
@@ -27,6 +31,62 @@ def describe(values) -> dict:
     return {"n": int(a.size), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
             "p90": float(np.percentile(a, 90)), "p95": float(np.percentile(a, 95)),
             "max": float(a.max())}
+
+
+def percentile_ci(clusters, qs=PERCENTILES, *, n_boot: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> dict:
+    """Percentiles ``qs`` of the pooled values of ``clusters`` (a list of arrays: one per
+    trial, or one per request) with bootstrap CIs that resample whole clusters, so values
+    that share a trial (or a request's inter-token gaps) stay together. Returns
+    ``{"n": samples, "p50": .., "p50_ci_low": .., "p50_ci_high": .., ..., "p99_few": bool}``;
+    ``pQ_few`` is True where fewer than MIN_SAMPLES[Q] samples stand behind pQ. CIs are NaN
+    with fewer than 2 clusters."""
+    clusters = [a[~np.isnan(a)] for a in (np.asarray(c, float).ravel() for c in clusters)]
+    clusters = [c for c in clusters if c.size]
+    pooled = np.concatenate(clusters) if clusters else np.array([])
+    out: dict = {"n": int(pooled.size)}
+    nan = float("nan")
+    point = np.percentile(pooled, qs) if pooled.size else [nan] * len(qs)
+    lo = hi = [nan] * len(qs)
+    if len(clusters) >= 2:
+        rng = np.random.default_rng(seed)
+        draws = rng.integers(0, len(clusters), size=(n_boot, len(clusters)))
+        if all(c.size == 1 for c in clusters):  # one value each: resample the values at once
+            stats = np.percentile(pooled[draws], qs, axis=1).T
+        else:
+            stats = np.array([np.percentile(np.concatenate([clusters[i] for i in row]), qs)
+                              for row in draws])
+        lo, hi = np.percentile(stats, [(1 - level) / 2 * 100, (1 + level) / 2 * 100], axis=0)
+    for q, v, a, b in zip(qs, point, lo, hi, strict=True):
+        out.update({f"p{q:g}": float(v), f"p{q:g}_ci_low": float(a), f"p{q:g}_ci_high": float(b),
+                    f"p{q:g}_few": bool(pooled.size < MIN_SAMPLES.get(q, 1))})
+    return out
+
+
+def percentile_cis(ok: pd.DataFrame, *, seed: int = 0) -> dict:
+    """TTFT, ITL and E2E percentiles of one target's completed requests with CIs
+    (:func:`percentile_ci`): clusters are whole trials where there are at least
+    MIN_TRIALS_TO_RESAMPLE, else requests. Keys ``{metric}_{pQ}[_ci_low|_ci_high|_few]``,
+    ``{metric}_samples`` and ``percentile_ci_over`` ("trials" or "requests")."""
+    by_trial = "trial" in ok and ok["trial"].nunique() >= MIN_TRIALS_TO_RESAMPLE
+    out = {"percentile_ci_over": "trials" if by_trial else "requests"}
+    for metric in ("ttft_ms", "itl_ms", "e2e_ms"):
+        if metric not in ok:
+            continue
+        if metric == "itl_ms":
+            per_request = [np.asarray(g or [], float) for g in ok[metric]]
+        else:
+            per_request = [np.asarray([v], float) for v in ok[metric]]
+        if by_trial:
+            trials = ok["trial"].to_numpy()
+            clusters = [np.concatenate([per_request[i] for i in np.flatnonzero(trials == t)])
+                        for t in np.unique(trials)]
+        else:
+            clusters = per_request
+        r = percentile_ci(clusters, seed=seed)
+        out[f"{metric}_samples"] = r.pop("n")
+        out.update({f"{metric}_{k}": v for k, v in r.items()})
+    return out
 
 
 def trial_totals(df: pd.DataFrame) -> pd.DataFrame:
@@ -66,6 +126,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         row["throughput_tps_mean"] = float(t["throughput_tps"].mean()) if len(t) else float("nan")
         row["wall_throughput_tps_mean"] = float(t["wall_throughput_tps"].mean()) if len(t) else float("nan")
         row["output_tokens"] = int(ok["output_tokens"].sum())
+        row.update(percentile_cis(ok))
         if "worker_ttft_ms" in ok and ok["worker_ttft_ms"].notna().any():
             # an engine's worker reports its own clock: what of the caller's TTFT the wire
             # took (the request in, the first token out), and its TPOT without the wire

@@ -22,6 +22,32 @@ OVERHEAD_COLUMNS = {
 }
 
 
+PERCENTILE_NOTE = ("percentiles with 95% bootstrap CIs (resampling whole trials from 10 trials on, "
+                   "else requests); * = fewer samples than the percentile needs (p90 < 20, p99 < 100)")
+
+
+def percentile_rows(engine_rows) -> list[dict]:
+    """One row per target and metric (TTFT, ITL, E2E): each percentile as 'value [lo, hi]',
+    starred where it rests on too few samples (:data:`krmlx.bench.metrics.MIN_SAMPLES`)."""
+    def cell(row, key):
+        v, lo, hi = (row.get(f"{key}{s}") for s in ("", "_ci_low", "_ci_high"))
+        if v is None or pd.isna(v):
+            return ""
+        text = f"{v:.4g}" + ("" if lo is None or pd.isna(lo) else f" [{lo:.4g}, {hi:.4g}]")
+        return text + ("*" if row.get(f"{key}_few") else "")
+
+    out = []
+    for row in engine_rows:
+        label = row.get("engine", "")
+        if row.get("length") is not None:
+            label = f"{label} @{row['length']}"
+        for metric, name in (("ttft_ms", "TTFT ms"), ("itl_ms", "ITL ms"), ("e2e_ms", "E2E ms")):
+            if f"{metric}_samples" in row:
+                out.append({"target": label, "metric": name, "n": row[f"{metric}_samples"],
+                            **{f"p{q}": cell(row, f"{metric}_p{q}") for q in metrics.PERCENTILES}})
+    return out
+
+
 def _table(rows, columns: dict, floatfmt: str = "{:.3f}") -> str:
     df = pd.DataFrame(rows)
     if df.empty:
@@ -61,6 +87,9 @@ def format_summary(doc: dict) -> str:
     if cfg.get("interrupted"):
         head += " · INTERRUPTED (partial)"
     parts = [head, "", _table(summary.get("engines", []), ENGINE_COLUMNS, "{:.2f}")]
+    pct = percentile_rows(summary.get("engines", []))
+    if pct:
+        parts += ["", PERCENTILE_NOTE, _table(pct, {k: k for k in pct[0]})]
     if summary.get("overhead") is not None and len(summary.get("overhead", [])):
         parts += ["", "overhead vs direct (95% bootstrap CI; verdict: level when the CI lies within "
                   f"±{MARGINS['pct'].value:g} point of total time / ±{MARGINS['ms'].value:g} ms of TTFT)",

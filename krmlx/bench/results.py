@@ -19,11 +19,16 @@ import pandas as pd
 
 from ..errors import ResultsError
 
-SCHEMA = {"name": "krmlx.results", "version": 3}
+SCHEMA = {"name": "krmlx.results", "version": 4}
 # 1: engine configs as StackConfig fields; 2: engine configs as {layers, worker, label};
 # 3: targets (config["targets"]: name -> info), records name their target in ``engine``
-# and carry ``output_text``. Records keep their meaning across versions: all are read.
-READABLE_VERSIONS = (1, 2, 3)
+# and carry ``output_text``; 4: ratios named for their direction (RENAMED_V4).
+# Records keep their meaning across versions: all are read, older summaries upgraded.
+READABLE_VERSIONS = (1, 2, 3, 4)
+# summary key -> {old column: new}: a ratio's name says which way it reads (row over base)
+RENAMED_V4 = {"ratios": {f"{old}{end}": f"{new}{end}" for old, new in (
+    ("throughput_ratio", "tok_s_engine_over_base"), ("ttft_p50_ratio", "ttft_p50_engine_over_base"))
+    for end in ("", "_ci_low", "_ci_high")}}
 REQUIRED = ("schema", "env", "config", "records", "summary")
 
 
@@ -93,6 +98,17 @@ def read_results(path: str | os.PathLike) -> dict:
     bad = next((i for i, r in enumerate(doc["records"]) if not isinstance(r, dict)), None)
     if bad is not None:
         raise ResultsError(f"{path}: records[{bad}] is not a map")
+    return upgrade(doc)
+
+
+def upgrade(doc: dict) -> dict:
+    """A document of an older schema with its summary's columns under today's names."""
+    if doc["schema"].get("version", SCHEMA["version"]) < 4:
+        for key, names in RENAMED_V4.items():
+            rows = doc["summary"].get(key)
+            if isinstance(rows, list):
+                doc["summary"][key] = [{names.get(k, k): v for k, v in r.items()}
+                                       if isinstance(r, dict) else r for r in rows]
     return doc
 
 

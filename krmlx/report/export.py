@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..bench import estimates as E
-from ..bench.report_text import ENGINE_COLUMNS
+from ..bench.report_text import ENGINE_COLUMNS, PERCENTILE_NOTE, percentile_rows
 from ..bench.results import export_csv
 from ..bench.verdicts import rule_text
 from . import load_results, plots
@@ -305,6 +305,8 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
         for name, t in tables.items():
             caption = "overhead vs direct (95% CI in brackets)" if name == "overhead" else name
             r.table(display_table(name, t), caption)
+            if name == "engines" and percentile_rows(t.to_dict(orient="records")):
+                r.table(pd.DataFrame(percentile_rows(t.to_dict(orient="records"))), PERCENTILE_NOTE)
         rows = measured_rows(d)
         all_rows += rows
         est_tables = estimate_tables(rows, est)

@@ -157,8 +157,9 @@ def trial_tps(ok, ms) -> dict:
 
 
 def ratio_rows(rows: list[dict], base: str, df=None, config: dict | None = None) -> list[dict]:
-    """Each target against ``base`` per level: throughput ratio (of mean tok/s over trials)
-    and TTFT p50 ratio (of the p50s of all trials' requests), each with a 95% CI that
+    """Each target against ``base`` per level, named for their direction: the row's
+    ``engine`` over its ``base``: ``tok_s_engine_over_base`` (of mean tok/s over trials)
+    and ``ttft_p50_engine_over_base`` (of the p50s of all trials' requests), each with a 95% CI that
     resamples whole trials (:func:`metrics.trial_ratio_ci`; NaN below 10 trials)."""
     by = {(r["engine"], r["concurrency"]): r for r in rows}
     out = []
@@ -167,9 +168,9 @@ def ratio_rows(rows: list[dict], base: str, df=None, config: dict | None = None)
         if r["engine"] == base or b is None:
             continue
         row = {"engine": r["engine"], "base": base, "concurrency": r["concurrency"],
-               "throughput_ratio": r["aggregate_tps"] / b["aggregate_tps"]
+               "tok_s_engine_over_base": r["aggregate_tps"] / b["aggregate_tps"]
                if b["aggregate_tps"] else math.nan,
-               "ttft_p50_ratio": r["ttft_ms_p50"] / b["ttft_ms_p50"]
+               "ttft_p50_engine_over_base": r["ttft_ms_p50"] / b["ttft_ms_p50"]
                if b["ttft_ms_p50"] else math.nan}
         if df is not None and config is not None:
             row.update(trial_ratio_cis(df, config, base, r["engine"], r["concurrency"]))
@@ -187,7 +188,8 @@ def trial_ratio_cis(df, config: dict, base: str, other: str, level: int) -> dict
         tps[name] = {t: [v] for t, v in trial_tps(mine, [m for m in ms if m["engine"] == name]).items()}
         ttft[name] = {t: g["ttft_ms"].dropna().values for t, g in mine.groupby("trial")}
     out = {"trials": 0}
-    for key, values, stat in (("throughput_ratio", tps, np.mean), ("ttft_p50_ratio", ttft, np.median)):
+    for key, values, stat in (("tok_s_engine_over_base", tps, np.mean),
+                              ("ttft_p50_engine_over_base", ttft, np.median)):
         ci = metrics.trial_ratio_ci(values[base], values[other], stat)
         out["trials"] = ci["trials"]
         out[f"{key}_ci_low"], out[f"{key}_ci_high"] = ci["ratio_ci_low"], ci["ratio_ci_high"]
