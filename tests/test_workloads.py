@@ -255,3 +255,19 @@ def test_stats_delta_keeps_counters_only():
     after = {"batcher": {"batches": 6, "items": 30, "mean_batch_size": 5.0, "max_batch_size": 8}}
     assert stats_delta(before, after) == {"batcher.batches": 4, "batcher.items": 20,
                                           "batcher.mean_batch_size": 5.0}
+
+
+def test_aa_control_measures_the_first_target_twice(tiny_path):
+    """``aa=1``: a second, independent instance of the first target, interleaved like any
+    other; the summary's overhead table carries its A/A row with a verdict."""
+    wl = W.make_workload("baseline", smoke=True, questions=3, max_tokens=4, warmup=False, aa=1)
+    doc = asyncio.run(run_workload(wl, "tiny", targets=["direct", "engine"]))
+    names = [r["engine"] for r in doc["records"]]
+    assert set(names) == {"direct", "direct~aa", "phase0"} and names.count("direct~aa") == 3
+    assert list(doc["config"]["targets"]) == ["direct", "direct~aa", "phase0"]
+    rows = {r["engine"]: r for r in doc["summary"]["overhead"]}
+    assert set(rows) == {"direct~aa", "phase0"}
+    assert rows["direct~aa"]["total_verdict"] == "smoke: not evidence"
+    engine = W.make_workload("baseline", aa=True).with_aa_control([EngineTarget(StackConfig(), "p0")])
+    assert [t.name for t in engine] == ["p0", "p0~aa"] and engine[0] is not engine[1]
+    assert W.make_workload("baseline").with_aa_control([DirectTarget()])[0].name == "direct"

@@ -7,7 +7,7 @@ import pandas as pd
 from . import metrics
 from .estimates import estimate_tables
 from .results import records_frame
-from .verdicts import MARGINS, rule_text
+from .verdicts import OVERHEAD_CAPTION, rule_text
 
 ENGINE_COLUMNS = {
     "series": "series", "kind": "kind", "engine": "engine", "requests": "n", "errors": "err", "ttft_ms_mean": "TTFT mean ms",
@@ -91,8 +91,7 @@ def format_summary(doc: dict) -> str:
     if pct:
         parts += ["", PERCENTILE_NOTE, _table(pct, {k: k for k in pct[0]})]
     if summary.get("overhead") is not None and len(summary.get("overhead", [])):
-        parts += ["", "overhead vs direct (95% bootstrap CI; verdict: level when the CI lies within "
-                  f"±{MARGINS['pct'].value:g} point of total time / ±{MARGINS['ms'].value:g} ms of TTFT)",
+        parts += ["", OVERHEAD_CAPTION,
                   _table(summary["overhead"], OVERHEAD_COLUMNS, "{:.3f}")]
     if summary.get("headline"):
         rows = summary["headline"]

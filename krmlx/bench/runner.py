@@ -537,8 +537,8 @@ async def run_workload(workload, model: str, *, targets=None, phases: str | None
     workload.validate(model)
     for m in dict.fromkeys([model, *workload.models(model)]):
         resolve_model(m)
-    given = ([make_target(t) for t in targets] if targets
-             else workload.default_targets(phases, model))
+    given = workload.with_aa_control([make_target(t) for t in targets] if targets
+                                     else workload.default_targets(phases, model))
     records = [] if records is None else records
     config = {} if config is None else config
     config.update({"workload": workload.name, "model": model, "trials": trials,

@@ -142,6 +142,11 @@ def overhead_verdicts(row: dict, *, smoke: bool) -> dict:
             "ttft_verdict": ttft["verdict"], "ttft_margin_ms": ttft["margin"]}
 
 
+OVERHEAD_CAPTION = (f"overhead vs direct (95% CI in brackets; verdict: level when the CI lies "
+                    f"within ±{MARGINS['pct'].value:g} point of total time / ±{MARGINS['ms'].value:g} ms "
+                    "of TTFT, slower or faster when wholly outside, else unresolved)")
+
+
 def rule_text() -> str:
     """The verdict rule and its margins in one sentence, printed wherever verdicts are."""
     m = MARGINS

@@ -31,7 +31,7 @@ import pandas as pd
 from ..bench import estimates as E
 from ..bench.report_text import ENGINE_COLUMNS, PERCENTILE_NOTE, percentile_rows
 from ..bench.results import export_csv
-from ..bench.verdicts import rule_text
+from ..bench.verdicts import OVERHEAD_CAPTION, rule_text
 from . import load_results, plots
 
 CSS = """
@@ -303,7 +303,7 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
                + ("" if d.get("complete", True) else " · INCOMPLETE (interrupted run)"), "note")
         tables = summary_tables(d)
         for name, t in tables.items():
-            caption = "overhead vs direct (95% CI in brackets)" if name == "overhead" else name
+            caption = OVERHEAD_CAPTION if name == "overhead" else name
             r.table(display_table(name, t), caption)
             if name == "engines" and percentile_rows(t.to_dict(orient="records")):
                 r.table(pd.DataFrame(percentile_rows(t.to_dict(orient="records"))), PERCENTILE_NOTE)

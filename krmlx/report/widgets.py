@@ -22,6 +22,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
+from ..bench.verdicts import OVERHEAD_CAPTION
 from ..framing import FramerConfig
 from ..stack import PHASES, StackConfig
 from ..worker.protocol import CODECS
@@ -309,6 +310,8 @@ def summary_html(doc: dict) -> str:
              f"records · {cfg.get('trials')} trial(s){' · smoke' if cfg.get('smoke') else ''}</p>"]
     for name in ("engines", "overhead"):
         if summary.get(name):
+            if name == "overhead":
+                parts.append(f"<p>{html.escape(OVERHEAD_CAPTION)}</p>")
             table = export.display_table(name, summary[name])
             parts.append(table.to_html(index=False, border=0, float_format=lambda x: f"{x:.4g}"))
     return "\n".join(parts)

@@ -33,7 +33,7 @@ from ...models import ModelSpec, parse_name
 from ...questions import load_questions
 from ...stack import PHASES, StackConfig
 from .. import metrics
-from ..targets import DirectTarget, EngineTarget, Target
+from ..targets import DirectTarget, EngineTarget, Target, make_target
 
 DIRECT = "direct"  # the name of the in-process baseline target
 BASE = "phase0"  # the plain serving layer: what phases are compared against
@@ -69,6 +69,7 @@ class Workload:
 
     smoke: bool = False
     seed: int = 1
+    aa: bool = False  # an A/A control: the first target measured twice (see with_aa_control)
 
     @classmethod
     def make(cls, *, smoke: bool = False, **params) -> Workload:
@@ -111,6 +112,22 @@ class Workload:
                 return target.with_config(target.config.with_layer(
                     replace(cache, max_models=DEFAULT_CACHE_MODELS)))
         return target
+
+    def with_aa_control(self, targets: list[Target]) -> list[Target]:
+        """With ``aa`` on, a second, independent instance of the first target (named
+        ``NAME~aa``) right after it: the same thing measured twice, interleaved like any
+        other target, so its difference from the first is what "no difference" looks like
+        on this host (docs/methodology.md). Unchanged with ``aa`` off."""
+        if not self.aa or not targets:
+            return targets
+        first, name = targets[0], f"{targets[0].name}~aa"
+        if isinstance(first, EngineTarget):
+            twin = first.with_config(first.config, name)
+        elif isinstance(first, DirectTarget):
+            twin = DirectTarget(name, first.spec)
+        else:
+            twin = make_target(f"{name}={first.spec}")
+        return [first, twin, *targets[1:]]
 
     def groups(self, targets: list[Target]) -> list[tuple[str, list[Target]]]:
         """(group name, targets) run one group after another; one group by default."""
