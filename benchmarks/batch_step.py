@@ -1,0 +1,218 @@
+"""Where a batched decode step's time goes, per batch size, beside the weight-streaming floor.
+
+For each batch size B (``--batches``), B prompts of ``--prompt-tokens`` random tokens are
+prefilled, then ``--steps`` decode steps are timed four ways on the same model:
+
+- ``plain_eval``: ``model(y, cache)`` + argmax, evaluated at once (``mx.eval``): the time to
+  build the graph in Python (``build_ms``) and to evaluate it on the device (``eval_ms``,
+  kernel time plus launch and one synchronisation);
+- ``plain_pipelined``: the same step pipelined as ``stream_generate`` does: the next step's
+  graph is built and submitted (``mx.async_eval``) before the host waits for the current
+  token (``wait_ms``: what the host blocks on; near zero when the device is the bottleneck);
+- ``batchgen``: mlx-lm's ``BatchGenerator.next()`` with the B sequences decoding (what
+  krmlx's ``batched`` and ``auto`` schedulers run), per step;
+- ``batchgen_profile``: one more run of those steps under cProfile, its time split into the
+  model's forward graph build, the per-step synchronisations (``mx.eval``, ``tolist``), the
+  asynchronous submit, and the rest of the host work (stop checks, responses, cache
+  filters, logprob slicing): fractions of the profiled step, applied to the unprofiled one.
+
+The floor: one decode step streams every weight once, so at batch sizes up to a few dozen
+no step can beat ``weight_bytes / bandwidth`` (bandwidth measured here with a large
+elementwise kernel). Each row gives ``floor_fraction`` = floor / step.
+
+    python benchmarks/batch_step.py --model llama-3.2-3b --out results/gpu/batch-step.json
+    python benchmarks/batch_step.py --model mini --batches 1,2,4,8,16 --steps 32   # the CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import statistics
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def bandwidth_gbs(n_floats: int = 1 << 27, reps: int = 10) -> float:
+    """Best of ``reps`` of one read + one write of ``n_floats`` float32s (GB/s)."""
+    a = mx.ones((n_floats,), dtype=mx.float32)
+    mx.eval(a)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        mx.eval(a * 1.0001)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 4 * n_floats / best / 1e9
+
+
+def weight_bytes(model) -> int:
+    from mlx.utils import tree_flatten
+
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+
+def prompts(vocab: int, b: int, n: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(10, min(vocab, 30000), size=(b, n)).tolist()
+
+
+def prefill(model, toks: list[list[int]]):
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    logits = model(mx.array(toks), cache=cache)
+    y = mx.argmax(logits[:, -1, :], axis=-1)
+    mx.eval(y, [c.state for c in cache])
+    return y, cache
+
+
+def time_plain(model, toks, steps: int) -> dict:
+    """Unpipelined steps (build, then eval) and pipelined ones (stream_generate's order)."""
+    y, cache = prefill(model, toks)
+    build, evals = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        nxt = mx.argmax(model(y[:, None], cache=cache)[:, -1, :], axis=-1)
+        t1 = time.perf_counter()
+        mx.eval(nxt)
+        t2 = time.perf_counter()
+        build.append(t1 - t0)
+        evals.append(t2 - t1)
+        y = nxt
+    y, cache = prefill(model, toks)
+    mx.async_eval(y)
+    total, waits = [], []
+    t_last = time.perf_counter()
+    for _ in range(steps):
+        nxt = mx.argmax(model(y[:, None], cache=cache)[:, -1, :], axis=-1)
+        mx.async_eval(nxt)
+        t0 = time.perf_counter()
+        y.tolist()  # the host needs the current tokens (stop checks, streaming)
+        now = time.perf_counter()
+        waits.append(now - t0)
+        total.append(now - t_last)
+        t_last, y = now, nxt
+    ms = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
+    return {"plain_build_ms": ms(build), "plain_eval_ms": ms(evals),
+            "plain_unpipelined_ms": ms([a + b for a, b in zip(build, evals, strict=True)]),
+            "plain_pipelined_ms": ms(total[1:]), "plain_wait_ms": ms(waits[1:])}
+
+
+def batch_generator(model, toks, steps: int):
+    """A BatchGenerator with every sequence of ``toks`` past its prefill, decoding."""
+    from mlx_lm.generate import BatchGenerator
+
+    gen = BatchGenerator(model, max_tokens=steps * 3 + 8, completion_batch_size=max(len(toks), 32),
+                         prefill_batch_size=len(toks))
+    gen.insert(toks, max_tokens=[steps * 3 + 8] * len(toks))
+    while len(gen._generation_batch) < len(toks):  # prefill until all decode
+        gen.next()
+    for _ in range(3):  # past the first steps' shape changes
+        gen.next()
+    return gen
+
+
+def time_batchgen(model, toks, steps: int) -> dict:
+    gen = batch_generator(model, toks, steps)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        responses = gen.next()[1]
+        times.append(time.perf_counter() - t0)
+        assert len(responses) == len(toks), "a sequence left the batch early"
+    gen.close()
+    return {"batchgen_ms": 1e3 * statistics.median(times)}
+
+
+PROFILE_GROUPS = {  # cProfile function names -> where the step's time goes
+    "forward_build": ("__call__",),  # the model's modules: graph building in Python
+    "sync": ("eval", "tolist", "item"),
+    "submit": ("async_eval",),
+}
+
+
+def profile_batchgen(model, toks, steps: int) -> dict:
+    """Fractions of a BatchGenerator step by where cProfile sees its time (self time of
+    mlx calls; cumulative time of the model's ``__call__``)."""
+    gen = batch_generator(model, toks, steps)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        gen.next()
+    prof.disable()
+    gen.close()
+    stats = pstats.Stats(prof).stats
+    total = sum(tt for (_, _, _), (_, _, tt, _, _) in stats.items())
+    model_call = max((ct for (file, _, fn), (_, _, _, ct, _) in stats.items()
+                      if fn == "__call__" and "models" in file and "llama" in file), default=0.0)
+    own = {k: 0.0 for k in ("sync", "submit")}
+    for (_, _, fn), (_, _, tt, _, _) in stats.items():
+        for group in own:
+            if any(fn == name or fn.endswith(f".{name}") or f"'{name}'" in fn or f" {name}" in fn
+                   for name in PROFILE_GROUPS[group]):
+                own[group] += tt
+    out = {"profile_forward_build": model_call / total, "profile_sync": own["sync"] / total,
+           "profile_submit": own["submit"] / total}
+    out["profile_other_host"] = max(0.0, 1 - sum(out.values()))
+    return out
+
+
+def measure(model, batches, steps: int, prompt_tokens: int, floor_ms: float) -> list[dict]:
+    vocab = model.args.vocab_size if hasattr(model, "args") else 32000
+    rows = []
+    for b in batches:
+        toks = prompts(vocab, b, prompt_tokens, seed=b)
+        # warm-up: every shape once, untimed (the first use of a shape compiles on a GPU)
+        time_plain(model, toks, 4)
+        time_batchgen(model, toks, 4)
+        row = {"batch": b, **time_plain(model, toks, steps), **time_batchgen(model, toks, steps),
+               **profile_batchgen(model, toks, max(8, steps // 2))}
+        row["batchgen_over_plain_pipelined"] = row["batchgen_ms"] / row["plain_pipelined_ms"]
+        row["floor_ms"] = floor_ms
+        row["floor_fraction_plain"] = floor_ms / row["plain_pipelined_ms"]
+        row["floor_fraction_batchgen"] = floor_ms / row["batchgen_ms"]
+        row["batchgen_tok_s"] = b / row["batchgen_ms"] * 1e3
+        rows.append(row)
+        print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              flush=True)
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="mini")
+    p.add_argument("--batches", default=",".join(map(str, DEFAULT_BATCHES)))
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    from krmlx.doctor import collect_env
+    from krmlx.models import load, model_bytes, resolve_model
+
+    path = resolve_model(a.model)
+    model, _ = load(path)
+    wbytes = weight_bytes(model)
+    bw = bandwidth_gbs()
+    floor_ms = wbytes / (bw * 1e9) * 1e3
+    print(f"model {a.model}: {wbytes / 1e9:.3f} GB of weights; bandwidth {bw:.0f} GB/s; "
+          f"floor {floor_ms:.3f} ms per step on {mx.default_device()}", flush=True)
+    rows = measure(model, [int(x) for x in a.batches.split(",")], a.steps, a.prompt_tokens, floor_ms)
+    doc = {"benchmark": "batch_step", "env": collect_env(), "model": a.model,
+           "model_bytes": model_bytes(path), "weight_bytes": wbytes, "bandwidth_gbs": bw,
+           "steps": a.steps, "prompt_tokens": a.prompt_tokens, "rows": rows}
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(doc, indent=1))
+        print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
