@@ -14,7 +14,7 @@ from typing import NamedTuple
 from .errors import BadRequest
 from .validate import check_generate_params, check_messages, check_top_p
 
-DEFAULT_MAX_TOKENS = 50
+DEFAULT_REQUEST_MAX_TOKENS = 50
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Request:
     ``top_p`` is nucleus sampling (1.0: off; only used with a temperature > 0)."""
 
     prompt: str = ""
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_tokens: int = DEFAULT_REQUEST_MAX_TOKENS
     temperature: float = 0.0
     chat: bool = True
     system: str | None = None

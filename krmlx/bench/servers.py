@@ -2,11 +2,13 @@
 and stops (:class:`krmlx.process.ManagedProcess` owns the process: own session, log file,
 SIGTERM then SIGKILL of its group, always reaped).
 
-- :class:`MlxLmServer`: ``python -m mlx_lm.server`` on the model folder, in this
-  environment (same mlx, mlx-lm and BLAS as the other targets); options become its flags
-  (``decode_concurrency=64`` -> ``--decode-concurrency 64``; 64 unless given, the size of
-  krmlx's own continuous batch; ``--prompt-cache-size 0`` unless given: its KV prompt cache
-  would serve the bench's repeated prompts from memory);
+- :class:`PeerServer`: a peer (:data:`krmlx.bench.peers.PEERS`: command, default flags,
+  health path, model id, environment) in its own venv; options become its flags
+  (``decode_concurrency=32`` -> ``--decode-concurrency 32``);
+- :class:`MlxLmServer`: the ``mlx_lm.server`` peer, in this environment (its defaults:
+  ``--decode-concurrency 64``, the size of krmlx's own continuous batch, and
+  ``--prompt-cache-size 0``: its KV prompt cache would serve the bench's repeated prompts
+  from memory);
 - :class:`KrmlxServe`: ``python -m krmlx serve`` with the given phases (``scheduler``
   batched unless given; other options become its flags);
 - :class:`CommandServer`: any command line, ``{port}``, ``{model}`` (the model folder) and
@@ -20,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-import sys
 
 from ..process import ManagedProcess, free_port
+from ..stack import parse_phases
+from .peers import Peer, flags, get_peer, peer_argv, peer_env, peer_model_id, peer_venv
 from .targets import HttpTarget, _descendants
+from .venvs import Venv
 
 
 class ManagedServer(HttpTarget):
@@ -83,35 +87,46 @@ class ManagedServer(HttpTarget):
                 f"{self.process.log_tail(600)}")
 
 
-def flags(options: dict) -> list[str]:
-    out = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            out.append(flag)
-        elif value not in (False, None):
-            out += [flag, str(value)]
-    return out
+class PeerServer(ManagedServer):
+    """A :class:`~krmlx.bench.peers.Peer` as a managed server: its venv (built on first use;
+    krmlx's own environment for a peer without pins), its command line with its default
+    options updated by the spec's, its environment, health path and model id. A peer that
+    can't run here fails to start with the recorded reason."""
 
+    kind = "peer"
 
-class MlxLmServer(ManagedServer):
-    """Its ``/v1/models`` lists the Hugging Face cache (and fails without one), so requests
-    name the served folder itself, which it has loaded."""
+    def __init__(self, peer: Peer | str, name: str | None = None, spec: str | None = None,
+                 **options):
+        self.peer = get_peer(peer) if isinstance(peer, str) else peer
+        self.label, self.health_path = self.peer.name, self.peer.health
+        self.venv: Venv | None = None
+        super().__init__(name, spec or f"peer:{self.peer.name}", **options)
 
-    label = "mlx_lm.server"
-    health_path = "/health"
+    async def start(self, model: str) -> PeerServer:
+        if self.venv is None:
+            self.venv = await asyncio.to_thread(peer_venv, self.peer)
+        return await super().start(model)
 
     def make_process(self, folder: str, port: int) -> ManagedProcess:
-        self.model_id = folder
-        return super().make_process(folder, port)
+        self.model_id = peer_model_id(self.peer, folder)
+        return ManagedProcess(peer_argv(self.peer, self.venv, folder, port, self.options),
+                              port=port, health_path=self.health_path, name=self.name,
+                              env=peer_env(self.peer), ready_timeout_s=300.0)
 
-    def command(self, folder: str, port: int) -> list[str]:
-        # its prompt cache off unless asked for: the bench repeats prompts (warm-up, trials),
-        # and krmlx's own engine reuses no KV state unless its prompt cache is on
-        opts = {"decode_concurrency": 64, "prompt_cache_size": 0, "log_level": "WARNING",
-                **self.options}
-        return [sys.executable, "-m", "mlx_lm.server", "--model", folder, "--host", "127.0.0.1",
-                "--port", str(port), *flags(opts)]
+    def info(self) -> dict:
+        return {**super().info(), "pins": list(self.peer.pins), "own_metrics": self.peer.own_metrics}
+
+
+class MlxLmServer(PeerServer):
+    """mlx-lm's server in this environment (same mlx, mlx-lm and BLAS as the other targets):
+    ``PEERS["mlx_lm.server"]``, its one definition (prompt cache off unless asked). Its
+    ``/v1/models`` lists the Hugging Face cache, so requests name the served folder, which
+    it has loaded."""
+
+    kind = "managed"
+
+    def __init__(self, name: str | None = None, spec: str = "mlx_lm.server", **options):
+        super().__init__("mlx_lm.server", name, spec, **options)
 
 
 class KrmlxServe(ManagedServer):
@@ -119,9 +134,9 @@ class KrmlxServe(ManagedServer):
     health_path = "/health"
 
     def __init__(self, phases: str, name: str | None, spec: str, **options):
-        self.phases = phases
-        super().__init__(name or ("serve" if phases in ("", "none", "phase0") else f"serve:{phases}"),
-                         spec, **options)
+        names = parse_phases(phases)  # the serve CLI's grammar: checked here, before a start
+        self.phases = ",".join(names) or "phase0"
+        super().__init__(name or (f"serve:{phases}" if names else "serve"), spec, **options)
 
     def make_process(self, folder: str, port: int) -> ManagedProcess:
         from ..serve.process import ServerProcess

@@ -383,14 +383,6 @@ class HttpTarget(Target):
         return out
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def parse_options(query: str) -> dict:
     """``k=v&k=v`` as typed values (int, float, bool, None or text)."""
     out = {}
@@ -418,7 +410,7 @@ def engine_config(phases: str, options: dict):
     take a short form (``prompt_cache=on``, ``distributed=2``, ``faults={json}``)."""
     import json
 
-    from ..stack import PHASES, StackConfig
+    from ..stack import StackConfig, parse_phases
     from ..worker.launch import DistributedConfig
     from ..worker.prompt_cache import PromptCacheConfig
 
@@ -429,9 +421,7 @@ def engine_config(phases: str, options: dict):
         worker["distributed"] = DistributedConfig(ranks=worker["distributed"])
     if isinstance(worker.get("faults"), str):
         worker["faults"] = json.loads(worker["faults"])
-    names = [] if phases in ("", "phase0", "none") else (
-        list(PHASES) if phases == "all" else [p.strip() for p in phases.split(",") if p.strip()])
-    return StackConfig.phases(names, **worker)
+    return StackConfig.phases(parse_phases(phases), **worker)
 
 
 def make_target(spec) -> Target:
@@ -477,9 +467,9 @@ def make_target(spec) -> Target:
 
         return KrmlxServe(arg or "none", name, spec, **opts)
     if kind == "peer" and arg:
-        from .peers import peer_target
+        from .servers import PeerServer
 
-        return peer_target(arg, name, spec, **opts)
+        return PeerServer(arg, name or f"peer:{arg}", spec, **opts)
     raise ConfigError(f"unknown target {spec!r}; targets: direct, raw, engine[:PHASES][?k=v], "
                       "http://HOST:PORT/v1, mlx_lm.server[?k=v], krmlx.serve[:PHASES][?k=v], "
                       "cmd:COMMAND, peer:NAME")
