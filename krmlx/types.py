@@ -121,10 +121,13 @@ class Completion:
 
     @property
     def tpot_ms(self) -> float | None:
-        n = len(self.token_times_s)
-        if n < 2:
+        """TPOT = (E2E - TTFT) / (N - 1), N the output tokens (``usage``), never the events:
+        a server that sends several tokens per event has the same TPOT as one that sends
+        one (vLLM's definition). None below 2 tokens or without a first token time."""
+        n, ttft = self.usage.output_tokens, self.ttft_ms
+        if n < 2 or ttft is None:
             return None
-        return (self.e2e_ms - self.ttft_ms) / (n - 1)
+        return (self.e2e_ms - ttft) / (n - 1)
 
     @property
     def decode_tps(self) -> float | None:

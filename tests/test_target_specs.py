@@ -171,7 +171,7 @@ def test_mlx_lm_server_is_defined_once_with_its_prompt_cache_off_everywhere(tiny
     """The bench's target and the cross-check's ``serving`` start the same command line:
     the one PEERS entry's, prompt cache off unless asked."""
     from krmlx.bench import peers
-    from krmlx.bench.servers import MlxLmServer
+    from krmlx.bench.targets import MlxLmServer
 
     target = MlxLmServer()
     target.venv = peers.peer_venv(peers.get_peer("mlx_lm.server"))
@@ -185,3 +185,38 @@ def test_mlx_lm_server_is_defined_once_with_its_prompt_cache_off_everywhere(tiny
     asked.venv = target.venv
     cmd = asked.make_process(str(tiny_path), 8123).argv()
     assert cmd[cmd.index("--prompt-cache-size") + 1] == "10"
+
+
+def _tpot(done) -> float:
+    return (done.e2e_ms - done.ttft_ms) / (done.usage.output_tokens - 1)
+
+
+def test_tpot_is_per_token_whichever_producer_and_however_many_tokens_an_event_carries(
+        tiny_path):
+    """One TPOT definition (the Completion's, per output token): the HTTP client reading a
+    server that sends 4 tokens per event, the in-process producers (one event per token),
+    and the runner's record all give (E2E - TTFT) / (N - 1)."""
+    from krmlx.bench.runner import record_of
+
+    stub = make_target(f"cmd:{sys.executable} -m krmlx.bench.stub --port {{port}} "
+                       "--ttft-ms 5 --interval-ms 5 --tokens-per-event 4")
+    request = Request("hi", max_tokens=12, id="tpot")
+
+    async def go():
+        out = []
+        for target in (stub, make_target("direct"), make_target("engine")):
+            await target.start(MODEL)
+            try:
+                out.append(await target.generate(request))
+            finally:
+                await target.stop()
+        return out
+
+    coalesced, direct, engine = asyncio.run(go())
+    assert coalesced.usage.output_tokens == 12 and len(coalesced.token_times_s) == 3
+    for done in (coalesced, direct, engine):
+        assert done.tpot_ms == pytest.approx(_tpot(done))
+        rec = record_of("t", 0, request, done, t_start_s=done.t_start_s, workload="w")
+        assert rec["tpot_ms"] == done.tpot_ms
+    # per event it would be 3x larger: 11 gaps of tokens, not 2 of events
+    assert coalesced.tpot_ms < (coalesced.e2e_ms - coalesced.ttft_ms) / 2 / 2
