@@ -5,7 +5,9 @@
     .venv/bin/python benchmarks/crosscheck.py --url http://127.0.0.1:8080/v1 --model tiny
 
 Without ``--url`` it starts each of ``--servers`` on the model in turn (``mlx_lm.server``,
-``krmlx.serve``: 127.0.0.1, a free port; always stopped and reaped); with ``--url`` it uses
+``krmlx.serve``: 127.0.0.1, a free port; always stopped and reaped; mlx_lm.server with the
+bench's own flags, its one definition in ``krmlx.bench.peers.PEERS``: prompt cache off,
+so repeated prompts are not cache hits, and a decode batch of 64); with ``--url`` it uses
 a server already running (``--model`` then names the tokenizer folder and the id to send).
 On each server, after the same untimed warm-up: GuideLLM, then krmlx's own client with the
 same settings (``bench concurrency`` in its closed-loop mode: ``requests`` requests with
@@ -68,7 +70,8 @@ duration_s          ``duration``; the level's ``concurrency`` is ``config.strate
 ==================  ==========================================================================
 
 A run on the tiny preset (2 shared cores, OpenBLAS, 20 requests per level, 64 prompt and
-32 output tokens; ~30 s in all) printed, against mlx_lm.server 0.32.2::
+32 output tokens; ~30 s in all) printed, against mlx_lm.server 0.32.2 (then started with its
+own defaults: prompt cache on, decode batch 32; not yet re-run with the bench's flags)::
 
     conc  ok err  TTFT p50 ms  ITL p50 ms  TPOT(gl) p50  E2E p50 ms  out tok/s  out tok
        1  20   0         36.3        4.79          5.95       198.7      138.1       32

@@ -11,7 +11,7 @@
     python -m krmlx resummarize RESULTS...
     python -m krmlx pool RESULTS... --out FILE [--summary-only]
     python -m krmlx report RESULTS... [--out DIR]
-    python -m krmlx serve [--model M] [--phases none|all|LIST] [--scheduler auto|serial|batched|
+    python -m krmlx serve [--model M] [--phases phase0|all|LIST] [--scheduler auto|serial|batched|
         batched-staged] [--host 127.0.0.1] [--port N] [--api-key K] [--max-in-flight N]
 
 Model code runs under the fastest BLAS available: on Linux the command re-executes
@@ -290,8 +290,9 @@ def cmd_report(args) -> int:
 
 
 def serve_config(phases: str, scheduler: str, prompt_cache: bool):
-    """The one StackConfig a server runs: ``--phases`` none | all | a comma list (the phases
-    together, unlike bench's comparison sets)."""
+    """The one StackConfig a server runs: ``--phases`` in :func:`krmlx.stack.parse_phases`'s
+    grammar (phase0 | none | all | a comma list: the phases together, unlike bench's
+    comparison sets)."""
     from .stack import StackConfig
 
     extra = {"scheduler": scheduler}
@@ -299,11 +300,7 @@ def serve_config(phases: str, scheduler: str, prompt_cache: bool):
         from .worker.prompt_cache import PromptCacheConfig
 
         extra["prompt_cache"] = PromptCacheConfig()
-    if phases in ("", "none"):
-        return StackConfig.phases(**extra)
-    if phases == "all":
-        return StackConfig.all(**extra)
-    return StackConfig.phases([p.strip() for p in phases.split(",") if p.strip()], **extra)
+    return StackConfig.phases(phases, **extra)
 
 
 def cmd_serve(args) -> int:
@@ -339,6 +336,9 @@ def cmd_serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .serve.settings import DEFAULT_SERVE_MAX_TOKENS
+    from .worker.config import SCHEDULERS
+
     p = argparse.ArgumentParser(prog="krmlx", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("doctor", help="print the environment results depend on")
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "http://HOST:PORT/v1, mlx_lm.server[?k=v], krmlx.serve[:PHASES][?k=v], "
                         "cmd:COMMAND, peer:NAME (default: the workload's own)")
     b.add_argument("--model", default=os.environ.get("KRMLX_MODEL", "mini"))
-    b.add_argument("--phases", default=None, help="without --target: none | all | each | comma "
+    b.add_argument("--phases", default=None, help="without --target: phase0 | all | each | comma "
                    "list of batching,caching,retry,framing (default: the workload's own)")
     b.add_argument("--trials", type=int, default=1)
     b.add_argument("--max-tokens", type=int, default=None)
@@ -397,9 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--title", default="krmlx report")
     sv = sub.add_parser("serve", help="serve a model over the OpenAI HTTP API")
     sv.add_argument("--model", default=os.environ.get("KRMLX_MODEL", "mini"))
-    sv.add_argument("--phases", default="none", help="none | all | comma list of "
+    sv.add_argument("--phases", default="phase0", help="phase0 (none) | all | comma list of "
                     "batching,caching,retry,framing (all on together)")
-    sv.add_argument("--scheduler", default="auto", choices=["auto", "serial", "batched", "batched-staged"])
+    sv.add_argument("--scheduler", default="auto", choices=SCHEDULERS)
     sv.add_argument("--prompt-cache", action="store_true",
                     help="reuse the KV state of shared prompt prefixes (serial scheduler)")
     sv.add_argument("--host", default="127.0.0.1")
@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="require 'Authorization: Bearer KEY' (env KRMLX_API_KEY also sets it)")
     sv.add_argument("--max-in-flight", type=int, default=256,
                     help="generation requests served at once; beyond: 503 with Retry-After")
-    sv.add_argument("--default-max-tokens", type=int, default=512,
+    sv.add_argument("--default-max-tokens", type=int, default=DEFAULT_SERVE_MAX_TOKENS,
                     help="for requests that give no max_tokens")
     sv.add_argument("--alias", action="append", help="another model name clients may use")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .blas import detect_blas, slow_blas_warning
+from .hygiene import LoadMeter
 
 
 def _version(dist: str) -> str | None:
@@ -36,8 +37,6 @@ def git_sha() -> str | None:
 
 def foreign_cpu_load(interval_s: float = 0.2) -> float:
     """CPU use (in cores) by processes other than this one and its children."""
-    from .bench.runner import LoadMeter
-
     with LoadMeter() as meter:
         time.sleep(interval_s)
     return meter.cores

@@ -22,7 +22,7 @@ per token with no window, in the worker's own codec: that is :data:`PLAIN` (or
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .errors import ConfigError
 from .worker.protocol import CODECS
@@ -67,7 +67,3 @@ def plain(codec: str = "json") -> FramerConfig:
 
 
 PLAIN = plain()
-
-
-def with_coalescing(framer: FramerConfig, tokens: int, ms: float) -> FramerConfig:
-    return replace(framer, coalesce_tokens=tokens, coalesce_ms=ms)

@@ -11,9 +11,13 @@ Contract:
 - ``start()`` starts ``argv`` in its own session (so it and its children can be stopped as
   one group), with its output in a log file (``log_path``, never a pipe nobody reads), and
   waits until ``GET health_path`` answers 200; if the process exits first or
-  ``ready_timeout_s`` passes, it is stopped and RuntimeError raised with its log's tail.
+  ``ready_timeout_s`` passes, it is stopped and :class:`ServerStartError` (a KrmlxError and
+  a RuntimeError) raised with its log's tail.
 - ``stop()`` sends SIGTERM, waits up to ``stop_timeout_s``, then SIGKILLs the whole process
-  group; the process is always reaped. Idempotent. The log is removed unless ``keep_log``.
+  group; the process is always reaped. Idempotent. The log is removed unless ``keep_log``
+  (a ``log_path`` given by the caller is the caller's: kept).
+
+:func:`free_port` is the one free-port picker (127.0.0.1 unless told).
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .errors import KrmlxError
+
+
+class ServerStartError(KrmlxError, RuntimeError):
+    """A managed process exited, or stayed unhealthy, before it was ready."""
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -42,13 +52,13 @@ class ManagedProcess:
     def __init__(self, argv: list[str], *, port: int, host: str = "127.0.0.1",
                  health_path: str = "/health", name: str = "server", env: dict | None = None,
                  ready_timeout_s: float = 120.0, stop_timeout_s: float = 10.0,
-                 keep_log: bool = False):
+                 keep_log: bool = False, log_path: str | os.PathLike | None = None):
         self._argv, self.port, self.host = list(argv), port, host
         self.health_path, self.name, self.env = health_path, name, env
         self.ready_timeout_s, self.stop_timeout_s = ready_timeout_s, stop_timeout_s
-        self.keep_log = keep_log
+        self.keep_log = keep_log or log_path is not None
         self.proc: subprocess.Popen | None = None
-        self.log_path: Path | None = None
+        self.log_path: Path | None = None if log_path is None else Path(log_path)
         self._log = None
 
     @property
@@ -73,8 +83,11 @@ class ManagedProcess:
     def start(self) -> ManagedProcess:
         if self.proc is not None:
             return self
-        fd, name = tempfile.mkstemp(prefix="krmlx-server-", suffix=".log")
-        self.log_path, self._log = Path(name), os.fdopen(fd, "wb")
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="krmlx-server-", suffix=".log")
+            self.log_path, self._log = Path(name), os.fdopen(fd, "wb")
+        else:
+            self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         try:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=self._log,
                                          stderr=subprocess.STDOUT, env=self.environ(),
@@ -82,7 +95,7 @@ class ManagedProcess:
         except OSError as e:
             self._log.close()
             self._log = None
-            raise RuntimeError(f"{self.name}: could not start {self.argv()[0]!r}: {e}") from None
+            raise ServerStartError(f"{self.name}: could not start {self.argv()[0]!r}: {e}") from None
         try:
             self._wait_ready()
         except BaseException:
@@ -98,7 +111,7 @@ class ManagedProcess:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode} before "
+                raise ServerStartError(f"{self.name} exited with code {self.proc.returncode} before "
                                    f"it was ready:\n{self.log_tail()}")
             try:
                 if self.health(timeout_s=1.0) is not None:
@@ -106,7 +119,7 @@ class ManagedProcess:
             except (OSError, ValueError):
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"{self.name} was not ready in {self.ready_timeout_s} s:\n"
+        raise ServerStartError(f"{self.name} was not ready in {self.ready_timeout_s} s:\n"
                            f"{self.log_tail()}")
 
     def health(self, timeout_s: float = 5.0) -> dict | None:

@@ -37,6 +37,10 @@ Rules, checked when a StackConfig is made (ConfigError names the layer):
 
 User layers may go anywhere; a stage that is off is simply absent (never disabled inside).
 ``StackConfig()`` is phase 0 (the plain serving layer: one SingleModel over the worker).
+
+Phases as text (``--phases``, ``engine:PHASES``, ``krmlx.serve:PHASES``) have one grammar,
+:func:`parse_phases`: ``phase0`` / ``none`` / empty (no phase), ``all`` (every phase), or
+phase names joined by ``,`` or ``+`` (a stack's :attr:`~StackConfig.label` reads back).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from .stages.retry import Retry, RetryPolicy
 from .worker.config import WorkerConfig
 
 PHASES = ("batching", "caching", "retry", "framing")
+NO_PHASES = ("phase0", "none", "")  # every spelling of the plain stack
 # stage config type -> the stage it builds
 STAGES = {RetryPolicy: Retry, BreakerPolicy: CircuitBreaker, ModelCacheConfig: ModelCache,
           SingleModelConfig: lambda inner, _cfg: SingleModel(inner), BatcherConfig: Batcher,
@@ -73,6 +78,28 @@ def layer_name(layer) -> str:
     if type(layer) is SingleModelConfig:
         return "single_model"
     return getattr(layer, "name", None) or getattr(layer, "__name__", None) or type(layer).__name__
+
+
+def parse_phases(text) -> list[str]:
+    """The phases a ``--phases`` string names, in :data:`PHASES` order (see the module
+    docstring for the grammar); a list or tuple of names is checked the same way.
+    ConfigError names what is unknown."""
+    if isinstance(text, str):
+        spec = text.strip()
+        if spec.lower() in NO_PHASES:
+            return []
+        if spec.lower() == "all":
+            return list(PHASES)
+        names = [p.strip() for p in spec.replace("+", ",").split(",")]
+    elif isinstance(text, (list, tuple)):
+        names = list(text)
+    else:
+        raise ConfigError(f"phases: a string or a list of phase names, got {type(text).__name__}")
+    unknown = [n for n in names if n not in PHASES]
+    if unknown or not names:
+        raise ConfigError(f"unknown phase(s) {unknown or names}; phases are {', '.join(PHASES)}, "
+                          f"or phase0 (none) or all (e.g. 'batching,caching')")
+    return [p for p in PHASES if p in names]
 
 
 def _index(layers, cls) -> int | None:
@@ -127,15 +154,13 @@ class StackConfig:
     # -- making configs -------------------------------------------------------------------
     @classmethod
     def phases(cls, names=(), **overrides) -> StackConfig:
-        """The default stack with the named phases on, e.g. ``phases(["batching"])``.
+        """The default stack with the named phases on, e.g. ``phases(["batching"])`` or
+        ``phases("batching,caching")`` (any :func:`parse_phases` spelling).
 
         Keywords: ``retry=``, ``breaker=``, ``model_cache=``, ``batcher=``, ``framer=`` put
         that layer in with this config (None takes it out); any :class:`WorkerConfig`
         field (``scheduler=``, ``faults=``, ...) sets the worker."""
-        names = [names] if isinstance(names, str) else list(names)
-        unknown = [n for n in names if n not in PHASES]
-        if unknown:
-            raise ConfigError(f"unknown phase(s) {unknown}; phases are {PHASES}")
+        names = parse_phases(names) if names else []
         worker_fields = {f.name for f in fields(WorkerConfig)}
         bad = sorted(set(overrides) - set(LAYER_KEYS) - worker_fields)
         if bad:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from .errors import BadRequest
 from .validate import check_generate_params, check_messages, check_top_p
 
-DEFAULT_MAX_TOKENS = 50
+DEFAULT_REQUEST_MAX_TOKENS = 50
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Request:
     ``top_p`` is nucleus sampling (1.0: off; only used with a temperature > 0)."""
 
     prompt: str = ""
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_tokens: int = DEFAULT_REQUEST_MAX_TOKENS
     temperature: float = 0.0
     chat: bool = True
     system: str | None = None
@@ -121,10 +121,13 @@ class Completion:
 
     @property
     def tpot_ms(self) -> float | None:
-        n = len(self.token_times_s)
-        if n < 2:
+        """TPOT = (E2E - TTFT) / (N - 1), N the output tokens (``usage``), never the events:
+        a server that sends several tokens per event has the same TPOT as one that sends
+        one (vLLM's definition). None below 2 tokens or without a first token time."""
+        n, ttft = self.usage.output_tokens, self.ttft_ms
+        if n < 2 or ttft is None:
             return None
-        return (self.e2e_ms - self.ttft_ms) / (n - 1)
+        return (self.e2e_ms - ttft) / (n - 1)
 
     @property
     def decode_tps(self) -> float | None:

@@ -24,6 +24,7 @@ import psutil
 
 from krmlx.blas import blas_env
 from krmlx.errors import ProtocolError
+from krmlx.worker.config import WorkerConfig
 from krmlx.worker.protocol import call_frame, make_codec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,9 +89,9 @@ class RawWorker:
 
     def __init__(self, codec: str = "json", *, max_frame_bytes: int | None = None,
                  extra_args: tuple[str, ...] = ()):
-        args = [sys.executable, "-m", "krmlx.worker", "--codec", codec]
-        if max_frame_bytes:
-            args += ["--max-frame-bytes", str(max_frame_bytes)]
+        # no heartbeats: every frame on stdout answers a frame this test wrote
+        args = WorkerConfig(codec=codec, max_frame_bytes=max_frame_bytes,
+                            liveness_timeout_s=None).argv(sys.executable)
         env = blas_env()
         env.setdefault("HF_HUB_OFFLINE", "1")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_package_root()), env.get("PYTHONPATH")) if p)

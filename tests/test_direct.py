@@ -36,7 +36,9 @@ def test_metrics_follow_definitions(outputs):
     c = next(c for c in outputs if c.usage.output_tokens == 30)
     assert c.ttft_ms == pytest.approx((c.token_times_s[0] - c.t_start_s) * 1e3)
     assert len(c.itl_ms) == 29 and all(g >= 0 for g in c.itl_ms)
-    assert c.tpot_ms == pytest.approx((c.e2e_ms - c.ttft_ms) / 29)
+    # TPOT per token: the 29 gaps between tokens plus the tail after the last, over 29
+    tail_ms = (c.t_end_s - c.token_times_s[-1]) * 1e3
+    assert c.tpot_ms == pytest.approx((sum(c.itl_ms) + tail_ms) / 29)
     assert c.decode_tps == pytest.approx(1e3 / c.tpot_ms)
     assert c.e2e_ms >= c.ttft_ms > 0
     assert c.usage.prompt_tokens > 5

@@ -1,7 +1,7 @@
 """Fuzzing a LIVE worker (issue 8, item 3): bad frames on its stdin while it streams.
 
-The worker is spawned here with ``subprocess`` (``python -m krmlx.worker --codec C
---max-frame-bytes 65536``), so the test controls every byte on its stdin. Over 1000 bad
+The worker is spawned here with ``subprocess`` (``python -m krmlx.worker --config JSON``,
+codec C, 65536-byte frames), so the test controls every byte on its stdin. Over 1000 bad
 frames (random bytes, truncated frames, oversized frames, type-confused envelopes and
 params, frames of the wrong kind, acks for streams that don't exist) are written while
 five well-formed greedy ``generate`` streams run on the loaded tiny model; the streams

@@ -114,7 +114,7 @@ def test_serving_starts_checks_health_and_reaps(tmp_path):
 
 def test_server_that_exits_raises_with_its_output(tmp_path):
     fake = _fake(("{python}", "-c", "import sys; print('bad flag --port {port}'); sys.exit(3)"))
-    with pytest.raises(KrmlxError, match=r"fake exited with 3(.|\n)*bad flag"):
+    with pytest.raises(KrmlxError, match=r"fake exited with code 3(.|\n)*bad flag"):
         with peers.serving(fake, tmp_path, log_dir=tmp_path, timeout_s=30):
             pass
 
@@ -129,7 +129,7 @@ def test_serving_removes_the_log_folder_it_made(tmp_path, monkeypatch):
     with peers.serving(fake, tmp_path) as srv:
         assert srv.log.is_file() and srv.log.parent.parent == scratch
     assert not list(scratch.iterdir())
-    with pytest.raises(KrmlxError, match="fake exited with 3"):  # on failure too
+    with pytest.raises(KrmlxError, match="fake exited with code 3"):  # on failure too
         with peers.serving(_fake(("{python}", "-c", "import sys; sys.exit(3)")), tmp_path,
                            timeout_s=30):
             pass

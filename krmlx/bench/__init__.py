@@ -6,7 +6,8 @@
     doc = asyncio.run(run_workload(make_workload("baseline", smoke=True), "tiny",
                                    targets=["direct", "engine", "engine:all", "mlx_lm.server"]))
 
-Where things are: targets in :mod:`.targets` (and :mod:`.servers`, :mod:`.http`), the one
+Where things are: targets in :mod:`.targets` (one module per kind; peers' definitions in
+:mod:`.peers`, the HTTP client in :mod:`.http`), the one
 runner in :mod:`.runner`, each workload in :mod:`.workloads` by name, pure metrics in
 :mod:`.metrics`, results files in :mod:`.results`, the reference's estimates in
 :mod:`.estimates`.

@@ -332,15 +332,6 @@ def order_split(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms")
     return {**ratio, "n_base_first": int(first.sum()), "n_other_first": int((~first).sum())}
 
 
-def wall_speedup(df: pd.DataFrame, base: str, other: str, *, seed: int = 0) -> dict | None:
-    """Wall time (first start to last end, per trial) of ``base`` over ``other``: wall_s_base,
-    wall_s_other (means over trials), speedup_x = their ratio, with a bootstrap CI over trials
-    (NaN with fewer than 2 trials each). None if either engine has no completed request."""
-    totals = trial_totals(df)
-    return speedup_of(totals[totals["engine"] == base]["wall_s"].values,
-                      totals[totals["engine"] == other]["wall_s"].values, base, other, seed=seed)
-
-
 def speedup_of(base_walls, other_walls, base: str = "base", other: str = "other", *,
                seed: int = 0) -> dict | None:
     """mean(base_walls) / mean(other_walls), one wall time per trial each, with a bootstrap

@@ -85,21 +85,16 @@ import contextlib
 import os
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from krmlx.bench.venvs import Venv, ensure_venv, venvs_dir
-from krmlx.blas import blas_env
-from krmlx.errors import KrmlxError
+from ..blas import blas_env
+from ..errors import KrmlxError
+from ..process import ManagedProcess, free_port
+from .venvs import Venv, ensure_venv, venvs_dir
 
 
 @dataclass(frozen=True)
@@ -110,9 +105,11 @@ class Peer:
     that serves a model folder on 127.0.0.1, with placeholders ``{bin}`` (the venv's bin
     folder), ``{python}``, ``{model}`` and ``{port}``. ``health``: a GET path that answers
     200 once the model is loaded. ``model_id``: the id it lists in ``/v1/models`` and wants
-    as ``model`` (``{model}`` as given, ``{model_resolved}`` the resolved path). ``env``:
-    variables it needs (telemetry and update checks off). ``own_metrics``: where it reports
-    its own timings. ``unavailable_reason``: set when it cannot run here (then never built).
+    as ``model`` (``{model}`` as given, ``{model_resolved}`` the resolved path). ``options``:
+    its flags unless the caller says otherwise (``{"decode_concurrency": 64}`` ->
+    ``--decode-concurrency 64``; :func:`peer_argv` adds them). ``env``: variables it needs
+    (telemetry and update checks off). ``own_metrics``: where it reports its own timings.
+    ``unavailable_reason``: set when it cannot run here (then never built).
     """
 
     name: str
@@ -120,6 +117,7 @@ class Peer:
     argv: tuple[str, ...]
     health: str = "/v1/models"
     model_id: str = "{model}"
+    options: dict = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     own_metrics: str | None = None
     unavailable_reason: str | None = None
@@ -131,8 +129,12 @@ PEERS: dict[str, Peer] = {p.name: p for p in [
     Peer(
         "mlx_lm.server", (),
         ("{python}", "-m", "mlx_lm", "server", "--model", "{model}", "--host", "127.0.0.1",
-         "--port", "{port}", "--log-level", "WARNING"),
+         "--port", "{port}"),
         health="/health", model_id="{model_resolved}",
+        # its KV prompt cache off unless asked for: the bench and the cross-check repeat
+        # prompts (warm-up, trials), and krmlx's engine reuses no KV state unless its prompt
+        # cache is on; a continuous batch of 64, the size of krmlx's own
+        options={"decode_concurrency": 64, "prompt_cache_size": 0, "log_level": "WARNING"},
     ),
     Peer(
         "rapid-mlx", ("rapid-mlx==0.16.10", "mlx[cpu]==0.32.4"),
@@ -187,13 +189,27 @@ def peer_venv(peer: Peer, *, builder: Callable | None = None) -> Venv:
     return ensure_venv(peer.name, peer.pins, builder=builder)
 
 
+def flags(options: dict) -> list[str]:
+    """``{"decode_concurrency": 64, "trust": True}`` -> ``--decode-concurrency 64 --trust``
+    (False and None leave a flag out; 0 is a value: ``--prompt-cache-size 0``)."""
+    out = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is not False and value is not None:
+            out += [flag, str(value)]
+    return out
+
+
 def peer_argv(peer: Peer, venv: Venv, model: str | os.PathLike, port: int | str,
-              extra: Sequence[str] = ()) -> list[str]:
-    """The peer's command line for ``model`` at ``port``, then ``extra`` flags as given
-    (e.g. ``--decode-concurrency 64`` for mlx_lm.server)."""
+              options: dict | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """The peer's command line for ``model`` at ``port``: its argv, its ``options`` updated
+    with ``options`` as flags, then ``extra`` flags as given."""
     python = sys.executable if not venv.pins else str(venv.python)
     values = {"bin": str(venv.bin), "python": python, "model": str(model), "port": str(port)}
-    return [a.format(**values) for a in peer.argv] + list(extra)
+    return ([a.format(**values) for a in peer.argv] + flags({**peer.options, **(options or {})})
+            + list(extra))
 
 
 def peer_model_id(peer: Peer, model: str | os.PathLike) -> str:
@@ -240,30 +256,17 @@ class RunningPeer:
     log: Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def log_tail(log: Path, n: int = 20) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
 @contextlib.contextmanager
 def serving(peer: Peer | str, model: str | os.PathLike, *, port: int | None = None,
-            venv: Venv | None = None, extra: Sequence[str] = (), timeout_s: float = 180.0,
-            log_dir: Path | None = None) -> Iterator[RunningPeer]:
+            venv: Venv | None = None, options: dict | None = None, extra: Sequence[str] = (),
+            timeout_s: float = 180.0, log_dir: Path | None = None) -> Iterator[RunningPeer]:
     """Start ``peer`` on ``model`` at 127.0.0.1, wait until healthy, yield, stop and reap.
 
-    The server runs in its own session (process group), which is signalled SIGTERM then,
-    after 15 s, SIGKILL, and always waited for. Its stdout and stderr go to a log file (in
-    ``log_dir``, else in a temporary folder removed when the server stops). A
-    server that exits or stays unhealthy past ``timeout_s`` raises KrmlxError with the last
-    lines of that log.
+    A :class:`~krmlx.process.ManagedProcess` (its own session, SIGTERM then SIGKILL of the
+    group, always reaped); its stdout and stderr go to a log file (in ``log_dir``, else in a
+    temporary folder removed when the server stops). A server that exits or stays unhealthy
+    past ``timeout_s`` raises :class:`~krmlx.process.ServerStartError` (a KrmlxError) with
+    the last lines of that log.
     """
     peer = get_peer(peer) if isinstance(peer, str) else peer
     venv = venv or peer_venv(peer)
@@ -271,81 +274,13 @@ def serving(peer: Peer | str, model: str | os.PathLike, *, port: int | None = No
     own_dir = log_dir is None  # a folder made here goes when the peer stops
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="krmlx-peer-"))
     log = log_dir / f"{peer.name}-{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(peer_argv(peer, venv, model, port, extra), stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=peer_env(peer), start_new_session=True)
+    process = ManagedProcess(peer_argv(peer, venv, model, port, options, extra), port=port,
+                             health_path=peer.health, name=peer.name, env=peer_env(peer),
+                             ready_timeout_s=timeout_s, stop_timeout_s=15.0, log_path=log)
     try:
-        wait_healthy(proc, f"http://127.0.0.1:{port}{peer.health}", timeout_s, peer.name, log)
-        yield RunningPeer(peer, f"http://127.0.0.1:{port}/v1", peer_model_id(peer, model),
-                          proc.pid, log)
+        with process:
+            yield RunningPeer(peer, process.base_url, peer_model_id(peer, model), process.pid,
+                              log)
     finally:
-        stop_process_group(proc)
         if own_dir:
             shutil.rmtree(log_dir, ignore_errors=True)
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float, name: str,
-                 log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise KrmlxError(f"{name} exited with {proc.returncode} before it was healthy; "
-                             f"last lines of {log}:\n{log_tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.25)
-    raise KrmlxError(f"{name} not healthy at {url} after {timeout_s:.0f} s; "
-                     f"last lines of {log}:\n{log_tail(log)}")
-
-
-def stop_process_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
-    """SIGTERM the process's group, SIGKILL it after ``grace_s``, and reap the process."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
-        if proc.poll() is not None:
-            break
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    with contextlib.suppress(ProcessLookupError):   # children left in the group
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def peer_target(name: str, target_name: str | None = None, spec: str | None = None, **options):
-    """``peer:NAME`` as a bench target: a managed server run from the peer's own venv
-    (built on first use, cached), with its environment, health path and model id. A peer
-    that can't run here fails to start with the recorded reason."""
-    from ..process import ManagedProcess
-    from .servers import ManagedServer, flags
-
-    peer = get_peer(name)
-
-    class PeerServer(ManagedServer):
-        kind = "peer"
-        label = peer.name
-        health_path = peer.health
-
-        async def start(self, model: str):
-            import asyncio
-
-            self.venv = await asyncio.to_thread(peer_venv, peer)
-            return await super().start(model)
-
-        def make_process(self, folder: str, port: int) -> ManagedProcess:
-            self.model_id = peer_model_id(peer, folder)
-            return ManagedProcess(peer_argv(peer, self.venv, folder, port, flags(self.options)),
-                                  port=port, health_path=self.health_path, name=self.name,
-                                  env=peer_env(peer), ready_timeout_s=300.0)
-
-        def info(self) -> dict:
-            return {**super().info(), "pins": list(peer.pins), "own_metrics": peer.own_metrics}
-
-    return PeerServer(target_name or f"peer:{peer.name}", spec or f"peer:{peer.name}", **options)

@@ -26,79 +26,30 @@ every finished one.
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import time
 from dataclasses import dataclass, field
 
-import psutil
-
-from ..errors import ConfigError
+from ..doctor import collect_env, oversubscription_warning
+from ..errors import ConfigError, KrmlxError
+from ..hygiene import DEFAULT_LOAD_LIMIT_CORES, LoadMeter, cpu_seconds, settle
+from ..models import model_bytes, resolve_model
 from ..types import Request
-from .targets import NotSupported, Target
-
-DEFAULT_LOAD_LIMIT_CORES = 0.5
-
-
-class LoadMeter:
-    """CPU time used by processes other than this one and its children, in cores."""
-
-    def __init__(self):
-        self.me = psutil.Process()
-
-    def _own(self) -> float:
-        total = 0.0
-        for p in [self.me, *self.me.children(recursive=True)]:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
-
-    def __enter__(self):
-        self.t0, self.c0, self.own0 = time.perf_counter(), psutil.cpu_times(), self._own()
-        return self
-
-    def __exit__(self, *exc):
-        c1, own1 = psutil.cpu_times(), self._own()
-        busy = (c1.user + c1.system + c1.nice) - (self.c0.user + self.c0.system + self.c0.nice)
-        self.cores = max(0.0, (busy - (own1 - self.own0)) / max(1e-9, time.perf_counter() - self.t0))
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def settle() -> None:
-    """Before a timed stretch: collect garbage now and freeze what survives, so a full
-    collection (which walks every live object, e.g. the records gathered so far) does not
-    land inside a measurement."""
-    gc.collect()
-    gc.freeze()
+from .targets import NotSupported, Target, make_target
 
 
 def record_of(target: str, trial: int, request: Request, completion=None, error=None, *,
               t_start_s: float, workload: str, extra: dict | None = None) -> dict:
-    """One raw record. TPOT = (E2E - TTFT) / (N - 1) with N the output tokens (a server's
-    usage when it coalesces tokens into chunks); ITL = each gap between arrivals."""
+    """One raw record; TTFT, TPOT, ITL and E2E as the Completion defines them (TPOT per
+    output token, :attr:`krmlx.types.Completion.tpot_ms`)."""
     rec = {"workload": workload, "engine": target, "trial": trial, "request_id": request.id,
            "model": request.model, "ok": error is None, "error": None if error is None else
            f"{type(error).__name__}: {error}", "t_start_s": t_start_s}
     if completion is not None:
         c = completion
-        n = c.usage.output_tokens
-        ttft = c.ttft_ms
-        tpot = (c.e2e_ms - ttft) / (n - 1) if ttft is not None and n > 1 else None
-        rec.update({"ttft_ms": ttft, "e2e_ms": c.e2e_ms, "tpot_ms": tpot, "itl_ms": c.itl_ms,
-                    "prompt_tokens": c.usage.prompt_tokens, "output_tokens": n,
+        rec.update({"ttft_ms": c.ttft_ms, "e2e_ms": c.e2e_ms, "tpot_ms": c.tpot_ms,
+                    "itl_ms": c.itl_ms, "prompt_tokens": c.usage.prompt_tokens,
+                    "output_tokens": c.usage.output_tokens,
                     "output_ids": list(c.token_ids), "output_text": c.text,
                     "finish_reason": c.finish_reason, "t_end_s": c.t_end_s,
                     **c.extra})  # the engine's done info (cached tokens, drafts), a server's
@@ -527,11 +478,6 @@ async def run_workload(workload, model: str, *, targets=None, phases: str | None
     summary). ``records`` and ``config`` fill as the run goes, so a caller that catches
     Ctrl-C still holds what completed. A target that can't start before anything is
     measured is an error naming it; later failures are recorded and the run goes on."""
-    from ..doctor import collect_env
-    from ..errors import ConfigError, KrmlxError
-    from ..models import model_bytes, resolve_model
-    from .targets import make_target
-
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"trials: must be an int >= 1, got {trials!r}")
     workload.validate(model)
@@ -601,8 +547,6 @@ async def run_workload(workload, model: str, *, targets=None, phases: str | None
 def thread_use(env: dict, targets: dict) -> dict:
     """Who used which threads on how many cores: the caller's BLAS threads, each worker's
     (from its ready frame), and a warning per worker that oversubscribes the cores."""
-    from ..doctor import oversubscription_warning
-
     workers = {name: info["worker"].get("blas_threads") for name, info in targets.items()
                if isinstance(info.get("worker"), dict) and info["worker"]}
     warnings = {name: w for name, n in workers.items()

@@ -1,12 +1,14 @@
 """A stub OpenAI-compatible server that streams prepared tokens on a fixed schedule: its
 only job is to calibrate the bench's HTTP client (the floor under any HTTP measurement).
 
-    python -m krmlx.bench.stub --port 8123 [--ttft-ms 20] [--interval-ms 2]
+    python -m krmlx.bench.stub --port 8123 [--ttft-ms 20] [--interval-ms 2] [--tokens-per-event 1]
 
 ``POST /v1/chat/completions`` (and ``/v1/completions``), streamed: after ``ttft_ms`` the
 first token, then one token per ``interval_ms`` (0: as fast as it can write), each token
 the text ``"tok "`` in its own SSE chunk, ``max_tokens`` of them, then a usage chunk and
-``[DONE]``. The request may override the schedule with ``"stub": {"ttft_ms", "interval_ms"}``.
+``[DONE]``. The request may override the schedule with ``"stub": {"ttft_ms", "interval_ms",
+"tokens_per_event"}`` (the last: that many tokens in each SSE chunk, as servers that
+coalesce send them; the usage chunk still counts every token).
 What the client then measures beyond the schedule (TTFT - ttft_ms, each gap - interval_ms,
 its CPU per chunk) is the client's own cost. ``GET /v1/models``, ``GET /health``.
 """
@@ -27,7 +29,7 @@ MODEL_ID = "stub"
 TOKEN = "tok "
 
 
-def make_app(ttft_ms: float = 20.0, interval_ms: float = 2.0) -> Starlette:
+def make_app(ttft_ms: float = 20.0, interval_ms: float = 2.0, tokens_per_event: int = 1) -> Starlette:
     async def models(_request: Request):
         return JSONResponse({"object": "list", "data": [{"id": MODEL_ID, "object": "model"}]})
 
@@ -40,6 +42,7 @@ def make_app(ttft_ms: float = 20.0, interval_ms: float = 2.0) -> Starlette:
         opts = body.get("stub") or {}
         first = float(opts.get("ttft_ms", ttft_ms)) / 1e3
         gap = float(opts.get("interval_ms", interval_ms)) / 1e3
+        per_event = max(1, int(opts.get("tokens_per_event", tokens_per_event)))
         chat = request.url.path.endswith("/chat/completions")
 
         def chunk(text: str | None, finish: str | None = None, usage: dict | None = None) -> bytes:
@@ -53,12 +56,14 @@ def make_app(ttft_ms: float = 20.0, interval_ms: float = 2.0) -> Starlette:
 
         async def stream():
             t0 = time.perf_counter()
-            for i in range(n):
+            events = -(-n // per_event)
+            for i in range(events):
                 due = t0 + first + i * gap
                 delay = due - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                yield chunk(TOKEN, "length" if i == n - 1 else None)
+                k = min(per_event, n - i * per_event)
+                yield chunk(TOKEN * k, "length" if i == events - 1 else None)
             yield chunk(None, usage={"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1})
             yield b"data: [DONE]\n\n"
 
@@ -77,8 +82,9 @@ def main(argv=None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--ttft-ms", type=float, default=20.0)
     p.add_argument("--interval-ms", type=float, default=2.0)
+    p.add_argument("--tokens-per-event", type=int, default=1)
     a = p.parse_args(argv)
-    uvicorn.run(make_app(a.ttft_ms, a.interval_ms), host=a.host, port=a.port, log_level="warning")
+    uvicorn.run(make_app(a.ttft_ms, a.interval_ms, a.tokens_per_event), host=a.host, port=a.port, log_level="warning")
 
 
 if __name__ == "__main__":

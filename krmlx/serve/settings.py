@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 
 DEFAULT_MAX_IN_FLIGHT = 256
-DEFAULT_MAX_TOKENS = 512  # what mlx_lm.server generates when a request gives no max_tokens
+DEFAULT_SERVE_MAX_TOKENS = 512  # what mlx_lm.server generates when a request gives no max_tokens
 DEFAULT_MAX_BODY_BYTES = 8 * 2**20
 DEFAULT_RETRY_AFTER_S = 1
 
@@ -29,7 +29,7 @@ class ServeSettings:
     aliases: tuple[str, ...] = ()
     api_key: str | None = None
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
-    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    default_max_tokens: int = DEFAULT_SERVE_MAX_TOKENS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     retry_after_s: int = DEFAULT_RETRY_AFTER_S
 

@@ -4,7 +4,9 @@ The stage stack (:class:`krmlx.stack.StackConfig` ``layers``) says what happens 
 on its way down; this says what runs at the bottom: the wire codec and framing, which
 scheduler generates, timeouts, injected faults, prompt-cache reuse, a draft model, a
 distributed group, and how the client restarts a dead worker. :class:`~krmlx.worker.client.
-WorkerClient` takes it whole; :meth:`WorkerConfig.argv` is the worker's command line.
+WorkerClient` takes it whole; :meth:`WorkerConfig.argv` is the worker's command line, which
+carries the config as one JSON object (``--config``, :meth:`~WorkerConfig.to_dict`) that the
+worker reads back with :meth:`~WorkerConfig.from_dict`: one writer, one reader.
 
 Fields (validated on creation; ConfigError names the field):
 
@@ -38,7 +40,7 @@ Fields (validated on creation; ConfigError names the field):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import ConfigError
 from ..framing import FramerConfig
@@ -47,7 +49,7 @@ from .launch import DistributedConfig
 from .prompt_cache import PromptCacheConfig
 from .protocol import CODECS
 
-SCHEDULERS = ("auto", "serial", "batched", "batched-staged")
+SCHEDULERS = ("auto", "serial", "batched", "batched-staged")  # the only list of scheduler names
 DEFAULT_LIVENESS_TIMEOUT_S = 10.0
 DEFAULT_STALL_TIMEOUT_S = 10.0
 HEARTBEATS_PER_LIVENESS = 5
@@ -140,24 +142,39 @@ class WorkerConfig:
         return replace(self, **changes)
 
     def argv(self, python: str) -> list[str]:
-        """One rank's worker command line (a distributed group wraps it in its launcher)."""
-        argv = [python, "-m", "krmlx.worker", "--codec", self.wire_codec,
-                "--scheduler", self.scheduler]
-        if self.max_frame_bytes:
-            argv += ["--max-frame-bytes", str(self.max_frame_bytes)]
-        if self.faults:
-            argv += ["--faults", json.dumps(self.faults.to_dict())]
-        if self.prompt_cache is not None:
-            argv += ["--prompt-cache", json.dumps(self.prompt_cache.to_dict())]
-        if self.framing is not None:
-            argv += ["--framing", json.dumps(self.framing.to_dict())]
-        if self.liveness_timeout_s:
-            argv += ["--heartbeat-s", f"{self.liveness_timeout_s / HEARTBEATS_PER_LIVENESS:g}"]
-        if self.max_prompt_tokens is not None:
-            argv += ["--max-prompt-tokens", str(self.max_prompt_tokens)]
-        return argv
+        """One rank's worker command line (a distributed group wraps it in its launcher):
+        the whole config as one JSON argument."""
+        return [python, "-m", "krmlx.worker", "--config", json.dumps(self.to_dict())]
+
+    @property
+    def heartbeat_s(self) -> float | None:
+        """How often the worker sends a heartbeat (None: never): liveness_timeout_s / 5."""
+        return self.liveness_timeout_s / HEARTBEATS_PER_LIVENESS if self.liveness_timeout_s else None
 
     def to_dict(self) -> dict:
+        """Plain data (JSON-safe), read back whole by :meth:`from_dict`."""
         out = asdict(self)
         out["faults"] = self.faults.to_dict() if self.faults else None
+        out["framing"] = self.framing.to_dict() if self.framing else None
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WorkerConfig:
+        """The config :meth:`to_dict` wrote (checked again; ConfigError names a bad field)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"worker config: must be a map, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"worker config: unknown field(s) {unknown}; fields: {sorted(known)}")
+        values = dict(data)
+        nested = {"framing": FramerConfig.from_dict, "faults": FaultPlan.from_dict,
+                  "prompt_cache": lambda d: PromptCacheConfig(**d),
+                  "distributed": lambda d: DistributedConfig(**d)}
+        for name, make in nested.items():
+            if isinstance(values.get(name), dict):
+                try:
+                    values[name] = make(values[name])
+                except TypeError as e:
+                    raise ConfigError(f"{name}: {e}") from None
+        return cls(**values)

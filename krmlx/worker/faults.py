@@ -1,6 +1,6 @@
 """Seeded, reproducible fault injection for the worker.
 
-A :class:`FaultPlan` is plain data, set at spawn (``--faults JSON``) or per call
+A :class:`FaultPlan` is plain data, set at spawn (``WorkerConfig.faults``) or per call
 (``params["faults"]``, which overrides the spawn plan for that call):
 
 - ``error_rate``: {method: probability} of answering with a ``transient`` error

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .. import gen
 from ..framing import PLAIN, FramerConfig
+from .config import SCHEDULERS
 from .group import GROUP_BROKEN_EXIT_CODE
 from .protocol import NULL_MODEL, done_frame, token_frame
 
@@ -426,4 +427,4 @@ def make_scheduler(name: str, on_error):
         return BatchScheduler(on_error)
     if name == "batched-staged":
         return BatchScheduler(on_error, staged=True)
-    raise ValueError(f"scheduler: must be auto, serial, batched or batched-staged, got {name!r}")
+    raise ValueError(f"scheduler: must be one of {SCHEDULERS}, got {name!r}")

@@ -39,8 +39,10 @@ from ..errors import (
     UnknownModel,
 )
 from ..framing import PLAIN, FramerConfig
+from .config import WorkerConfig
 from .faults import FaultInjector, FaultPlan, crash_now
 from .group import GROUP_BROKEN_EXIT_CODE
+from .launch import BACKENDS
 from .protocol import (
     METHODS,
     NULL_MODEL,
@@ -521,37 +523,31 @@ def main(argv: list[str] | None = None) -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     parser = argparse.ArgumentParser(prog="python -m krmlx.worker")
-    parser.add_argument("--codec", default="json", choices=["json", "msgpack"])
-    parser.add_argument("--max-frame-bytes", type=int, default=None)
-    parser.add_argument("--faults", default=None, help="fault plan as JSON")
-    parser.add_argument("--framing", default=None,
-                        help="framing (coalescing, window) as JSON: a krmlx.framing.FramerConfig")
-    parser.add_argument("--scheduler", default="auto", choices=["auto", "serial", "batched", "batched-staged"])
-    parser.add_argument("--prompt-cache", default=None, help="prompt-cache reuse config as JSON")
-    parser.add_argument("--distributed", default=None, choices=["ring", "nccl"],
+    parser.add_argument("--config", default=None,
+                        help="a krmlx.worker.config.WorkerConfig as JSON (WorkerConfig.to_dict)")
+    parser.add_argument("--distributed", default=None, choices=BACKENDS,
                         help="run as one rank of an MLX distributed group (see krmlx.worker.launch)")
-    parser.add_argument("--heartbeat-s", type=float, default=None,
-                        help="send a heartbeat frame this often (the client's liveness check)")
-    parser.add_argument("--max-prompt-tokens", type=int, default=None,
-                        help="refuse longer prompts (default: each model's context)")
     parser.add_argument("--ascii-frames", action="store_true",
                         help="escape non-ASCII text in JSON frames (for mlx.launch's text relay)")
     parser.add_argument("--log-level", default=os.environ.get("KRMLX_WORKER_LOG", "WARNING"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="[worker %(process)d] %(levelname)s %(message)s")
+    try:
+        config = WorkerConfig.from_dict(json.loads(args.config)) if args.config else WorkerConfig()
+    except (ValueError, KrmlxError) as e:
+        parser.error(f"--config: {e}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import mlx.core  # noqa: F401 - import before 'ready', so ready means ready
 
     group = None
     if args.distributed:
         group = join_group(args.distributed)  # returns on rank 0 only
-    faults = FaultPlan.from_dict(json.loads(args.faults)) if args.faults else None
-    framing = FramerConfig.from_dict(json.loads(args.framing)) if args.framing else PLAIN
-    worker = Worker(out, args.codec, max_frame_bytes=args.max_frame_bytes, faults=faults,
-                    framing=framing, scheduler=args.scheduler,
-                    prompt_cache=json.loads(args.prompt_cache) if args.prompt_cache else None,
+    worker = Worker(out, config.wire_codec, max_frame_bytes=config.max_frame_bytes,
+                    faults=config.faults, framing=config.framing or PLAIN,
+                    scheduler=config.scheduler,
+                    prompt_cache=config.prompt_cache.to_dict() if config.prompt_cache else None,
                     group=group, ascii_frames=args.ascii_frames,
-                    max_prompt_tokens=args.max_prompt_tokens, heartbeat_s=args.heartbeat_s)
+                    max_prompt_tokens=config.max_prompt_tokens, heartbeat_s=config.heartbeat_s)
     worker.serve(0)
     os._exit(worker.exit_code)

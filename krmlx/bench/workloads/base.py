@@ -31,7 +31,7 @@ import pandas as pd
 from ...errors import ConfigError
 from ...models import ModelSpec, parse_name
 from ...questions import load_questions
-from ...stack import PHASES, StackConfig
+from ...stack import PHASES, StackConfig, parse_phases
 from .. import metrics
 from ..targets import DirectTarget, EngineTarget, Target, make_target
 
@@ -41,18 +41,18 @@ DEFAULT_CACHE_MODELS = 5  # the caching phase keeps this many models (the refere
 
 
 def phase_configs(phases: str) -> dict[str, StackConfig]:
-    """Engine configurations for ``--phases``: none | all | each | a comma list of phases
-    (each phase alone); phase0 is always there."""
+    """Engine configurations to compare for ``--phases``: ``each`` (each phase alone, then
+    all), ``all`` (all together), or a :func:`~krmlx.stack.parse_phases` list (each of its
+    phases alone; ``phase0``/``none``: no more); phase0 is always there."""
     configs = {BASE: StackConfig()}
-    if phases in ("", "none"):
-        return configs
-    if phases == "all":
+    text = (phases or "").strip().lower()
+    if text == "all":
         configs["all"] = StackConfig.all()
         return configs
-    names = PHASES if phases == "each" else [p.strip() for p in phases.split(",") if p.strip()]
+    names = PHASES if text == "each" else parse_phases(phases or "")
     for name in names:
         configs[name] = StackConfig.phases([name])
-    if phases == "each":
+    if text == "each":
         configs["all"] = StackConfig.all()
     return configs
 

@@ -32,8 +32,7 @@ from ...questions import load_questions
 from ...stack import StackConfig
 from ...types import Request
 from .. import metrics
-from ..servers import MlxLmServer
-from ..targets import EngineTarget, RawBatchTarget
+from ..targets import EngineTarget, MlxLmServer, RawBatchTarget
 from .base import Workload, check_positive, frame, outputs_match
 
 PROMPT_SETS = ("questions", "long", "synthetic")

@@ -27,8 +27,7 @@ from ...stack import StackConfig
 from ...types import Request
 from ...worker.config import WorkerConfig
 from ...worker.protocol import NULL_MODEL
-from ..servers import CommandServer
-from ..targets import DirectTarget, EngineTarget
+from ..targets import CommandServer, DirectTarget, EngineTarget
 from .base import Workload, check_positive, frame
 
 TOKENIZE_TEXT = ("Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen; "

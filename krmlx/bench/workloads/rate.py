@@ -19,8 +19,7 @@ from ...questions import load_questions
 from ...stack import StackConfig
 from ...types import Request
 from .. import metrics
-from ..servers import MlxLmServer
-from ..targets import DirectTarget, EngineTarget, NotSupported
+from ..targets import DirectTarget, EngineTarget, MlxLmServer, NotSupported
 from .base import Workload, check_positive, frame
 
 

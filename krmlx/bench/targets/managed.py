@@ -2,11 +2,7 @@
 and stops (:class:`krmlx.process.ManagedProcess` owns the process: own session, log file,
 SIGTERM then SIGKILL of its group, always reaped).
 
-- :class:`MlxLmServer`: ``python -m mlx_lm.server`` on the model folder, in this
-  environment (same mlx, mlx-lm and BLAS as the other targets); options become its flags
-  (``decode_concurrency=64`` -> ``--decode-concurrency 64``; 64 unless given, the size of
-  krmlx's own continuous batch; ``--prompt-cache-size 0`` unless given: its KV prompt cache
-  would serve the bench's repeated prompts from memory);
+- peers (``mlx_lm.server``, ``peer:NAME``) are managed servers too: :mod:`.peers`;
 - :class:`KrmlxServe`: ``python -m krmlx serve`` with the given phases (``scheduler``
   batched unless given; other options become its flags);
 - :class:`CommandServer`: any command line, ``{port}``, ``{model}`` (the model folder) and
@@ -20,10 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-import sys
 
-from ..process import ManagedProcess, free_port
-from .targets import HttpTarget, _descendants
+from ...models import resolve_model
+from ...process import ManagedProcess, free_port
+from ...serve.process import ServerProcess
+from ...stack import parse_phases
+from ..peers import flags
+from .base import process_tree
+from .http import HttpTarget
+
+
+def from_spec(kind: str, arg: str, options: dict, name: str | None, spec: str):
+    if kind == "krmlx.serve":
+        return KrmlxServe(arg or "phase0", name, spec, **options)
+    return None
 
 
 class ManagedServer(HttpTarget):
@@ -44,8 +50,6 @@ class ManagedServer(HttpTarget):
                               name=self.name)
 
     async def start(self, model: str) -> ManagedServer:
-        from ..models import resolve_model
-
         if self.process is None:
             self.model, folder = model, str(resolve_model(model))
             self.process = self.make_process(folder, free_port())
@@ -68,7 +72,7 @@ class ManagedServer(HttpTarget):
         return self.process is not None and self.process.alive
 
     def pids(self) -> list[int]:
-        return _descendants(self.process.pid if self.process else None)
+        return process_tree(self.process.pid if self.process else None)
 
     def info(self) -> dict:
         out = super().info()
@@ -83,49 +87,16 @@ class ManagedServer(HttpTarget):
                 f"{self.process.log_tail(600)}")
 
 
-def flags(options: dict) -> list[str]:
-    out = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            out.append(flag)
-        elif value not in (False, None):
-            out += [flag, str(value)]
-    return out
-
-
-class MlxLmServer(ManagedServer):
-    """Its ``/v1/models`` lists the Hugging Face cache (and fails without one), so requests
-    name the served folder itself, which it has loaded."""
-
-    label = "mlx_lm.server"
-    health_path = "/health"
-
-    def make_process(self, folder: str, port: int) -> ManagedProcess:
-        self.model_id = folder
-        return super().make_process(folder, port)
-
-    def command(self, folder: str, port: int) -> list[str]:
-        # its prompt cache off unless asked for: the bench repeats prompts (warm-up, trials),
-        # and krmlx's own engine reuses no KV state unless its prompt cache is on
-        opts = {"decode_concurrency": 64, "prompt_cache_size": 0, "log_level": "WARNING",
-                **self.options}
-        return [sys.executable, "-m", "mlx_lm.server", "--model", folder, "--host", "127.0.0.1",
-                "--port", str(port), *flags(opts)]
-
-
 class KrmlxServe(ManagedServer):
     label = "krmlx.serve"
     health_path = "/health"
 
     def __init__(self, phases: str, name: str | None, spec: str, **options):
-        self.phases = phases
-        super().__init__(name or ("serve" if phases in ("", "none", "phase0") else f"serve:{phases}"),
-                         spec, **options)
+        names = parse_phases(phases)  # the serve CLI's grammar: checked here, before a start
+        self.phases = ",".join(names) or "phase0"
+        super().__init__(name or (f"serve:{phases}" if names else "serve"), spec, **options)
 
     def make_process(self, folder: str, port: int) -> ManagedProcess:
-        from ..serve.process import ServerProcess
-
         opts = dict(self.options)
         scheduler = opts.pop("scheduler", "auto")
         return ServerProcess(self.model, phases=self.phases, scheduler=scheduler, port=port,
