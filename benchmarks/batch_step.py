@@ -11,10 +11,10 @@ prefilled, then ``--steps`` decode steps are timed four ways on the same model:
   token (``wait_ms``: what the host blocks on; near zero when the device is the bottleneck);
 - ``batchgen``: mlx-lm's ``BatchGenerator.next()`` with the B sequences decoding (what
   krmlx's ``batched`` and ``auto`` schedulers run), per step;
-- ``batchgen_profile``: one more run of those steps under cProfile, its time split into the
-  model's forward graph build, the per-step synchronisations (``mx.eval``, ``tolist``), the
-  asynchronous submit, and the rest of the host work (stop checks, responses, cache
-  filters, logprob slicing): fractions of the profiled step, applied to the unprofiled one.
+- ``split``: one more run of those steps with the model's forward call, ``mx.eval`` and
+  ``mx.async_eval`` timed: the step split into the forward graph build, the per-step
+  synchronisation (waiting for the device), the asynchronous submit, and the rest of the
+  host work (sampling graph, logprob slices, stop checks, responses, cache filters).
 
 The floor: one decode step streams every weight once, so at batch sizes up to a few dozen
 no step can beat ``weight_bytes / bandwidth`` (bandwidth measured here with a large
@@ -27,9 +27,7 @@ elementwise kernel). Each row gives ``floor_fraction`` = floor / step.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import json
-import pstats
 import statistics
 import time
 from pathlib import Path
@@ -131,37 +129,56 @@ def time_batchgen(model, toks, steps: int) -> dict:
     return {"batchgen_ms": 1e3 * statistics.median(times)}
 
 
-PROFILE_GROUPS = {  # cProfile function names -> where the step's time goes
-    "forward_build": ("__call__",),  # the model's modules: graph building in Python
-    "sync": ("eval", "tolist", "item"),
-    "submit": ("async_eval",),
-}
+class Timed:
+    """A callable that adds up the wall time spent in ``fn``."""
+
+    def __init__(self, fn):
+        self.fn, self.s = fn, 0.0
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.s += time.perf_counter() - t0
 
 
-def profile_batchgen(model, toks, steps: int) -> dict:
-    """Fractions of a BatchGenerator step by where cProfile sees its time (self time of
-    mlx calls; cumulative time of the model's ``__call__``)."""
-    gen = batch_generator(model, toks, steps)
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(steps):
-        gen.next()
-    prof.disable()
-    gen.close()
-    stats = pstats.Stats(prof).stats
-    total = sum(tt for (_, _, _), (_, _, tt, _, _) in stats.items())
-    model_call = max((ct for (file, _, fn), (_, _, _, ct, _) in stats.items()
-                      if fn == "__call__" and "models" in file and "llama" in file), default=0.0)
-    own = {k: 0.0 for k in ("sync", "submit")}
-    for (_, _, fn), (_, _, tt, _, _) in stats.items():
-        for group in own:
-            if any(fn == name or fn.endswith(f".{name}") or f"'{name}'" in fn or f" {name}" in fn
-                   for name in PROFILE_GROUPS[group]):
-                own[group] += tt
-    out = {"profile_forward_build": model_call / total, "profile_sync": own["sync"] / total,
-           "profile_submit": own["submit"] / total}
-    out["profile_other_host"] = max(0.0, 1 - sum(out.values()))
-    return out
+class TimedModel:
+    """The model, its forward calls timed (graph building in Python: MLX is lazy, so the
+    call returns before any kernel runs); every other attribute passes through."""
+
+    def __init__(self, model):
+        self._model, self.forward = model, Timed(model)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def split_batchgen(model, toks, steps: int) -> dict:
+    """A BatchGenerator step split by where its wall time goes: the forward graph build
+    (``split_forward_build_ms``), the synchronisations (``mx.eval``: waiting for the device),
+    the asynchronous submit (``mx.async_eval``), and the rest of the host work
+    (``split_other_host_ms``: sampling graph, logprob slicing, stop checks, responses, cache
+    filters, mask building), each per step."""
+    timed = TimedModel(model)
+    gen = batch_generator(timed, toks, steps)
+    sync, submit = Timed(mx.eval), Timed(mx.async_eval)
+    timed.forward.s = 0.0
+    mx.eval, mx.async_eval = sync, submit
+    try:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            gen.next()
+        wall = time.perf_counter() - t0
+    finally:
+        mx.eval, mx.async_eval = sync.fn, submit.fn
+        gen.close()
+    parts = {"forward_build": timed.forward.s, "sync": sync.s, "submit": submit.s}
+    parts["other_host"] = wall - sum(parts.values())
+    return {f"split_{k}_ms": 1e3 * v / steps for k, v in parts.items()}
 
 
 def measure(model, batches, steps: int, prompt_tokens: int, floor_ms: float) -> list[dict]:
@@ -173,7 +190,7 @@ def measure(model, batches, steps: int, prompt_tokens: int, floor_ms: float) -> 
         time_plain(model, toks, 4)
         time_batchgen(model, toks, 4)
         row = {"batch": b, **time_plain(model, toks, steps), **time_batchgen(model, toks, steps),
-               **profile_batchgen(model, toks, max(8, steps // 2))}
+               **split_batchgen(model, toks, steps)}
         row["batchgen_over_plain_pipelined"] = row["batchgen_ms"] / row["plain_pipelined_ms"]
         row["floor_ms"] = floor_ms
         row["floor_fraction_plain"] = floor_ms / row["plain_pipelined_ms"]
