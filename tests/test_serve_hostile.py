@@ -3,7 +3,6 @@ held only for work, bounded header/body reads, limits checked in the front, a gr
 stop, quiet logs, Content-Type and Authorization hygiene."""
 
 import json
-import os
 import signal
 import socket
 import threading
@@ -37,7 +36,7 @@ def closed_within(s: socket.socket, timeout_s: float) -> tuple[bool, bytes]:
         while chunk := s.recv(65536):
             got += chunk
         return True, got
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False, got
     except ConnectionResetError:
         return True, got
