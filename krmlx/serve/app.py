@@ -10,8 +10,14 @@ Contract:
   ``close``, ``stream``) is started in the app's lifespan and closed at its end; every
   request shares it, so with the default ``scheduler="auto"`` (or ``batched``) concurrent
   clients share the worker's continuous batching.
-- At most ``settings.max_in_flight`` generation requests are served at once; one more is
-  answered 503 at once, with ``Retry-After`` and an OpenAI-style body (never queued).
+- At most ``settings.max_in_flight`` generation requests are served at once, counted from
+  the moment a request's body is read, checked and its prompt encoded
+  (:mod:`krmlx.serve.intake`: nothing before that holds a slot); one more is answered 503
+  at once, with ``Retry-After`` and an OpenAI-style body (never queued).
+- Graceful stop (:meth:`ServeState.begin_stop`, called by :mod:`krmlx.serve.server` on
+  SIGTERM): new generations get 503 ``server_shutting_down``; open ones may finish within
+  ``graceful_timeout_s``, then streams end with that error event and ``[DONE]`` and
+  non-streaming requests get the 503 (``krmlx_serve_shutdown_ended_total``).
 - A bad request is a 4xx before anything is generated (:mod:`krmlx.serve.openai_api`).
   A stream is primed before its headers go out: an engine error before the first text is
   an HTTP error too (:func:`krmlx.serve.generation.api_error`: 400, 404, 502 for a worker
