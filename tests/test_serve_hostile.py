@@ -232,3 +232,15 @@ def test_sigterm_lets_short_requests_finish_then_ends_the_rest_cleanly(tiny_path
     assert "Traceback" not in log, log[-3000:]
     assert " 499 " not in log  # ended by the server: not counted as clients gone
     assert log.count("/v1/chat/completions 503") == 4
+
+
+@pytest.mark.parametrize("field, value", [("header_timeout_s", 0), ("body_timeout_s", -1),
+                                          ("graceful_timeout_s", float("nan")),
+                                          ("max_messages", 0), ("max_prompt_chars", True),
+                                          ("max_prompt_tokens", 0)])
+def test_limits_and_timeouts_are_checked(field, value):
+    from krmlx.errors import ConfigError
+    from krmlx.serve import ServeSettings
+
+    with pytest.raises(ConfigError, match=field):
+        ServeSettings("tiny", **{field: value})
