@@ -13,6 +13,8 @@
     python -m krmlx report RESULTS... [--out DIR]
     python -m krmlx serve [--model M] [--phases phase0|all|LIST] [--scheduler auto|serial|batched|
         batched-staged] [--host 127.0.0.1] [--port N] [--api-key K] [--max-in-flight N]
+        [--max-messages N] [--max-prompt-chars N] [--max-prompt-tokens N]
+        [--header-timeout S] [--body-timeout S] [--graceful-timeout S]
 
 Model code runs under the fastest BLAS available: on Linux the command re-executes
 itself with OpenBLAS preloaded when it is installed (KRMLX_BLAS=reference opts out).
@@ -307,18 +309,23 @@ def cmd_serve(args) -> int:
     """Serve one model over the OpenAI API (see krmlx.serve) until SIGINT / SIGTERM."""
     import logging
 
-    import uvicorn
-
     from .engine import Engine
     from .errors import ConfigError
     from .serve import ServeSettings, make_app
+    from .serve.server import make_server
 
     try:
         config = serve_config(args.phases, args.scheduler, args.prompt_cache)
         settings = ServeSettings(args.model, aliases=tuple(args.alias or ()),
                                  api_key=args.api_key or os.environ.get("KRMLX_API_KEY") or None,
                                  max_in_flight=args.max_in_flight,
-                                 default_max_tokens=args.default_max_tokens)
+                                 default_max_tokens=args.default_max_tokens,
+                                 max_messages=args.max_messages,
+                                 max_prompt_chars=args.max_prompt_chars,
+                                 max_prompt_tokens=args.max_prompt_tokens,
+                                 header_timeout_s=args.header_timeout,
+                                 body_timeout_s=args.body_timeout,
+                                 graceful_timeout_s=args.graceful_timeout)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -328,9 +335,8 @@ def cmd_serve(args) -> int:
     print(f"krmlx serve: {args.model} ({config.label}, scheduler {config.worker.scheduler}) on "
           f"http://{args.host}:{args.port}/v1" + (" (API key required)" if settings.api_key else ""),
           file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                           log_level=args.log_level, access_log=False,
-                                           timeout_graceful_shutdown=5, log_config=None))
+    server = make_server(app, settings, host=args.host, port=args.port,
+                         log_level=args.log_level)
     server.run()
     return 0 if server.started else 1
 
@@ -410,6 +416,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="generation requests served at once; beyond: 503 with Retry-After")
     sv.add_argument("--default-max-tokens", type=int, default=DEFAULT_SERVE_MAX_TOKENS,
                     help="for requests that give no max_tokens")
+    sv.add_argument("--max-messages", type=int, default=1024,
+                    help="messages per chat request; beyond: 400 (default 1024)")
+    sv.add_argument("--max-prompt-chars", type=int, default=2**20,
+                    help="characters of prompt / message text per request; beyond: 400 "
+                         "(default 1048576)")
+    sv.add_argument("--max-prompt-tokens", type=int, default=None,
+                    help="prompt tokens per request; beyond: 400 (default: the model's context)")
+    sv.add_argument("--header-timeout", type=float, default=10.0,
+                    help="seconds a connection has to send complete request headers (also the "
+                         "longest idle keep-alive); else it is closed (default 10)")
+    sv.add_argument("--body-timeout", type=float, default=30.0,
+                    help="seconds a request has to send its whole body after its headers; "
+                         "else 408 (default 30)")
+    sv.add_argument("--graceful-timeout", type=float, default=10.0,
+                    help="after SIGTERM, seconds open requests have to finish before the "
+                         "server ends them (streams: error event + [DONE]; others: 503) "
+                         "(default 10)")
     sv.add_argument("--alias", action="append", help="another model name clients may use")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p

@@ -49,7 +49,8 @@ def server(tiny_path):
 def guarded(tiny_path):
     s = ServerProcess("tiny", scheduler="batched", api_key=KEY, extra_args=("--max-in-flight", "1"))
     s.start()
-    worker = s.health()["engine"]["worker_pid"]
+    worker = next(p.pid for p in psutil.Process(s.pid).children(recursive=True)
+                  if "krmlx.worker" in " ".join(p.cmdline()))  # /health says no more with a key
     yield s
     _stopped(s, worker)
 
@@ -262,7 +263,8 @@ def test_a_non_streaming_client_that_disconnects_stops_its_generation(server):
     ("/v1/nothing", b"{}", 404, None, "not_found"),
 ])
 def test_bad_input_is_4xx_openai_style(server, path, content, status, param, code):
-    r = httpx.post(server.url + path, content=content, timeout=30)
+    r = httpx.post(server.url + path, content=content, timeout=30,
+                   headers={"Content-Type": "application/json"})
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert (err["param"], err["code"]) == (param, code)
@@ -294,7 +296,8 @@ def test_metrics_in_prometheus_text_format_move(server):
     key = ("krmlx_serve_requests_total", (("route", "/v1/chat/completions"), ("status", "200")))
     before = scrape(server)
     sdk(server).chat.completions.create(model="tiny", messages=CHAT, max_tokens=4)
-    httpx.post(server.url + "/v1/chat/completions", content=b"{", timeout=30)
+    httpx.post(server.url + "/v1/chat/completions", content=b"{", timeout=30,
+               headers={"Content-Type": "application/json"})
     after = scrape(server)
     assert after[key] == before.get(key, 0) + 1
     bad = ("krmlx_serve_requests_total", (("route", "/v1/chat/completions"), ("status", "400")))
@@ -325,6 +328,13 @@ def test_api_key_guards_every_route_but_health(guarded):
     assert r.usage.completion_tokens == 3
 
 
+def in_flight(guarded) -> float:
+    text = httpx.get(guarded.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"},
+                     timeout=30).text
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "krmlx_serve_in_flight")
+
+
 def test_beyond_the_in_flight_bound_is_503_with_retry_after(guarded):
     auth = {"Authorization": f"Bearer {KEY}"}
     body = {"model": "tiny", "messages": LONG_CHAT, "max_tokens": 4000, "stream": True}
@@ -338,9 +348,9 @@ def test_beyond_the_in_flight_bound_is_503_with_retry_after(guarded):
             assert r.status_code == 503, r.text
             assert int(r.headers["retry-after"]) >= 1
             assert r.json()["error"]["code"] == "server_busy"
-            assert http.get("/health").json()["in_flight"] == 1
+            assert in_flight(guarded) == 1
     deadline = time.monotonic() + 5
-    while httpx.get(guarded.url + "/health", timeout=30).json()["in_flight"] and time.monotonic() < deadline:
+    while in_flight(guarded) and time.monotonic() < deadline:
         time.sleep(0.02)
     r = sdk(guarded, api_key=KEY).chat.completions.create(model="tiny", messages=CHAT, max_tokens=3)
     assert r.choices[0].finish_reason == "length"

@@ -3,6 +3,9 @@
     python -m krmlx serve --model tiny --scheduler batched --port 8000
 
 - :mod:`.app`: :func:`make_app` (routes, SSE, errors, in-flight bound, lifespan);
+- :mod:`.intake`: what a request passes before it takes a slot (Content-Type, the body
+  bounded in size and time, limits, the prompt rendered and tokenized in the front);
+- :mod:`.server`: uvicorn with a header timeout and the graceful stop;
 - :mod:`.openai_api`: request bodies -> krmlx Requests, response and chunk bodies, errors;
 - :mod:`.generation`: one request's engine stream -> text pieces, stop sequences, usage,
   timings;

@@ -10,8 +10,14 @@ Contract:
   ``close``, ``stream``) is started in the app's lifespan and closed at its end; every
   request shares it, so with the default ``scheduler="auto"`` (or ``batched``) concurrent
   clients share the worker's continuous batching.
-- At most ``settings.max_in_flight`` generation requests are served at once; one more is
-  answered 503 at once, with ``Retry-After`` and an OpenAI-style body (never queued).
+- At most ``settings.max_in_flight`` generation requests are served at once, counted from
+  the moment a request's body is read, checked and its prompt encoded
+  (:mod:`krmlx.serve.intake`: nothing before that holds a slot); one more is answered 503
+  at once, with ``Retry-After`` and an OpenAI-style body (never queued).
+- Graceful stop (:meth:`ServeState.begin_stop`, called by :mod:`krmlx.serve.server` on
+  SIGTERM): new generations get 503 ``server_shutting_down``; open ones may finish within
+  ``graceful_timeout_s``, then streams end with that error event and ``[DONE]`` and
+  non-streaming requests get the 503 (``krmlx_serve_shutdown_ended_total``).
 - A bad request is a 4xx before anything is generated (:mod:`krmlx.serve.openai_api`).
   A stream is primed before its headers go out: an engine error before the first text is
   an HTTP error too (:func:`krmlx.serve.generation.api_error`: 400, 404, 502 for a worker
@@ -45,7 +51,8 @@ from starlette.routing import Route
 
 from ..errors import KrmlxError
 from . import openai_api as api
-from .generation import Generation, PromptCounter, api_error
+from .generation import Generation, api_error
+from .intake import ClientGone, PromptEncoder, read_body
 from .metrics import CONTENT_TYPE, ServeMetrics, engine_status
 from .middleware import AccessLog, ApiKeyAuth
 from .settings import ServeSettings
@@ -54,34 +61,12 @@ log = logging.getLogger("krmlx.serve")
 PING_S = 15  # SSE keep-alive comments while a stream is quiet
 
 
-class ClientGone(Exception):
-    """The client disconnected before its response could start."""
-
-
 def _json(body: dict) -> str:
     return orjson.dumps(body).decode()
 
 
 def _notes(request: HttpRequest) -> dict:
     return request.scope.setdefault("state", {}).setdefault("log", {})
-
-
-async def read_json(request: HttpRequest, limit: int):
-    """The body as JSON, or ApiError: 413 past ``limit`` bytes, 400 if it is not JSON."""
-    size = request.headers.get("content-length", "")
-    if size.isdigit() and int(size) > limit:
-        raise api.ApiError(413, f"request body over {limit} bytes", code="body_too_large")
-    parts, n = [], 0
-    async for part in request.stream():
-        n += len(part)
-        if n > limit:
-            raise api.ApiError(413, f"request body over {limit} bytes", code="body_too_large")
-        parts.append(part)
-    try:
-        return orjson.loads(b"".join(parts))
-    except orjson.JSONDecodeError as e:
-        raise api.ApiError(400, f"the request body is not valid JSON: {e}",
-                           code="invalid_json") from None
 
 
 async def _wait_disconnect(receive) -> None:
@@ -130,13 +115,20 @@ class _Stream(EventSourceResponse):
             await self._on_close()
 
 
+class ServerStopping(Exception):
+    """The grace period after SIGTERM is over: the request is ended (503 / error event)."""
+
+
 class ServeState:
     def __init__(self, engine, settings: ServeSettings):
         self.engine, self.settings = engine, settings
         self.metrics = ServeMetrics(engine)
         self.in_flight = 0
-        self.count_prompt = None
+        self.prompts = PromptEncoder(None, settings)
         self.started = int(time.time())
+        self.stopping = False  # SIGTERM came: no new work, open requests get the grace period
+        self.cut_at: float | None = None  # loop time at which open requests are ended
+        self._cuts: set = set()  # the asyncio.Timeout of every await that the cut ends
 
     # -- the in-flight bound -------------------------------------------------------------
     def take_slot(self) -> None:
@@ -152,21 +144,59 @@ class ServeState:
         self.in_flight -= 1
         self.metrics.in_flight.set(self.in_flight)
 
+    # -- the graceful stop ---------------------------------------------------------------
+    def begin_stop(self) -> None:
+        """SIGTERM: refuse new generations; what is open may finish within the grace period,
+        then every await on the engine is ended (:meth:`_until_cut`). Idempotent."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.cut_at = asyncio.get_running_loop().time() + self.settings.graceful_timeout_s
+        log.info("stopping: %d request(s) open get %.1f s to finish", self.in_flight,
+                 self.settings.graceful_timeout_s)
+        for cut in self._cuts:
+            cut.reschedule(self.cut_at)
+
+    async def _until_cut(self, coro):
+        """``await coro``, or ServerStopping once the grace period after SIGTERM is over."""
+        try:
+            async with asyncio.timeout_at(self.cut_at) as cut:
+                self._cuts.add(cut)
+                try:
+                    return await coro
+                finally:
+                    self._cuts.discard(cut)
+        except TimeoutError:
+            if self.stopping:
+                raise ServerStopping from None
+            raise
+
+    def _stopping_error(self) -> api.ApiError:
+        return api.ApiError(503, "the server is shutting down", type="server_error",
+                            code="server_shutting_down", headers={"Connection": "close"})
+
     # -- generation routes ---------------------------------------------------------------
     async def generate(self, request: HttpRequest, kind: str) -> Response:
         t_recv = time.perf_counter()
+        if self.stopping:
+            raise self._stopping_error()
+        try:  # before any slot: the body read (bounded), checked, its prompt encoded
+            parsed = api.parse_request(kind, await read_body(request, self.settings),
+                                       self.settings)
+            _notes(request)["model"] = parsed.model
+            parsed = await until_disconnect(request, self.prompts.prepare(parsed))
+        except ClientGone:
+            _notes(request)["client"] = "gone"
+            return Response(status_code=499)
         self.take_slot()
         owned, gen = True, None  # the slot (and gen) pass to a stream response once it exists
         try:
-            parsed = api.parse_request(kind, await read_json(request, self.settings.max_body_bytes),
-                                       self.settings)
-            _notes(request)["model"] = parsed.model
-            gen = Generation(self.engine, parsed, t_recv, self.count_prompt)
+            gen = Generation(self.engine, parsed, t_recv, self.prompts)
             if parsed.stream:  # primed: the first text (or the end) before the headers
-                first = await until_disconnect(request, gen.next_text())
+                first = await until_disconnect(request, self._until_cut(gen.next_text()))
                 owned = False
                 return self._stream(request, gen, first)
-            text = await until_disconnect(request, gen.run())
+            text = await until_disconnect(request, self._until_cut(gen.run()))
             usage, timings = gen.usage(), gen.timings()
             self._finished(request, gen, usage, timings)
             return JSONResponse(api.response_body(parsed, text, gen.finish_reason, usage, timings),
@@ -174,6 +204,10 @@ class ServeState:
         except ClientGone:
             _notes(request)["client"] = "gone"
             return Response(status_code=499)
+        except ServerStopping:
+            self.metrics.cut.labels("request").inc()
+            _notes(request)["ended"] = "shutdown"
+            raise self._stopping_error() from None
         except KrmlxError as e:
             raise api_error(e) from None
         finally:
@@ -205,7 +239,7 @@ class ServeState:
             piece = first
             while piece is not None:
                 yield ServerSentEvent(_json(api.chunk_body(p, piece)))
-                piece = await gen.next_text()
+                piece = await self._until_cut(gen.next_text())
             yield ServerSentEvent(_json(api.chunk_body(p, None, gen.finish_reason)))
             usage, timings = gen.usage(), gen.timings()
             self._finished(request, gen, usage, timings)
@@ -213,9 +247,14 @@ class ServeState:
                 yield ServerSentEvent(_json(api.usage_chunk_body(p, usage, timings)))
             yield ServerSentEvent("[DONE]")
             _notes(request)["complete"] = True
-        except KrmlxError as e:
-            err = api_error(e)
-            log.warning("stream %s ended by %s", p.response_id, err.message)
+        except (KrmlxError, ServerStopping) as e:
+            if isinstance(e, ServerStopping):
+                err = self._stopping_error()
+                self.metrics.cut.labels("stream").inc()
+                _notes(request).update(ended="shutdown", complete=True, status=503)
+            else:
+                err = api_error(e)
+                log.warning("stream %s ended by %s", p.response_id, err.message)
             _notes(request)["error"] = err.code
             yield ServerSentEvent(_json(err.body()))
             yield ServerSentEvent("[DONE]")
@@ -227,8 +266,13 @@ class ServeState:
         return JSONResponse(api.models_body(self.settings, self.started))
 
     async def health(self, request: HttpRequest) -> Response:
-        return JSONResponse({"status": "ok", "model": self.settings.model_id,
-                             "engine": await engine_status(self.engine),
+        engine = await engine_status(self.engine)
+        if self.settings.api_key:  # open to anyone: healthy or not, nothing more
+            healthy = engine.get("up") and not self.stopping
+            return JSONResponse({"status": "ok" if healthy else "unavailable"},
+                                status_code=200 if healthy else 503)
+        return JSONResponse({"status": "stopping" if self.stopping else "ok",
+                             "model": self.settings.model_id, "engine": engine,
                              "in_flight": self.in_flight,
                              "max_in_flight": self.settings.max_in_flight})
 
@@ -262,15 +306,16 @@ def make_app(engine, settings: ServeSettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         async with engine:
-            state.count_prompt = PromptCounter(getattr(engine, "path", None))
+            state.prompts = PromptEncoder(getattr(engine, "path", None), settings)
             warm = None
-            if state.count_prompt.path is not None:  # off the startup path, in a thread
-                warm = asyncio.ensure_future(asyncio.to_thread(state.count_prompt.load))
+            if state.prompts.path is not None:  # off the startup path, in a thread
+                warm = asyncio.ensure_future(asyncio.to_thread(state.prompts.load))
             try:
                 yield
             finally:
                 if warm is not None and not warm.done():
                     warm.cancel()
+                state.prompts.close()
 
     async def chat(request):
         return await state.generate(request, "chat")

@@ -11,8 +11,9 @@ Contract:
   the start of a stop string; when one appears, the text before it is the last piece, the
   engine stream is closed (the worker cancels the generation) and the finish reason is
   "stop". ``completion_tokens`` then counts the tokens received until then; the prompt's
-  token count, which the worker reports only at the end of a stream, comes from
-  ``count_prompt`` (the same template and tokenizer, see :class:`PromptCounter`).
+  token count, which the worker reports only at the end of a stream, is that of the
+  request's token ids (encoded in the front), else ``count_prompt``'s (the same template
+  and tokenizer, :class:`krmlx.serve.intake.PromptEncoder`).
 - :meth:`Generation.aclose` closes the engine stream (idempotent): a caller that stops
   early (a client gone) cancels the generation in the worker this way.
 - Timings (``*_ms``, from the server's receipt of the request, ``t_recv_s``): ``queue_ms``
@@ -24,10 +25,7 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from pathlib import Path
 
 from ..errors import (
     BadRequest,
@@ -70,35 +68,6 @@ class StopMatcher:
     def flush(self) -> str:
         out, self.pending = self.pending, ""
         return out
-
-
-class PromptCounter:
-    """Prompt token counts in the front process: the model folder's tokenizer (loaded with
-    transformers on first use, no MLX), put through :func:`krmlx.gen.encode_prompt`."""
-
-    def __init__(self, path: Path | str | None):
-        self.path = path
-        self._tokenizer = None
-        self._lock = threading.Lock()
-
-    def load(self):
-        """The tokenizer (loaded once; thread-safe: the app warms it up in a thread)."""
-        with self._lock:
-            if self._tokenizer is None:
-                from transformers import AutoTokenizer
-
-                self._tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-            return self._tokenizer
-
-    def _count(self, params: dict) -> int:
-        from .. import gen
-
-        return len(gen.encode_prompt(self.load(), params))
-
-    async def __call__(self, params: dict) -> int:
-        if self.path is None:
-            return 0
-        return await asyncio.to_thread(self._count, params)
 
 
 class Generation:
@@ -144,7 +113,10 @@ class Generation:
                 await self.aclose()  # cancels the generation in the worker
                 self.finish_reason = "stop"
                 self._end()
-                if self.count_prompt is not None:
+                ids = self.parsed.request.prompt_ids
+                if ids:  # encoded in the front (the usual case)
+                    self.prompt_tokens = len(ids)
+                elif self.count_prompt is not None:
                     self.prompt_tokens = await self.count_prompt(self.parsed.request.to_params())
             if text:
                 return self._hand_out(text)

@@ -8,6 +8,9 @@ Metrics (text format at ``GET /metrics``):
   ``krmlx_serve_queue_seconds`` (histograms, server-side, per finished generation; TPOT
   only where there were 2+ tokens); ``krmlx_serve_tokens_total{kind=prompt|completion}``;
 - ``krmlx_serve_active_streams``, ``krmlx_serve_in_flight`` (gauges);
+- ``krmlx_serve_shutdown_ended_total{kind=stream|request}``: requests the server ended
+  when the grace period after SIGTERM was over (apart from clients that left: those are
+  ``status="499"`` in the requests counter);
 - from the engine at scrape time (:class:`EngineCollector`): ``krmlx_worker_up``,
   ``krmlx_worker_restarts_total`` and ``krmlx_worker_crashes_total`` (the client's stats),
   and, while the worker runs, ``krmlx_worker_tokens_out_total`` (the worker's own token
@@ -93,6 +96,8 @@ class ServeMetrics:
                                     registry=r)
         self.in_flight = Gauge("krmlx_serve_in_flight", "generation requests being served",
                                registry=r)
+        self.cut = Counter("krmlx_serve_shutdown_ended", "requests ended by the server at the "
+                           "end of its shutdown grace period", ["kind"], registry=r)
         self.engine_collector = EngineCollector()
         r.register(self.engine_collector)
 

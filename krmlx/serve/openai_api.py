@@ -231,6 +231,18 @@ def param_of(exc: BadRequest) -> str | None:
     return None if name == "generate" else name
 
 
+def check_prompt_chars(kind: str, fields: dict, settings: ServeSettings) -> None:
+    """The prompt's text (all messages' contents) against ``settings.max_prompt_chars``."""
+    if kind == "chat":
+        n = sum(len(m["content"]) for m in fields["messages"] if isinstance(m["content"], str))
+    else:
+        n = len(fields.get("prompt") or "") or len(fields.get("prompt_ids") or ())
+    if n > settings.max_prompt_chars:
+        param = "messages" if kind == "chat" else "prompt"
+        raise invalid(param, f"{param}: {n:,} characters (or token ids) exceed the limit of "
+                      f"{settings.max_prompt_chars:,} (--max-prompt-chars)", "prompt_too_long")
+
+
 def parse_request(kind: str, body, settings: ServeSettings) -> ParsedRequest:
     """One request body -> a ParsedRequest, or ApiError naming the field (see module doc)."""
     if not isinstance(body, dict):
@@ -243,12 +255,17 @@ def parse_request(kind: str, body, settings: ServeSettings) -> ParsedRequest:
         if "prompt" in body:
             raise invalid("prompt", "prompt: not a chat field (give messages, or use "
                           "/v1/completions)", "unrecognized_argument")
-        fields["messages"] = parse_messages(body.get("messages"))
+        messages = body.get("messages")
+        if isinstance(messages, list) and len(messages) > settings.max_messages:
+            raise invalid("messages", f"messages: {len(messages):,} messages exceed the limit "
+                          f"of {settings.max_messages:,} (--max-messages)", "too_many_messages")
+        fields["messages"] = parse_messages(messages)
     else:
         if "messages" in body:
             raise invalid("messages", "messages: not a completions field (give prompt, or use "
                           "/v1/chat/completions)", "unrecognized_argument")
         fields.update(parse_prompt(body.get("prompt")))
+    check_prompt_chars(kind, fields, settings)
     stream, include_usage = parse_stream(body)
     stop = parse_stop(body.get("stop"))
     try:

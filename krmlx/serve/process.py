@@ -7,8 +7,9 @@
         ...
 
 A :class:`krmlx.process.ManagedProcess` (start, health, stop: see its contract) whose
-command is ``krmlx serve``: a free port unless ``port`` is given; SIGTERM lets uvicorn end
-open streams and the engine shut its worker down; the API key goes in the environment
+command is ``krmlx serve``: a free port unless ``port`` is given; SIGTERM starts the
+server's graceful stop (open requests get ``--graceful-timeout``, 10 s by default, so the
+stop waits 20 s before SIGKILL) and the engine shuts its worker down; the API key goes in the environment
 (``KRMLX_API_KEY``), never on the command line.
 """
 
@@ -23,7 +24,7 @@ class ServerProcess(ManagedProcess):
     def __init__(self, model: str = "tiny", *, phases: str = "none", scheduler: str = "auto",
                  port: int | None = None, api_key: str | None = None, extra_args=(),
                  host: str = "127.0.0.1", env: dict | None = None,
-                 ready_timeout_s: float = 120.0, stop_timeout_s: float = 10.0,
+                 ready_timeout_s: float = 120.0, stop_timeout_s: float = 20.0,
                  python: str = sys.executable, keep_log: bool = False):
         super().__init__([], port=port, host=host, health_path="/health", name="krmlx serve",
                          env=env, ready_timeout_s=ready_timeout_s, stop_timeout_s=stop_timeout_s,
