@@ -38,18 +38,6 @@ import numpy as np
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 
 
-def bandwidth_gbs(n_floats: int = 1 << 27, reps: int = 10) -> float:
-    """Best of ``reps`` of one read + one write of ``n_floats`` float32s (GB/s)."""
-    a = mx.ones((n_floats,), dtype=mx.float32)
-    mx.eval(a)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        mx.eval(a * 1.0001)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 4 * n_floats / best / 1e9
-
-
 def weight_bytes(model) -> int:
     from mlx.utils import tree_flatten
 
@@ -210,13 +198,13 @@ def main() -> int:
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    from krmlx.doctor import collect_env
+    from krmlx.doctor import collect_env, memory_bandwidth_gbs
     from krmlx.models import load, model_bytes, resolve_model
 
     path = resolve_model(a.model)
     model, _ = load(path)
     wbytes = weight_bytes(model)
-    bw = bandwidth_gbs()
+    bw = memory_bandwidth_gbs(1 << 27, 10)
     floor_ms = wbytes / (bw * 1e9) * 1e3
     print(f"model {a.model}: {wbytes / 1e9:.3f} GB of weights; bandwidth {bw:.0f} GB/s; "
           f"floor {floor_ms:.3f} ms per step on {mx.default_device()}", flush=True)

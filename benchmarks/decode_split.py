@@ -19,7 +19,7 @@ side's clock, and for ``engine`` both the caller's and the worker's. Each round 
 variant once per length, back to back, so the comparison is paired within a round; the CI
 resamples rounds.
 
-    python benchmarks/decode_split.py --model mini --rounds 30 --out results/cpu/r18/decode-split.json
+    python benchmarks/decode_split.py --model mini --rounds 30 --out results/cpu/r18/decode-split.json.gz
 """
 
 from __future__ import annotations

@@ -42,6 +42,22 @@ def foreign_cpu_load(interval_s: float = 0.2) -> float:
     return meter.cores
 
 
+def memory_bandwidth_gbs(n_floats: int = 1 << 26, reps: int = 5) -> float:
+    """The device's memory bandwidth as one large elementwise kernel sees it: the best of
+    ``reps`` runs of one read and one write of ``n_floats`` float32s (GB/s). A decode step
+    streams every weight once, so ``weight bytes / this`` is the floor under a step."""
+    import mlx.core as mx
+
+    a = mx.ones((n_floats,), dtype=mx.float32)
+    mx.eval(a)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        mx.eval(a * 1.0001)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 4 * n_floats / best / 1e9
+
+
 def oversubscription_warning(cores_usable: int | None, worker_blas_threads: int | None,
                              caller_threads: int = 1) -> str | None:
     """A warning when a worker's BLAS threads plus the caller's own busy threads (its event

@@ -260,6 +260,12 @@ def test_closed_loop_concurrency_keeps_c_in_flight_with_prompts_of_the_length_as
         assert all(40 <= r["prompt_tokens"] <= 43 for r in level), [r["prompt_tokens"] for r in level]
     rows = {r["concurrency"]: r for r in doc["summary"]["levels"]}
     assert set(rows) == {1, 3} and all(rows[c]["aggregate_tps"] > 0 for c in rows)
+    floor = doc["config"]["hardware_floor"]
+    assert floor["weight_bytes"] > 1e5 and floor["bandwidth_gbs"] > 0.1
+    for c, row in rows.items():  # the weight-streaming ceiling: c x bandwidth / weights
+        assert row["floor_tok_s"] == pytest.approx(c * floor["bandwidth_gbs"] * 1e9 / floor["weight_bytes"])
+        assert row["floor_fraction"] == pytest.approx(row["aggregate_tps"] / row["floor_tok_s"])
+        assert 0 < row["floor_fraction"] < 1
     with pytest.raises(ConfigError, match="mode"):
         make_workload("concurrency", mode="open").validate(MODEL)
 

@@ -54,7 +54,7 @@ def test_readme_ratios_match_their_files():
 
 
 def test_a_ratio_quoted_the_wrong_way_round_fails():
-    text = ("0.83x [0.80, 0.86]<!-- ratio results/cpu/r18d/concurrency-20261207-051944.json "
+    text = ("0.83x [0.80, 0.86]<!-- ratio results/cpu/r18d/concurrency-20261207-051944.json.gz "
             "concurrency=16 tok_s phase0/mlx_lm.server -->")
     (q,) = quotes(text)
     exact = cited_ratio(*q[3:])

@@ -350,3 +350,31 @@ def test_compare_of_a_partial_file_with_no_records_is_one_line(tmp_path):
     assert p.returncode == 2 and "no request records to compare" in p.stderr, p.stderr
     assert p.stderr.startswith(f"krmlx compare: {partial}:")
     assert "Traceback" not in p.stderr and "KeyError" not in p.stderr
+
+
+def test_compressed_results_read_like_plain_ones_and_old_ratios_are_renamed(tmp_path):
+    """A ``.json.gz`` results file reads as its ``.json`` twin (the report finds both in a
+    folder); a truncated one is a ResultsError, not a crash; a schema-3 summary's ratio
+    columns come back under the names that say their direction."""
+    import gzip
+
+    from krmlx.bench.results import read_results
+    from krmlx.errors import ResultsError
+    from krmlx.report import load_results
+
+    ratios = [{"engine": "b", "base": "a", "concurrency": 4, "throughput_ratio": 0.8,
+               "throughput_ratio_ci_low": 0.7, "ttft_p50_ratio": 2.0}]
+    path = write_results(tmp_path / "r.json", env={}, config={}, records=[{"ok": True}],
+                         summary={"ratios": ratios})
+    doc = json.loads(path.read_text())
+    doc["schema"]["version"] = 3
+    gz = tmp_path / "old.json.gz"
+    gz.write_bytes(gzip.compress(json.dumps(doc).encode()))
+    row = read_results(gz)["summary"]["ratios"][0]
+    assert row["tok_s_engine_over_base"] == 0.8 and row["tok_s_engine_over_base_ci_low"] == 0.7
+    assert row["ttft_p50_engine_over_base"] == 2.0 and "throughput_ratio" not in row
+    assert read_results(path)["summary"]["ratios"][0]["throughput_ratio"] == 0.8  # v4 untouched
+    assert {Path(d["_source"]).name for d in load_results(tmp_path)} == {"r.json", "old.json.gz"}
+    (tmp_path / "cut.json.gz").write_bytes(gz.read_bytes()[:40])
+    with pytest.raises(ResultsError, match="cut.json.gz"):
+        read_results(tmp_path / "cut.json.gz")

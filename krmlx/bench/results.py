@@ -9,6 +9,7 @@ interrupted still leaves a readable file, marked ``"complete": false``.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -71,12 +72,15 @@ def write_results(path: str | os.PathLike, *, env: dict, config: dict, records: 
 
 
 def read_results(path: str | os.PathLike) -> dict:
+    """A results file (``.json``, or gzip-compressed ``.json.gz``), checked and upgraded;
+    ResultsError naming what is wrong otherwise."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        raw = path.read_bytes()
+        doc = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
     except FileNotFoundError:
         raise ResultsError(f"{path}: no such results file") from None
-    except ValueError as e:
+    except (ValueError, EOFError, gzip.BadGzipFile) as e:
         raise ResultsError(f"{path}: not valid JSON, perhaps truncated ({e})") from None
     except OSError as e:
         raise ResultsError(f"{path}: can't be read ({e.strerror or e})") from None

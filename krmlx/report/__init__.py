@@ -72,7 +72,8 @@ def load_results(paths) -> list[dict]:
         paths = [paths]
     files: list[Path] = []
     for p in map(Path, paths):
-        files += sorted(p.glob("*.json"), key=lambda f: f.stat().st_mtime) if p.is_dir() else [p]
+        found = [*p.glob("*.json"), *p.glob("*.json.gz")] if p.is_dir() else []
+        files += sorted(found, key=lambda f: f.stat().st_mtime) if p.is_dir() else [p]
     docs = []
     for f in files:
         doc = read_results(f)

@@ -92,6 +92,13 @@ class Concurrency(Workload):
                         **({"max_tokens": max_tokens} if max_tokens else {})) for i in range(c)]
 
     async def run(self, run, group=0):
+        from ...doctor import memory_bandwidth_gbs
+        from ...models import model_bytes, resolve_model
+
+        # the hardware floor: a decode step streams every weight once (measured here, on the
+        # caller's device, which on one host is the targets' too)
+        run.config["hardware_floor"] = {"weight_bytes": model_bytes(resolve_model(run.model)),
+                                        "bandwidth_gbs": memory_bandwidth_gbs()}
         levels = sorted(set(self.levels))
         warm = self.pool(run, -1)
         for c in levels:  # every batch shape once, untimed, on every target
@@ -144,8 +151,20 @@ def level_rows(df, config: dict) -> list[dict]:
                      "tpot_ms_p50": pct(ok["tpot_ms"], (50,))["p50"],
                      "e2e_ms_p50": pct(ok["e2e_ms"], (50,))["p50"],
                      "caller_cpu_s": float(np.mean([m["caller_cpu_s"] for m in ms])),
-                     "target_cpu_s": float(np.mean([m["target_cpu_s"] for m in ms]))})
+                     "target_cpu_s": float(np.mean([m["target_cpu_s"] for m in ms])),
+                     **floor_of(config.get("hardware_floor"), level, float(np.mean(tps)) if tps else math.nan)})
     return rows
+
+
+def floor_of(floor: dict | None, level: int, tps: float) -> dict:
+    """The weight-streaming ceiling at ``level`` streams (each decode step reads every weight
+    once: at most level x bandwidth / weight bytes tokens per second) and the fraction of it
+    the level reached (output tokens over the wave's wall time, prefill included, so a
+    lower bound on the decode's own fraction)."""
+    if not floor or not floor.get("weight_bytes") or not floor.get("bandwidth_gbs"):
+        return {}
+    ceiling = level * floor["bandwidth_gbs"] * 1e9 / floor["weight_bytes"]
+    return {"floor_tok_s": ceiling, "floor_fraction": tps / ceiling}
 
 
 def trial_tps(ok, ms) -> dict:
