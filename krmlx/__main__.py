@@ -1,7 +1,8 @@
 """krmlx's command line (the only argparse in krmlx).
 
     python -m krmlx doctor [--json]
-    python -m krmlx models make PRESET [--rebuild] | models list
+    python -m krmlx models make NAME [--rebuild] | models list
+        (NAME: a synthetic preset, a real model such as smollm2-135m[-q4|-f32|-bf16], or a .gguf)
     python -m krmlx bench WORKLOAD|suite [--target [NAME=]SPEC ...] [--model M]
         [--phases none|all|each|LIST] [--trials N] [--smoke] [--out DIR] [--requests N]
         [--concurrency C] [--rate R[,R...]] [--levels C,...] [--lengths N,...] [--prompts P]
@@ -40,16 +41,34 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import PRESETS, cache_dir, make_model, model_bytes
+    from .errors import ModelError
+    from .models import PRESETS, cache_dir, model_bytes, resolve_model
+    from .real_models import REAL_MODELS, VARIANTS, default_variant
 
     if args.action == "list":
         for name, p in PRESETS.items():
             print(f"{name:14} {p.description}")
+        for name, r in REAL_MODELS.items():
+            print(f"{name:14} {r.description}; -{', -'.join(VARIANTS)} "
+                  f"(default here: -{default_variant()})")
         built = sorted(d.name for d in cache_dir().glob("*") if d.is_dir() and not d.name.startswith("."))
         print(f"built in {cache_dir()}: {', '.join(built) or 'none'}")
         return 0
     t0 = time.perf_counter()
-    path = make_model(args.preset, rebuild=args.rebuild)
+    try:
+        if args.rebuild and not args.preset.lower().endswith(".gguf"):
+            from .models import make_model
+
+            path = make_model(args.preset, rebuild=True)
+        elif args.rebuild:
+            from .models import make_gguf_model
+
+            path = make_gguf_model(Path(args.preset), rebuild=True)
+        else:
+            path = resolve_model(args.preset)
+    except ModelError as e:
+        print(f"models make: {e}", file=sys.stderr)
+        return 1
     print(f"{args.preset}: {path} ({model_bytes(path) / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -343,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("doctor", help="print the environment results depend on")
     d.add_argument("--json", action="store_true")
-    m = sub.add_parser("models", help="build synthetic models")
+    m = sub.add_parser("models", help="build synthetic models, real models and GGUF conversions")
     m.add_argument("action", choices=["make", "list"])
     m.add_argument("preset", nargs="?", default="small")
     m.add_argument("--rebuild", action="store_true")
