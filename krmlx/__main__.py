@@ -144,7 +144,7 @@ def run_bench_one(workload, args) -> tuple[int, dict | None]:
     fails), print its summary."""
     from tqdm import tqdm
 
-    from .bench.report_text import format_summary
+    from .bench.report_text import format_sample, format_summary
     from .bench.results import write_results
     from .bench.runner import run_workload, summarize_partial
     from .errors import KrmlxError
@@ -175,6 +175,9 @@ def run_bench_one(workload, args) -> tuple[int, dict | None]:
     config["interrupted"] = False
     write_results(path, **doc)
     print(format_summary(doc))
+    sample = format_sample(doc)
+    if sample:
+        print(sample)
     print(f"results: {path}\n")
     return 0, doc
 
