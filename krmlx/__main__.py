@@ -9,6 +9,7 @@
         [--duration-s S] [--max-tokens N] [--seed S] [--ranks N] [--backend ring|nccl]
         [--param K=V ...]
     python -m krmlx compare A.json B.json
+    python -m krmlx divergence RESULTS.json [--reference direct] [--target NAME ...] [--model M]
     python -m krmlx resummarize RESULTS...
     python -m krmlx pool RESULTS... --out FILE [--summary-only]
     python -m krmlx report RESULTS... [--out DIR]
@@ -233,6 +234,34 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_divergence(args) -> int:
+    """Where each target's greedy answers part from the reference's, with the reference
+    model's top-2 logit gap at that token (:mod:`krmlx.divergence`)."""
+    from .bench.results import read_results
+    from .divergence import divergences, format_divergences
+    from .errors import KrmlxError
+    from .models import load, resolve_model
+
+    try:
+        doc = read_results(args.results)
+        model = args.model or doc.get("config", {}).get("model") or doc.get("env", {}).get("model")
+        if not model:
+            print(f"krmlx divergence: {args.results} names no model; give --model", file=sys.stderr)
+            return 2
+        weights, tokenizer = load(resolve_model(model))
+        rows, summary = divergences(doc, weights, tokenizer, reference=args.reference,
+                                    others=args.target)
+    except (KrmlxError, ValueError) as e:
+        print(f"krmlx divergence: {e}", file=sys.stderr)
+        return 2
+    print(format_divergences(rows, summary, args.reference))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": model, "reference": args.reference,
+                                               "summary": summary, "rows": rows}, indent=2))
+        print(f"written: {args.json}")
+    return 0
+
+
 def cmd_resummarize(args) -> int:
     """Recompute each workload results file's ``summary`` from its raw records and config
     with this krmlx (the records are not touched; the file is rewritten atomically and
@@ -402,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--smoke", action="store_true", help="a few requests, for a quick check")
     b.add_argument("--out", default="runs")
     b.add_argument("--quiet", action="store_true")
+    dv = sub.add_parser("divergence", help="where greedy answers differ from the reference's, "
+                                           "and the model's top-2 logit gap there")
+    dv.add_argument("results")
+    dv.add_argument("--reference", default="direct")
+    dv.add_argument("--target", action="append", default=None, help="compare only these (repeat)")
+    dv.add_argument("--model", default=None, help="default: the results file's model")
+    dv.add_argument("--json", default=None, help="also write the rows to this file")
     c = sub.add_parser("compare", help="compare two results files")
     c.add_argument("a")
     c.add_argument("b")
@@ -439,11 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.cmd in ("doctor", "bench", "serve"):
+    if args.cmd in ("doctor", "bench", "serve", "divergence"):
         reexec_under_blas(["-m", "krmlx", *sys.argv[1:]])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handler = {"doctor": cmd_doctor, "models": cmd_models, "bench": cmd_bench,
-               "compare": cmd_compare, "report": cmd_report,
+               "compare": cmd_compare, "report": cmd_report, "divergence": cmd_divergence,
                "resummarize": cmd_resummarize, "pool": cmd_pool, "serve": cmd_serve}[args.cmd]
     return handler(args)
 
