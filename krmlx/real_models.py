@@ -55,15 +55,28 @@ REAL_MODELS: dict[str, RealModel] = {
 }
 # suffix -> dtype the weights are converted to (None: as shipped)
 VARIANTS: dict[str, str | None] = {"q4": None, "f32": "float32", "bf16": "bfloat16"}
-# Default per device, by a short timing of greedy decode on SmolLM2-135M (see README):
-# CPU: f32 (OpenBLAS matmuls; MLX's CPU 4-bit and bf16 kernels are slower).
-DEFAULT_VARIANT = {"cpu": "f32", "gpu": "bf16"}
+# Default per device, from a short timing of SmolLM2-135M on the 2-core Linux VM (a 36-token
+# chat prompt, 24 greedy tokens, mlx-lm's own prompt/decode rates; a loaded machine, so
+# rough): with OpenBLAS, f32 prefilled at 61 tok/s vs 13 (q4) and 17 (bf16), decode ~4-5
+# tok/s for all three; on the reference BLAS f32 fell to 7 prompt / 2.6 decode tok/s while
+# q4 (MLX's own kernels) kept 12 / 6.4. The GPU default is not measured yet (bf16: MLX's
+# GPU matmuls run in it natively).
+DEFAULT_VARIANT = {"gpu": "bf16", "cpu": "f32", "cpu-reference-blas": "q4"}
 
 
 def default_variant() -> str:
+    """The variant a name without a suffix means here; the same in every process krmlx
+    starts (it follows the BLAS :func:`krmlx.blas.blas_env` gives children, not the one
+    this process happens to run on)."""
     import mlx.core as mx
 
-    return DEFAULT_VARIANT["gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"]
+    from .blas import blas_env
+
+    if mx.default_device().type == mx.DeviceType.gpu:
+        return DEFAULT_VARIANT["gpu"]
+    if sys.platform == "linux" and "openblas" not in blas_env().get("LD_PRELOAD", "").lower():
+        return DEFAULT_VARIANT["cpu-reference-blas"]
+    return DEFAULT_VARIANT["cpu"]
 
 
 def sha256_file(path: Path) -> str:

