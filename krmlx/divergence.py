@@ -10,8 +10,9 @@ or precision may flip it); a large gap means the other side computed something e
 (the first trial of each): records carry ``output_ids``; a target that reports none (an
 HTTP server) has its text re-encoded, which is stated in the row (``ids_from``).
 
-Only requests rebuilt from the 50 questions (``request_id`` = a question id, the baseline
-and the default concurrency waves) can be replayed; others are counted as ``skipped``.
+Only requests rebuilt from the 50 questions can be replayed: a question id (the baseline),
+or ``c{C}-{i}`` of a concurrency run on its default prompts (question ``i`` mod 50); others
+are counted as ``skipped``.
 The logits come from one prefill, not the incremental decode the answer came from: the
 gap is what the model says at that step, not a replay of either server's arithmetic.
 
@@ -20,6 +21,8 @@ Stats: the summary of :func:`divergences` gives per target ``compared``, ``ident
 """
 
 from __future__ import annotations
+
+import re
 
 from .gen import encode_prompt
 from .questions import load_questions
@@ -57,6 +60,19 @@ def logit_gap(model, tokenizer, prompt_ids, tokens, position: int, other: int | 
     return row
 
 
+def question_of(doc: dict, request_id: str, questions: list) -> str | None:
+    """The question a record's request asked, where the results file says how to rebuild it."""
+    by_id = {q.id: q.question for q in questions}
+    if request_id in by_id:
+        return by_id[request_id]
+    cfg = doc.get("config", {})
+    m = re.fullmatch(r"c\d+-(\d+)", request_id)
+    if m and cfg.get("workload") == "concurrency" and \
+            cfg.get("params", {}).get("prompts", "questions") == "questions":
+        return questions[int(m[1]) % len(questions)].question
+    return None
+
+
 def _ids(record: dict, tokenizer) -> tuple[list[int], str]:
     if record.get("output_ids"):
         return list(record["output_ids"]), "output_ids"
@@ -78,7 +94,7 @@ def divergences(doc: dict, model, tokenizer, *, reference: str = "direct",
         raise ValueError(f"reference target {reference!r} is not in the results "
                          f"(targets: {', '.join(engines)})")
     others = others or [e for e in engines if e != reference]
-    questions = {q.id: q.question for q in load_questions()[0]}
+    questions = load_questions()[0]
     max_tokens = doc.get("config", {}).get("params", {}).get("max_tokens", 50)
     rows, summary = [], {}
     for other in others:
@@ -86,7 +102,8 @@ def divergences(doc: dict, model, tokenizer, *, reference: str = "direct",
         for (engine, rid), ref in first.items():
             if engine != reference or (other, rid) not in first:
                 continue
-            if rid not in questions:
+            question = question_of(doc, rid, questions)
+            if question is None:
                 s["skipped"] += 1
                 continue
             a, _ = _ids(ref, tokenizer)
@@ -97,7 +114,7 @@ def divergences(doc: dict, model, tokenizer, *, reference: str = "direct",
                 s["identical"] += 1
                 continue
             s["diverged"] += 1
-            prompt = encode_prompt(tokenizer, Request(questions[rid], max_tokens=max_tokens).to_params())
+            prompt = encode_prompt(tokenizer, Request(question, max_tokens=max_tokens).to_params())
             row = {"target": other, "request_id": rid, "ids_from": source,
                    "reference_token": a[pos] if pos < len(a) else None,
                    **logit_gap(model, tokenizer, prompt, a, pos, b[pos] if pos < len(b) else None)}

@@ -52,3 +52,15 @@ def test_a_forced_divergence_is_found_with_its_gap(tiny_path):
     assert "peer vs direct: identical 0/1" in text and f"{q.id} @ token 3" in text
     with pytest.raises(ValueError, match="reference target 'nope' is not in the results"):
         divergences(doc, model, tok, reference="nope")
+
+
+def test_concurrency_wave_ids_map_back_to_their_questions():
+    from krmlx.divergence import question_of
+
+    qs = load_questions()[0]
+    waves = {"config": {"workload": "concurrency", "params": {"prompts": "questions"}}}
+    assert question_of(waves, "c64-051", qs) == qs[1].question
+    assert question_of(waves, qs[7].id, qs) == qs[7].question
+    synthetic = {"config": {"workload": "concurrency", "params": {"prompts": "synthetic"}}}
+    assert question_of(synthetic, "c64-051", qs) is None
+    assert question_of({"config": {"workload": "baseline"}}, "c2-001", qs) is None
