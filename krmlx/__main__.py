@@ -1,13 +1,15 @@
 """krmlx's command line (the only argparse in krmlx).
 
     python -m krmlx doctor [--json]
-    python -m krmlx models make PRESET [--rebuild] | models list
+    python -m krmlx models make NAME [--rebuild] | models list
+        (NAME: a synthetic preset, a real model such as smollm2-135m[-q4|-f32|-bf16], or a .gguf)
     python -m krmlx bench WORKLOAD|suite [--target [NAME=]SPEC ...] [--model M]
         [--phases none|all|each|LIST] [--trials N] [--smoke] [--out DIR] [--requests N]
         [--concurrency C] [--rate R[,R...]] [--levels C,...] [--lengths N,...] [--prompts P]
         [--duration-s S] [--max-tokens N] [--seed S] [--ranks N] [--backend ring|nccl]
         [--param K=V ...]
     python -m krmlx compare A.json B.json
+    python -m krmlx divergence RESULTS.json [--reference direct] [--target NAME ...] [--model M]
     python -m krmlx resummarize RESULTS...
     python -m krmlx pool RESULTS... --out FILE [--summary-only]
     python -m krmlx report RESULTS... [--out DIR]
@@ -42,16 +44,34 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import PRESETS, cache_dir, make_model, model_bytes
+    from .errors import ModelError
+    from .models import PRESETS, cache_dir, model_bytes, resolve_model
+    from .real_models import REAL_MODELS, VARIANTS, default_variant
 
     if args.action == "list":
         for name, p in PRESETS.items():
             print(f"{name:14} {p.description}")
+        for name, r in REAL_MODELS.items():
+            print(f"{name:14} {r.description}; -{', -'.join(VARIANTS)} "
+                  f"(default here: -{default_variant()})")
         built = sorted(d.name for d in cache_dir().glob("*") if d.is_dir() and not d.name.startswith("."))
         print(f"built in {cache_dir()}: {', '.join(built) or 'none'}")
         return 0
     t0 = time.perf_counter()
-    path = make_model(args.preset, rebuild=args.rebuild)
+    try:
+        if args.rebuild and not args.preset.lower().endswith(".gguf"):
+            from .models import make_model
+
+            path = make_model(args.preset, rebuild=True)
+        elif args.rebuild:
+            from .models import make_gguf_model
+
+            path = make_gguf_model(Path(args.preset), rebuild=True)
+        else:
+            path = resolve_model(args.preset)
+    except ModelError as e:
+        print(f"models make: {e}", file=sys.stderr)
+        return 1
     print(f"{args.preset}: {path} ({model_bytes(path) / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -127,7 +147,7 @@ def run_bench_one(workload, args) -> tuple[int, dict | None]:
     fails), print its summary."""
     from tqdm import tqdm
 
-    from .bench.report_text import format_summary
+    from .bench.report_text import format_sample, format_summary
     from .bench.results import write_results
     from .bench.runner import run_workload, summarize_partial
     from .errors import KrmlxError
@@ -158,6 +178,9 @@ def run_bench_one(workload, args) -> tuple[int, dict | None]:
     config["interrupted"] = False
     write_results(path, **doc)
     print(format_summary(doc))
+    sample = format_sample(doc)
+    if sample:
+        print(sample)
     print(f"results: {path}\n")
     return 0, doc
 
@@ -210,6 +233,34 @@ def cmd_compare(args) -> int:
     except ResultsError as e:
         print(f"krmlx compare: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_divergence(args) -> int:
+    """Where each target's greedy answers part from the reference's, with the reference
+    model's top-2 logit gap at that token (:mod:`krmlx.divergence`)."""
+    from .bench.results import read_results
+    from .divergence import divergences, format_divergences
+    from .errors import KrmlxError
+    from .models import load, resolve_model
+
+    try:
+        doc = read_results(args.results)
+        model = args.model or doc.get("config", {}).get("model") or doc.get("env", {}).get("model")
+        if not model:
+            print(f"krmlx divergence: {args.results} names no model; give --model", file=sys.stderr)
+            return 2
+        weights, tokenizer = load(resolve_model(model))
+        rows, summary = divergences(doc, weights, tokenizer, reference=args.reference,
+                                    others=args.target)
+    except (KrmlxError, ValueError) as e:
+        print(f"krmlx divergence: {e}", file=sys.stderr)
+        return 2
+    print(format_divergences(rows, summary, args.reference))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": model, "reference": args.reference,
+                                               "summary": summary, "rows": rows}, indent=2))
+        print(f"written: {args.json}")
     return 0
 
 
@@ -349,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("doctor", help="print the environment results depend on")
     d.add_argument("--json", action="store_true")
-    m = sub.add_parser("models", help="build synthetic models")
+    m = sub.add_parser("models", help="build synthetic models, real models and GGUF conversions")
     m.add_argument("action", choices=["make", "list"])
     m.add_argument("preset", nargs="?", default="small")
     m.add_argument("--rebuild", action="store_true")
@@ -386,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--smoke", action="store_true", help="a few requests, for a quick check")
     b.add_argument("--out", default="runs")
     b.add_argument("--quiet", action="store_true")
+    dv = sub.add_parser("divergence", help="where greedy answers differ from the reference's, "
+                                           "and the model's top-2 logit gap there")
+    dv.add_argument("results")
+    dv.add_argument("--reference", default="direct")
+    dv.add_argument("--target", action="append", default=None, help="compare only these (repeat)")
+    dv.add_argument("--model", default=None, help="default: the results file's model")
+    dv.add_argument("--json", default=None, help="also write the rows to this file")
     c = sub.add_parser("compare", help="compare two results files")
     c.add_argument("a")
     c.add_argument("b")
@@ -440,11 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.cmd in ("doctor", "bench", "serve"):
+    if args.cmd in ("doctor", "bench", "serve", "divergence"):
         reexec_under_blas(["-m", "krmlx", *sys.argv[1:]])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handler = {"doctor": cmd_doctor, "models": cmd_models, "bench": cmd_bench,
-               "compare": cmd_compare, "report": cmd_report,
+               "compare": cmd_compare, "report": cmd_report, "divergence": cmd_divergence,
                "resummarize": cmd_resummarize, "pool": cmd_pool, "serve": cmd_serve}[args.cmd]
     return handler(args)
 

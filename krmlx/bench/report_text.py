@@ -152,3 +152,34 @@ def format_compare(a: dict, b: dict) -> str:
     if not rows:
         return "no engine appears in both files"
     return pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.3f}")
+
+
+REAL_MODEL_HINT = "python -m krmlx bench baseline --model smollm2-135m --out runs"
+
+
+def format_sample(doc: dict, n: int = 3, width: int = 240) -> str:
+    """A few question/answer pairs as served (the first target's first trial), so a run
+    shows what it generated; for a synthetic model, a note that its text is random and the
+    command that runs the real model. Empty when the records carry no answers."""
+    from ..models import parse_name
+    from ..questions import load_questions
+
+    questions = {q.id: q.question for q in load_questions()[0]}
+    records = [r for r in doc.get("records", []) if r.get("ok") and r.get("output_text")
+               and r.get("request_id") in questions and not r.get("warmup")]
+    if not records:
+        return ""
+    first = records[0]
+    shown = [r for r in records if r["engine"] == first["engine"]
+             and r.get("trial") == first.get("trial")][:n]
+    model = doc.get("config", {}).get("model") or doc.get("env", {}).get("model") or "?"
+    lines = [f"sample answers ({first['engine']}, model {model}):"]
+    for r in shown:
+        answer = " ".join(r["output_text"].split())
+        answer = answer if len(answer) <= width else answer[: width - 3] + "..."
+        lines += [f"  Q: {questions[r['request_id']]}",
+                  f"  A: {answer}  [{r.get('output_tokens')} tokens, {r.get('finish_reason')}]"]
+    if parse_name(str(model)) is not None:
+        lines.append(f"  ({model} is a synthetic model with random weights: its text is not "
+                     f"meant to read. A real chat model: {REAL_MODEL_HINT})")
+    return "\n".join(lines)
