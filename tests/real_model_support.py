@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import openai
 
 from krmlx import DirectEngine, Engine, Request
-from krmlx.bench.servers import MlxLmServer
+from krmlx.bench.targets import MlxLmServer
 from krmlx.models import resolve_model
 from krmlx.serve import ServerProcess
 from krmlx.stack import StackConfig
