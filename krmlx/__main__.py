@@ -151,6 +151,7 @@ def run_bench_one(workload, args) -> tuple[int, dict | None]:
     from .bench.results import write_results
     from .bench.runner import run_workload, summarize_partial
     from .errors import KrmlxError
+    from .timeline import write_trace
 
     path = default_out(args.out, workload.name)
     records, config = [], {}
@@ -181,7 +182,11 @@ def run_bench_one(workload, args) -> tuple[int, dict | None]:
     sample = format_sample(doc)
     if sample:
         print(sample)
-    print(f"results: {path}\n")
+    print(f"results: {path}")
+    trace = write_trace(doc, Path(path).with_suffix(".trace.json"))
+    if trace:
+        print(f"trace (Perfetto / chrome://tracing): {trace}")
+    print()
     return 0, doc
 
 

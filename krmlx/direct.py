@@ -60,6 +60,8 @@ class DirectEngine(BaseEngine):
 
     async def _generate(self, request: Request):
         prompt_ids = gen.encode_prompt(self.tokenizer, request.to_params(), self.limits)
+        sampled: list[float] = []
+        timeline = {"encoded": time.perf_counter(), "sampled": sampled}
         steps = gen.iter_tokens(self.model, self.tokenizer, prompt_ids,
                                 max_tokens=request.max_tokens,
                                 temperature=request.temperature, seed=request.seed,
@@ -71,9 +73,11 @@ class DirectEngine(BaseEngine):
                     token, text = next(steps)
                 except StopIteration as stop:
                     finish, tail = stop.value
-                    yield Done(finish, len(prompt_ids), tail)
+                    yield Done(finish, len(prompt_ids), tail, {"timeline": timeline})
                     return
-                yield Chunk(token, text, index, time.perf_counter())
+                now = time.perf_counter()
+                sampled.append(now)
+                yield Chunk(token, text, index, now)
                 index += 1
         finally:
             steps.close()

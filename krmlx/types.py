@@ -180,12 +180,28 @@ async def complete_stream(stream: ChunkStream, t_start_s: float, request_id: str
     """Drain ``stream`` into a Completion (the shared body of every engine's complete())."""
     import time
 
-    chunks = [chunk async for chunk in stream]
+    chunks, delivered = [], []
+    async for chunk in stream:
+        delivered.append(time.perf_counter())
+        chunks.append(chunk)
     done = collect(chunks, t_start_s=t_start_s, t_end_s=time.perf_counter(),
                    finish_reason=stream.finish_reason or "error", tail=stream.tail,
                    prompt_tokens=stream.prompt_tokens or 0, request_id=request_id)
     done.extra.update(stream.info)
+    if isinstance(stream.info.get("timeline"), dict):  # its hops, as ms after the start
+        done.extra["timeline"] = timeline_ms({**stream.info["timeline"], "delivered": delivered},
+                                             t_start_s)
     return done
+
+
+def timeline_ms(timeline: dict, t0: float) -> dict:
+    """A timeline of absolute ``perf_counter`` seconds (:mod:`krmlx.timeline`) as ms after
+    ``t0``: lists stay lists, None stays None, anything else is dropped."""
+    def ms(t):
+        return None if t is None else round((t - t0) * 1e3, 4)
+
+    return {k: ([ms(t) for t in v] if isinstance(v, list) else ms(v))
+            for k, v in timeline.items() if v is None or isinstance(v, (int, float, list))}
 
 
 def collect(chunks: list[Chunk], *, t_start_s: float, t_end_s: float, finish_reason: str,

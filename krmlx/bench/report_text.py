@@ -48,6 +48,36 @@ def percentile_rows(engine_rows) -> list[dict]:
     return out
 
 
+def format_hops(summary: dict) -> str:
+    """Where the time goes (krmlx.timeline): per hop, each target's mean ms for the first
+    token and per token after it, and each served target's difference from direct."""
+    rows = summary.get("hops") or []
+    if not rows:
+        return ""
+    df = pd.DataFrame(rows)
+    parts = []
+    for phase, title in (("ttft", "first token: mean ms per hop (the hops add up to the TTFT)"),
+                         ("token", "per token after the first: mean ms per hop")):
+        part = df[df["phase"] == phase]
+        if part.empty:
+            continue
+        table = part.pivot_table(index="label", columns="engine", values="mean_ms", sort=False)
+        if phase == "ttft":
+            table.loc["= TTFT (mean)"] = part.groupby("engine", sort=False)["whole_ms"].first()
+        parts += [title, table.to_string(float_format=lambda x: f"{x:.3f}")]
+    diff = summary.get("hops_vs_direct") or []
+    if diff:
+        d = pd.DataFrame(diff)
+        d["ΔTTFT ms [95% CI]"] = [f"{r.diff_ms:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+                                  for r in d.itertuples()]
+        d["kind"] = d["serving"].map({True: "serving", False: "compute", None: ""})
+        table = d.pivot_table(index=["label", "kind"], columns="engine", values="ΔTTFT ms [95% CI]",
+                              aggfunc="first", sort=False)
+        parts += ["first token vs direct, hop by hop (compute: the same model math, so a "
+                  "difference there is the host's, not the serving layer's)", table.to_string()]
+    return "\n".join(parts)
+
+
 def _table(rows, columns: dict, floatfmt: str = "{:.3f}") -> str:
     df = pd.DataFrame(rows)
     if df.empty:
@@ -100,7 +130,11 @@ def format_summary(doc: dict) -> str:
         rows = summary["collectives"]
         parts += ["", "collectives (median of all_sum; per token: 2 x layers x hidden + 1 step flag)",
                   _table(rows, {k: k for k in rows[0]}, "{:.4g}")]
-    shown = {"engines", "overhead", "headline", "collectives", "estimates", "comparisons",
+    hops = format_hops(summary)
+    if hops:
+        parts += ["", hops]
+    shown = {"engines", "overhead", "headline", "collectives", "estimates", "comparisons", "hops",
+             "hops_vs_direct",
              "outputs_match", "outputs_match_phase0", "outputs_match_rank1"}
     for key, rows in summary.items():  # the workload's own tables (levels, lengths, turns...)
         if key in shown or not (isinstance(rows, list) and rows and isinstance(rows[0], dict)):

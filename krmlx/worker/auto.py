@@ -30,7 +30,7 @@ import time
 
 from .. import gen
 from .protocol import NULL_MODEL
-from .scheduler import BatchScheduler, GenerateJob, _Active, job_may_start
+from .scheduler import BatchScheduler, GenerateJob, _Active, encode_job, job_may_start
 
 
 def on_gpu() -> bool:
@@ -68,7 +68,7 @@ class AutoScheduler(BatchScheduler):
         out, entry, params = job.out, job.entry, job.params
         if not job_may_start(job):
             return
-        prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.limits)
+        prompt_ids = encode_job(job)
         if self._generate_waiting():
             # another request came while this prompt was encoded (a wave's requests arrive
             # a few ms apart): both go to the batch, prefilled in one group, as on

@@ -367,6 +367,7 @@ class WorkerClient:
     # -- from the worker (event loop callbacks) -------------------------------------------
     def _on_stdout(self, data: bytes) -> None:
         self._last_heard = time.monotonic()
+        t_in = time.perf_counter()  # when these frames' bytes arrived (the timeline's "received")
         for frame in self.codec.feed(data):
             if isinstance(frame, ProtocolError):
                 self.stats["protocol_errors"] += 1
@@ -377,6 +378,8 @@ class WorkerClient:
                 continue
             inbox = self._pending.get(frame["id"])
             if inbox is not None:
+                if inbox.stream:
+                    frame["t_in"] = t_in
                 inbox.put(frame)
             elif frame["kind"] == "error" and frame["id"] == -1:
                 self.stats["protocol_errors"] += 1
@@ -490,7 +493,9 @@ class WorkerClient:
                 raise WorkerCrashed(str(self._dead or "worker is not running"))
             await self.start()
 
-    def _send(self, frame: dict) -> None:
+    def _send(self, frame: dict) -> float:
+        """Encode and write one frame; the time just before the write (the timeline's
+        ``client_written``: the frame is encoded, the pipe write starts)."""
         try:
             data = self.codec.encode(frame)
         except (TypeError, ValueError, OverflowError) as e:  # e.g. an int past 64 bits
@@ -499,7 +504,9 @@ class WorkerClient:
         if len(data) > self.codec.max_frame_bytes:
             raise FrameTooLarge(f"{frame.get('method', frame['kind'])}: frame of {len(data)} bytes "
                                 f"exceeds the limit of {self.codec.max_frame_bytes}")
+        t = time.perf_counter()
         self._stdin.write(data)
+        return t
 
     def call(self, call: Call) -> AsyncIterator[Any]:
         return self._call(call) if call.streaming else _OneShot(self._unary(call))
@@ -547,7 +554,9 @@ class WorkerClient:
         deadline = None if timeout is None else time.perf_counter() + timeout
         finished = False
         try:
-            self._send(call_frame(fid, call.method, call.params, call.model))
+            t_written = self._send(call_frame(fid, call.method, call.params, call.model))
+            received: list[float] = []
+            yielded: list[float] = []
             index = consumed = 0
             window = self.framing.window
             idle = self.config.idle_timeout_s
@@ -560,8 +569,12 @@ class WorkerClient:
                 inbox.taken += 1
                 kind = frame["kind"]
                 if kind == "token":
+                    t_in = frame.get("t_in")
                     for token, text in read_tokens(frame):
-                        yield Chunk(token, text, index, time.perf_counter())
+                        now = time.perf_counter()
+                        received.append(t_in)
+                        yielded.append(now)
+                        yield Chunk(token, text, index, now)
                         index += 1
                     if window:
                         consumed += 1
@@ -570,7 +583,11 @@ class WorkerClient:
                             consumed = 0
                 elif kind == "done":
                     finished = True
-                    yield Done(*read_done(frame))
+                    done = Done(*read_done(frame))
+                    if isinstance(done.info.get("timeline"), dict):  # the client's hops join the worker's
+                        done.info["timeline"].update(client_written=t_written, received=received,
+                                                     yielded=yielded, done_received=frame.get("t_in"))
+                    yield done
                     return
                 elif kind == "result":
                     finished = True

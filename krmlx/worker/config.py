@@ -34,7 +34,9 @@ Fields (validated on creation; ConfigError names the field):
 - ``draft``: a draft model for speculative decoding (serial scheduler only);
 - ``distributed``: a :class:`~krmlx.worker.launch.DistributedConfig` (the worker as N ranks);
 - ``max_frame_bytes``, ``ready_timeout_s``, ``auto_restart``, ``reload_on_restart``,
-  ``reload_attempts``, ``fast_blas``: see :class:`~krmlx.worker.client.WorkerClient`.
+  ``reload_attempts``, ``fast_blas``: see :class:`~krmlx.worker.client.WorkerClient`;
+- ``timeline``: timestamp each stream's hops in the worker and return them in its done
+  frame (:mod:`krmlx.timeline`; its cost is measured by ``bench micro``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class WorkerConfig:
     reload_on_restart: bool = True
     reload_attempts: int = 3
     fast_blas: bool = False
+    timeline: bool = True  # each stream's hops, timestamped in the worker (krmlx.timeline)
 
     def __post_init__(self):
         if isinstance(self.faults, dict):
@@ -118,7 +121,7 @@ class WorkerConfig:
                               f"got {self.max_frame_bytes!r}")
         if type(self.reload_attempts) is not int or self.reload_attempts < 1:
             raise ConfigError(f"reload_attempts: must be an int >= 1, got {self.reload_attempts!r}")
-        for name in ("auto_restart", "reload_on_restart", "fast_blas"):
+        for name in ("auto_restart", "reload_on_restart", "fast_blas", "timeline"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: must be a bool, got {getattr(self, name)!r}")
         d = self.distributed

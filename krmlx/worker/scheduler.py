@@ -35,7 +35,12 @@ class StreamOut:
     that is not read at all (its ``stall_timeout_s``)."""
 
     def __init__(self, fid: int, send, options: FramerConfig = PLAIN, crash_after: int | None = None,
-                 crash=None):
+                 crash=None, timeline: dict | None = None):
+        """``timeline``: the hops this stream has passed so far (``time.perf_counter()``
+        seconds: one monotonic clock across the processes of a host), or None to keep no
+        timeline. StreamOut adds ``queued`` (now), the marks of :meth:`mark`, and per token
+        when it was sampled and when its frame was written; it all goes out in the done
+        frame's ``info["timeline"]`` (:mod:`krmlx.timeline` reads it)."""
         self.id = fid
         self._send = send
         self.opts = options
@@ -53,6 +58,14 @@ class StreamOut:
         self._t_first = self._t_last = 0.0
         self._crash_after = crash_after
         self._crash = crash
+        self.timeline = timeline
+        if timeline is not None:
+            timeline.update(queued=self._t_created, sampled=[], written=[])
+
+    def mark(self, hop: str) -> None:
+        """Timestamp ``hop`` (job_start, encoded, ...) when this stream keeps a timeline."""
+        if self.timeline is not None:
+            self.timeline[hop] = time.perf_counter()
 
     def ack(self, n: int) -> None:
         self._acked += n
@@ -66,6 +79,8 @@ class StreamOut:
         self.tokens += 1
         self._held.append((token, text))
         now = self._t_last = time.perf_counter()
+        if self.timeline is not None:
+            self.timeline["sampled"].append(now)
         if self.tokens == 1:
             self._t_first = now
         if len(self._held) == 1:
@@ -83,6 +98,8 @@ class StreamOut:
         if window:
             self._sent += 1
         self._send(token_frame(self.id, self._held))
+        if self.timeline is not None:
+            self.timeline["written"] += [time.perf_counter()] * len(self._held)
         self._held = []
         self.frames += 1
 
@@ -91,6 +108,8 @@ class StreamOut:
         if self.tokens:
             info = {**(info or {}), "worker_ttft_ms": (self._t_first - self._t_created) * 1e3,
                     "worker_decode_ms": (self._t_last - self._t_first) * 1e3}
+        if self.timeline is not None:
+            info = {**(info or {}), "timeline": self.timeline}
         self._send(done_frame(self.id, finish_reason, prompt_tokens, tail, self.tokens, info))
 
 
@@ -137,13 +156,22 @@ class SerialScheduler:
 
 
 def job_may_start(job: GenerateJob) -> bool:
-    """Apply the job's injected delay; False (and the stream finished) if it was cancelled."""
+    """Apply the job's injected delay; False (and the stream finished) if it was cancelled.
+    Marks the job's start on its timeline."""
     if job.delay_s:
         time.sleep(job.delay_s)
     if job.out.cancelled.is_set():
         job.out.finish("cancelled", 0)
         return False
+    job.out.mark("job_start")
     return True
+
+
+def encode_job(job: GenerateJob) -> list[int]:
+    """The job's prompt as token ids (chat template, tokenizer, limits), marked ``encoded``."""
+    ids = gen.encode_prompt(job.entry.tokenizer, job.params, job.entry.limits)
+    job.out.mark("encoded")
+    return ids
 
 
 def run_generate(job: GenerateJob) -> None:
@@ -163,7 +191,7 @@ def run_generate(job: GenerateJob) -> None:
             out.put(i % 1000, "tok ")
         out.finish("length", 0)
         return
-    prompt_ids = gen.encode_prompt(entry.tokenizer, params, entry.limits)
+    prompt_ids = encode_job(job)
     info: dict = {}
     cache, rest = None, prompt_ids
     pc = job.prompt_cache if job.draft is None else None  # speculative keeps its own caches
@@ -322,10 +350,9 @@ class BatchScheduler:
         return self._gens[entry.id][0]
 
     def _admit(self, job: GenerateJob) -> None:
-        entry, params = job.entry, job.params
         if not job_may_start(job):
             return
-        self._enqueue(job, gen.encode_prompt(entry.tokenizer, params, entry.limits))
+        self._enqueue(job, encode_job(job))
 
     def _enqueue(self, job: GenerateJob, prompt_ids: list[int]) -> None:
         """An admitted job, its prompt encoded, into the batch (staged: into the waiting list)."""

@@ -116,13 +116,15 @@ class Worker:
                  faults: FaultPlan | None = None, framing: FramerConfig = PLAIN,
                  scheduler: str = "serial", prompt_cache: dict | None = None,
                  group=None, ascii_frames: bool = False, max_prompt_tokens: int | None = None,
-                 heartbeat_s: float | None = None):
+                 heartbeat_s: float | None = None, timeline: bool = True):
         if group is not None and (scheduler != "serial" or prompt_cache is not None):
             raise ValueError("a distributed worker runs the serial scheduler without "
                              "prompt-cache reuse")
         self.group = group  # krmlx.worker.group.Leader when this is rank 0 of a group
         self.max_prompt_tokens = max_prompt_tokens  # None: each model's context
         self.heartbeat_s = heartbeat_s  # None: no heartbeats
+        self.timeline = timeline  # each stream's hops, returned in its done frame
+        self._t_in = 0.0  # when the bytes of the frames being dispatched were read
         self.ascii_frames = ascii_frames
         kw = {"max_frame_bytes": max_frame_bytes} if max_frame_bytes else {}
         self.codec = make_codec(codec, **kw)
@@ -184,6 +186,7 @@ class Worker:
             threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         while not self._stopping:
             data = os.read(in_fd, 1 << 16)
+            self._t_in = time.perf_counter()
             if not data:
                 break
             for item in self.codec.feed(data):
@@ -285,7 +288,7 @@ class Worker:
             if fid in self.streams:
                 raise BadRequest(f"generate: id {fid} is already streaming")
             out = StreamOut(fid, self._stream_send, self.framing, faults.crash_after_tokens,
-                            crash_now)
+                            crash_now, {"worker_read": self._t_in} if self.timeline else None)
             self.streams[fid] = out
             draft = self.models.get(entry.draft_id) if entry.draft_id else None
             self.scheduler.submit(GenerateJob(out, entry, params, delay, draft, self.prompt_cache,
@@ -548,6 +551,7 @@ def main(argv: list[str] | None = None) -> None:
                     scheduler=config.scheduler,
                     prompt_cache=config.prompt_cache.to_dict() if config.prompt_cache else None,
                     group=group, ascii_frames=args.ascii_frames,
-                    max_prompt_tokens=config.max_prompt_tokens, heartbeat_s=config.heartbeat_s)
+                    max_prompt_tokens=config.max_prompt_tokens, heartbeat_s=config.heartbeat_s,
+                    timeline=config.timeline)
     worker.serve(0)
     os._exit(worker.exit_code)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ... import timeline
 from ...errors import ConfigError
 from ...questions import load_questions
 from ...types import Request
@@ -87,6 +88,9 @@ class Baseline(Workload):
             out["overhead"] = [{**row, **overhead_verdicts(row, smoke=smoke)} for row in
                                metrics.overhead(df, DIRECT).to_dict(orient="records")]
             out["outputs_match"] = outputs_match(df, DIRECT, [n for n in names if n != DIRECT])
+            out["hops_vs_direct"] = [row for n in names if n != DIRECT
+                                     for row in timeline.attribution(df, DIRECT, n)]
+        out["hops"] = timeline.breakdown(df)
         others = [e for e in names if e not in (BASE, DIRECT)]
         out["comparisons"] = comparisons(df, BASE, others) if BASE in names else []
         out["outputs_match_phase0"] = outputs_match(df, BASE, others) if BASE in names else []

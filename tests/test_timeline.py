@@ -1,0 +1,83 @@
+"""krmlx.timeline: every hop a request passes, on one clock, through DirectEngine and the
+Engine (each scheduler), summarized hop by hop and exported as a Perfetto trace."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pandas as pd
+import pytest
+
+from krmlx import DirectEngine, Engine, Request, StackConfig, WorkerConfig
+from krmlx import timeline as T
+
+SERVED_POINTS = ("client_written", "worker_read", "queued", "job_start", "encoded")
+
+
+def complete(engine, n: int = 6):
+    async def main():
+        async with engine as e:
+            return await e.complete(Request("Why is the sky blue?", max_tokens=n))
+    return asyncio.run(main())
+
+
+def test_direct_timeline_adds_up_to_its_ttft(tiny_path):
+    c = complete(DirectEngine("tiny"))
+    tl = c.extra["timeline"]
+    assert len(tl["sampled"]) == c.usage.output_tokens == len(tl["delivered"])
+    hops = T.ttft_hops(tl)
+    assert set(hops) == {"encoded", "sampled"}
+    assert sum(hops.values()) == pytest.approx(c.ttft_ms, abs=1e-3)
+
+
+@pytest.mark.parametrize("scheduler", ["serial", "batched", "auto"])
+def test_served_timeline_has_every_hop_in_order(tiny_path, scheduler):
+    c = complete(Engine("tiny", StackConfig.phases([], scheduler=scheduler)))
+    tl = c.extra["timeline"]
+    n = c.usage.output_tokens
+    assert n >= 2 and all(len(tl[p]) == n for p in T.PER_TOKEN), {p: len(tl[p]) for p in T.PER_TOKEN}
+    points = [tl[p] for p in SERVED_POINTS] + [tl[p][0] for p in T.PER_TOKEN]
+    assert points == sorted(points) and points[0] >= 0, points  # one clock, hops in order
+    hops = T.ttft_hops(tl)
+    assert [p for p, _ in T.TTFT_HOPS] == list(hops)
+    assert sum(hops.values()) == pytest.approx(c.ttft_ms, abs=1e-3)  # they add up to the TTFT
+    assert tl["delivered"][-1] <= c.e2e_ms
+    per_token = T.token_hops(tl)
+    assert set(per_token) == {"step", "written", "received", "yielded", "delivered"}
+    assert all(v >= 0 for v in per_token.values())
+
+
+def test_the_switch_turns_the_worker_timeline_off(tiny_path):
+    c = complete(Engine("tiny", StackConfig(worker=WorkerConfig(timeline=False))))
+    assert "timeline" not in c.extra and c.usage.output_tokens >= 1
+
+
+def test_breakdown_attribution_and_trace_from_a_run(tiny_path, tmp_path):
+    from krmlx.bench import make_workload, run_workload
+
+    doc = asyncio.run(run_workload(make_workload("baseline", smoke=True, questions=4, max_tokens=6,
+                                                 warmup=False), "tiny", targets=["direct", "engine"]))
+    summary = doc["summary"]
+    rows = pd.DataFrame(summary["hops"])
+    ttft = rows[rows["phase"] == "ttft"]
+    for engine, part in ttft.groupby("engine"):  # the stacked means are the mean TTFT
+        ok = [r["ttft_ms"] for r in doc["records"] if r["engine"] == engine and r["ok"]]
+        assert part["mean_ms"].sum() == pytest.approx(sum(ok) / len(ok), rel=1e-6)
+    diff = pd.DataFrame(summary["hops_vs_direct"])
+    assert set(diff["engine"]) == {"phase0"} and diff["pairs"].iloc[0] == 4
+    measured = pd.DataFrame(doc["records"]).pivot_table(index="request_id", columns="engine",
+                                                        values="ttft_ms")
+    delta = (measured["phase0"] - measured["direct"]).mean()
+    hops = diff[diff["hop"] != "unexplained"]
+    assert hops["diff_ms"].sum() == pytest.approx(delta, abs=1e-3)
+    assert abs(diff.set_index("hop").loc["unexplained", "diff_ms"]) < 1e-3
+    assert set(hops[~hops["serving"].astype(bool)]["hop"]) == set(T.COMPUTE_HOPS)
+    path = T.write_trace(doc, tmp_path / "run.trace.json")
+    trace = json.loads(path.read_text())["traceEvents"]
+    names = {e["args"]["name"] for e in trace if e["ph"] == "M"}
+    assert names == {"direct caller", "phase0 caller", "phase0 worker"}
+    flows = [e for e in trace if e.get("cat") == "flow"]
+    assert len({e["id"] for e in flows}) == 4 and {e["ph"] for e in flows} == {"s", "t", "f"}
+    slices = [e for e in trace if e["ph"] == "X"]
+    assert all(e["dur"] >= 0 for e in slices) and len(slices) >= 4 * (2 + 9)
