@@ -147,11 +147,11 @@ def run_bench_one(workload, args) -> tuple[int, dict | None]:
     fails), print its summary."""
     from tqdm import tqdm
 
+    from .bench.hops import write_trace
     from .bench.report_text import format_sample, format_summary
     from .bench.results import write_results
     from .bench.runner import run_workload, summarize_partial
     from .errors import KrmlxError
-    from .timeline import write_trace
 
     path = default_out(args.out, workload.name)
     records, config = [], {}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import BadRequest
+from .timeline import for_record
 from .validate import check_generate_params, check_messages, check_top_p
 
 DEFAULT_REQUEST_MAX_TOKENS = 50
@@ -189,19 +190,8 @@ async def complete_stream(stream: ChunkStream, t_start_s: float, request_id: str
                    prompt_tokens=stream.prompt_tokens or 0, request_id=request_id)
     done.extra.update(stream.info)
     if isinstance(stream.info.get("timeline"), dict):  # its hops, as ms after the start
-        done.extra["timeline"] = timeline_ms({**stream.info["timeline"], "delivered": delivered},
-                                             t_start_s)
+        done.extra.update(for_record({**stream.info["timeline"], "delivered": delivered}, t_start_s))
     return done
-
-
-def timeline_ms(timeline: dict, t0: float) -> dict:
-    """A timeline of absolute ``perf_counter`` seconds (:mod:`krmlx.timeline`) as ms after
-    ``t0``: lists stay lists, None stays None, anything else is dropped."""
-    def ms(t):
-        return None if t is None else round((t - t0) * 1e3, 4)
-
-    return {k: ([ms(t) for t in v] if isinstance(v, list) else ms(v))
-            for k, v in timeline.items() if v is None or isinstance(v, (int, float, list))}
 
 
 def collect(chunks: list[Chunk], *, t_start_s: float, t_end_s: float, finish_reason: str,

@@ -197,7 +197,7 @@ def test_the_http_client_is_calibrated_against_the_stub(tiny_path):
     assert http["stub:burst"]["wall_us_per_chunk"] > 0
     stream = {r["engine"]: r for r in doc["summary"]["stream"]}
     assert set(stream) == {f"stream:{c}{v}" for c in ("json", "msgpack")
-                           for v in ("", "+window64", "+coalesce8")}
+                           for v in ("", "+window64", "+coalesce8")} | {"stream:json,no-timeline"}
     # CPU times tick at 10 ms: a smoke stream may round the worker's to 0
     assert all(r["wall_us_per_token"] > 0 and r["caller_cpu_us_per_token"] > 0
                and r["worker_cpu_us_per_token"] >= 0 for r in stream.values())

@@ -11,6 +11,7 @@ import pytest
 
 from krmlx import DirectEngine, Engine, Request, StackConfig, WorkerConfig
 from krmlx import timeline as T
+from krmlx.bench import hops as H
 
 SERVED_POINTS = ("client_written", "worker_read", "queued", "job_start", "encoded")
 
@@ -43,7 +44,7 @@ def test_served_timeline_has_every_hop_in_order(tiny_path, scheduler):
     assert [p for p, _ in T.TTFT_HOPS] == list(hops)
     assert sum(hops.values()) == pytest.approx(c.ttft_ms, abs=1e-3)  # they add up to the TTFT
     assert tl["delivered"][-1] <= c.e2e_ms
-    per_token = T.token_hops(tl)
+    per_token = c.extra["token_hops"]
     assert set(per_token) == {"step", "written", "received", "yielded", "delivered"}
     assert all(v >= 0 for v in per_token.values())
 
@@ -73,7 +74,7 @@ def test_breakdown_attribution_and_trace_from_a_run(tiny_path, tmp_path):
     assert hops["diff_ms"].sum() == pytest.approx(delta, abs=1e-3)
     assert abs(diff.set_index("hop").loc["unexplained", "diff_ms"]) < 1e-3
     assert set(hops[~hops["serving"].astype(bool)]["hop"]) == set(T.COMPUTE_HOPS)
-    path = T.write_trace(doc, tmp_path / "run.trace.json")
+    path = H.write_trace(doc, tmp_path / "run.trace.json")
     trace = json.loads(path.read_text())["traceEvents"]
     names = {e["args"]["name"] for e in trace if e["ph"] == "M"}
     assert names == {"direct caller", "phase0 caller", "phase0 worker"}

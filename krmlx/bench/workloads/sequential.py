@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ... import timeline
 from ...errors import ConfigError
 from ...questions import load_questions
 from ...types import Request
-from .. import metrics
+from .. import hops, metrics
 from ..verdicts import is_smoke, overhead_verdicts
 from .base import (
     BASE,
@@ -89,8 +88,8 @@ class Baseline(Workload):
                                metrics.overhead(df, DIRECT).to_dict(orient="records")]
             out["outputs_match"] = outputs_match(df, DIRECT, [n for n in names if n != DIRECT])
             out["hops_vs_direct"] = [row for n in names if n != DIRECT
-                                     for row in timeline.attribution(df, DIRECT, n)]
-        out["hops"] = timeline.breakdown(df)
+                                     for row in hops.attribution(df, DIRECT, n)]
+        out["hops"] = hops.breakdown(df)
         others = [e for e in names if e not in (BASE, DIRECT)]
         out["comparisons"] = comparisons(df, BASE, others) if BASE in names else []
         out["outputs_match_phase0"] = outputs_match(df, BASE, others) if BASE in names else []

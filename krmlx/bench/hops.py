@@ -1,0 +1,167 @@
+"""Where the time goes, from the records' timelines (:mod:`krmlx.timeline`): per-target
+breakdowns with CIs, served-minus-direct attribution hop by hop, and a Perfetto trace.
+
+Contract: pure functions of records (a DataFrame of them, or the list); nothing measures.
+Means, not medians, so the parts of a breakdown add up to the whole.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..timeline import COMPUTE_HOPS, TOKEN_HOPS, TTFT_HOPS, WORKER_POINTS, first_point, ttft_hops
+
+
+def hop_frame(df: pd.DataFrame, kind: str = "ttft") -> pd.DataFrame:
+    """One row per record with a timeline: engine, trial, request_id, and a column per hop
+    (ms; 0 where the path has no such hop)."""
+    column = "timeline" if kind == "ttft" else "token_hops"
+    if column not in df:
+        return pd.DataFrame()
+    rows = []
+    for r in df[df["ok"]].itertuples():
+        value = getattr(r, column, None)
+        if isinstance(value, dict) and value:
+            hops = ttft_hops(value) if kind == "ttft" else value
+            rows.append({"engine": r.engine, "trial": r.trial, "request_id": r.request_id, **hops})
+    if not rows:
+        return pd.DataFrame()
+    hops = [p for p, _ in (TTFT_HOPS if kind == "ttft" else TOKEN_HOPS)]
+    out = pd.DataFrame(rows)
+    for h in hops:
+        out[h] = out[h].fillna(0.0) if h in out else 0.0
+    return out[["engine", "trial", "request_id", *hops]]
+
+
+def _mean_ci(values: np.ndarray, *, seed: int = 0, n_boot: int = 1000) -> tuple[float, float, float]:
+    if values.size == 0:
+        return math.nan, math.nan, math.nan
+    if values.size < 2:
+        return float(values.mean()), math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, values.size, size=(n_boot, values.size))
+    lo, hi = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
+    return float(values.mean()), float(lo), float(hi)
+
+
+def breakdown(df: pd.DataFrame) -> list[dict]:
+    """Per target and hop: the mean ms spent there for the first token (``phase="ttft"``) and
+    per token after it (``phase="token"``), with a 95% bootstrap CI over requests; the
+    TTFT hops of a target add up to its mean TTFT as the timeline saw it (``ttft_ms_mean``
+    of the same records, stated in each row as ``whole_ms``)."""
+    rows = []
+    for kind, hops in (("ttft", TTFT_HOPS), ("token", TOKEN_HOPS)):
+        frame = hop_frame(df, kind)
+        if frame.empty:
+            continue
+        for engine, part in frame.groupby("engine", sort=False):
+            whole = float(part[[h for h, _ in hops]].sum(axis=1).mean())
+            for hop, label in hops:
+                mean, lo, hi = _mean_ci(part[hop].to_numpy(float))
+                rows.append({"engine": engine, "phase": kind, "hop": hop, "label": label,
+                             "mean_ms": mean, "ci_low": lo, "ci_high": hi,
+                             "whole_ms": whole, "requests": len(part)})
+    return rows
+
+
+def attribution(df: pd.DataFrame, base: str, other: str, *, seed: int = 0,
+                n_boot: int = 1000) -> list[dict]:
+    """Mean TTFT of ``other`` minus ``base``'s, hop by hop, over the requests both completed
+    (paired by trial and request id), each with a paired 95% bootstrap CI. A hop only one
+    path has counts whole. ``serving`` says whether the hop is serving-layer work (False for
+    the compute hops: the same model math on both paths, so a difference there is the
+    host's, e.g. the other process's share of the cores). The last row, ``unexplained``, is
+    the measured ΔTTFT (of the records' own TTFT) less the hops' sum: nonzero where a
+    record's timeline misses points."""
+    frame = hop_frame(df, "ttft")
+    if frame.empty or not {base, other} <= set(frame["engine"]):
+        return []
+    key = ["trial", "request_id"]
+    a = frame[frame["engine"] == base].set_index(key)
+    b = frame[frame["engine"] == other].set_index(key)
+    common = a.index.intersection(b.index)
+    if len(common) < 2:
+        return []
+    a, b = a.loc[common], b.loc[common]
+    ok = df[df["ok"]]
+    ttft = {e: ok[ok["engine"] == e].set_index(key)["ttft_ms"] for e in (base, other)}
+    measured = (ttft[other].reindex(common) - ttft[base].reindex(common)).to_numpy(float)
+    idx = np.random.default_rng(seed).integers(0, len(common), size=(n_boot, len(common)))
+    rows, total = [], np.zeros(len(common))
+    for hop, label in TTFT_HOPS:
+        d = b[hop].to_numpy(float) - a[hop].to_numpy(float)
+        total += d
+        lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
+        rows.append({"engine": other, "base": base, "hop": hop, "label": label,
+                     "serving": hop not in COMPUTE_HOPS, "diff_ms": float(d.mean()),
+                     "ci_low": float(lo), "ci_high": float(hi), "pairs": len(common)})
+    rest = measured - total
+    lo, hi = np.nanpercentile(rest[idx].mean(axis=1), [2.5, 97.5])
+    rows.append({"engine": other, "base": base, "hop": "unexplained",
+                 "label": "measured ΔTTFT not in any hop", "serving": None,
+                 "diff_ms": float(np.nanmean(rest)), "ci_low": float(lo), "ci_high": float(hi),
+                 "pairs": len(common)})
+    return rows
+
+
+def trace_events(records: list[dict]) -> dict:
+    """A Chrome / Perfetto trace (``{"traceEvents": [...]}``, opens in ui.perfetto.dev): a
+    process per target's caller and one per its worker, a slice per TTFT hop and per decode
+    step, and one flow per request from the caller's call to the worker and back."""
+    events, pids, flow = [], {}, 0
+
+    def pid(name: str) -> int:
+        if name not in pids:
+            pids[name] = len(pids) + 1
+            events.append({"ph": "M", "name": "process_name", "pid": pids[name], "tid": 1,
+                           "args": {"name": name}})
+        return pids[name]
+
+    for rec in records:
+        tl = rec.get("timeline")
+        if not rec.get("ok") or not isinstance(tl, dict) or rec.get("t_start_s") is None:
+            continue
+        t0 = rec["t_start_s"] * 1e6  # µs on the shared clock
+        caller = pid(f"{rec['engine']} caller")
+        served = tl.get("worker_read") is not None
+        worker = pid(f"{rec['engine']} worker") if served else caller
+        name = f"{rec.get('request_id', '')} (trial {rec.get('trial', 0)})"
+        prev = 0.0
+        for point, label in TTFT_HOPS:
+            t = first_point(tl, point)
+            if t is None:
+                continue
+            where = worker if point in WORKER_POINTS else caller
+            events.append({"ph": "X", "name": label, "cat": "ttft", "pid": where, "tid": 1,
+                           "ts": t0 + prev * 1e3, "dur": max(0.0, (t - prev) * 1e3),
+                           "args": {"request": name}})
+            prev = t
+        sampled = tl.get("sampled") or []
+        for i in range(1, len(sampled)):
+            events.append({"ph": "X", "name": "decode step", "cat": "token", "pid": worker,
+                           "tid": 2, "ts": t0 + sampled[i - 1] * 1e3,
+                           "dur": max(0.0, (sampled[i] - sampled[i - 1]) * 1e3),
+                           "args": {"request": name, "token": i}})
+        if served and tl.get("client_written") is not None and first_point(tl, "received") is not None:
+            flow += 1
+            for ph, where, t in (("s", caller, tl["client_written"]), ("t", worker, tl["worker_read"]),
+                                 ("t", worker, first_point(tl, "written")),
+                                 ("f", caller, first_point(tl, "received"))):
+                if t is not None:
+                    events.append({"ph": ph, "name": "request", "cat": "flow", "id": flow,
+                                   "pid": where, "tid": 1, "ts": t0 + t * 1e3, "bp": "e"})
+    return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def write_trace(doc: dict, path: str | Path) -> Path | None:
+    """The trace of a results document's records at ``path``; None when none has a timeline."""
+    trace = trace_events(doc.get("records", []))
+    if not any(e["ph"] == "X" for e in trace["traceEvents"]):
+        return None
+    path = Path(path)
+    path.write_text(json.dumps(trace))
+    return path
