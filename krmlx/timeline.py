@@ -12,12 +12,20 @@ Producers and their points:
 - the worker (:class:`krmlx.worker.scheduler.StreamOut`, on when ``WorkerConfig.timeline``):
   ``worker_read`` (the call's bytes read from the pipe), ``queued`` (decoded and routed,
   its job queued), ``job_start`` (the compute thread took it), ``encoded``, per token
-  ``sampled`` and ``written`` (its frame written to the pipe);
+  ``sampled`` and ``written`` (its frame encoded, the pipe write starting);
 - the worker client: ``client_written`` (the call frame encoded, its pipe write starting), per token
   ``received`` (its frame's bytes arrived) and ``yielded`` (the chunk handed up the
   stages: the time TTFT and ITL are measured at), ``done_received``;
 - :func:`krmlx.types.complete_stream`: per token ``delivered`` (the caller has it), and the
-  whole made relative to the request's start (:func:`for_record`).
+  whole made relative to the request's start (:func:`for_record`);
+- krmlx serve (:mod:`krmlx.serve.generation`): ``serve_received`` (the request reached the
+  app), ``serve_ready`` (its body read, validated, prompt encoded, slot taken: the engine
+  call), the engine's timeline above, ``sse_first`` (the first content event handed to
+  the SSE writer), sent in the ``include_usage`` chunk's ``timings.timeline``;
+- the bench's HTTP client (:mod:`krmlx.bench.http`): ``http_sent`` (the request written),
+  ``http_headers`` (the response headers in; on the chain only for servers that send no
+  timeline of their own, since krmlx serve sends its headers after its first token),
+  ``http_content`` (each content-bearing event parsed: the first is the TTFT).
 
 The first token's hops (:data:`TTFT_HOPS`) telescope: each hop runs from the previous point
 the record has to its own, so a record's hops add up to its TTFT exactly, served or direct.
@@ -33,27 +41,34 @@ from statistics import fmean
 
 # (point, the hop that ends there), in the order a request passes them
 TTFT_HOPS = (
+    ("http_sent", "client: connect, send the request"),
+    ("serve_received", "HTTP transit, server: parse headers"),
+    ("serve_ready", "server: body, validate, template + tokenize, slot"),
     ("client_written", "request out: stages, encode"),
     ("worker_read", "pipe write + transit to the worker"),
     ("queued", "worker: decode, route, queue"),
     ("job_start", "queue wait"),
     ("encoded", "chat template + tokenize"),
     ("sampled", "prefill + first token (compute)"),
-    ("written", "first frame: encode + write"),
-    ("received", "pipe to the client"),
+    ("written", "first frame: encode"),
+    ("received", "pipe write + transit to the client"),
     ("yielded", "client: decode, route"),
+    ("sse_first", "server: stop check, SSE encode"),
+    ("http_headers", "server: until response headers"),
+    ("http_content", "to the first content event: transit, client SSE parse"),
 )
 PER_TOKEN = ("sampled", "written", "received", "yielded", "delivered")
 TOKEN_HOPS = (
     ("step", "decode step (compute)"),
-    ("written", "frame: encode + write"),
-    ("received", "pipe to the client"),
+    ("written", "frame: encode"),
+    ("received", "pipe write + transit to the client"),
     ("yielded", "client: decode, route"),
     ("delivered", "stages out, to the caller"),
 )
 KEEP_TOKENS = 64  # per-token points a record keeps (its token_hops cover all tokens)
 COMPUTE_HOPS = ("encoded", "sampled")  # the same model math on every path: not serving cost
 WORKER_POINTS = ("worker_read", "queued", "job_start", "encoded", "sampled", "written")
+SERVER_POINTS = ("serve_received", "serve_ready", "client_written", "received", "yielded", "sse_first")
 
 
 def first_point(timeline: dict, point: str):
@@ -102,13 +117,17 @@ def relative(timeline: dict, t0: float) -> dict:
             for k, v in timeline.items() if v is None or isinstance(v, (int, float, list))}
 
 
+def trimmed(timeline: dict) -> dict:
+    """``timeline`` with its per-token lists cut to the first KEEP_TOKENS."""
+    return {k: v[:KEEP_TOKENS] if isinstance(v, list) else v for k, v in timeline.items()}
+
+
 def for_record(timeline: dict, t0: float) -> dict:
     """What a request's record keeps of its timeline: ``timeline`` (ms after ``t0``, per
     token lists cut to the first KEEP_TOKENS, enough for a trace) and ``token_hops`` (the
     per-token means over every token, :func:`token_hops`), so a long answer does not make
     its record long."""
     rel = relative(timeline, t0)
-    return {"timeline": {k: v[:KEEP_TOKENS] if isinstance(v, list) else v for k, v in rel.items()},
-            "token_hops": token_hops(rel)}
+    return {"timeline": trimmed(rel), "token_hops": token_hops(rel)}
 
 

@@ -41,7 +41,7 @@ def test_served_timeline_has_every_hop_in_order(tiny_path, scheduler):
     points = [tl[p] for p in SERVED_POINTS] + [tl[p][0] for p in T.PER_TOKEN]
     assert points == sorted(points) and points[0] >= 0, points  # one clock, hops in order
     hops = T.ttft_hops(tl)
-    assert [p for p, _ in T.TTFT_HOPS] == list(hops)
+    assert list(hops) == [*SERVED_POINTS, "sampled", "written", "received", "yielded"]
     assert sum(hops.values()) == pytest.approx(c.ttft_ms, abs=1e-3)  # they add up to the TTFT
     assert tl["delivered"][-1] <= c.e2e_ms
     per_token = c.extra["token_hops"]
@@ -82,3 +82,33 @@ def test_breakdown_attribution_and_trace_from_a_run(tiny_path, tmp_path):
     assert len({e["id"] for e in flows}) == 4 and {e["ph"] for e in flows} == {"s", "t", "f"}
     slices = [e for e in trace if e["ph"] == "X"]
     assert all(e["dur"] >= 0 for e in slices) and len(slices) >= 4 * (2 + 9)
+
+
+def test_http_targets_get_client_hops_and_krmlx_serve_its_own(tiny_path):
+    """Over HTTP the client's hops (request sent, headers in, first content event) are on
+    every target; krmlx serve adds its own and its engine's on the same clock, so its hops
+    add up to the TTFT the client measured; mlx_lm.server's are the client's alone."""
+    from krmlx.bench import make_workload, run_workload
+
+    doc = asyncio.run(run_workload(make_workload("baseline", smoke=True, questions=2, max_tokens=6,
+                                                 warmup=False), "tiny",
+                                   targets=["direct", "serve=krmlx.serve", "mlx_lm.server"]))
+    by = {}
+    for r in doc["records"]:
+        assert r["ok"], r.get("error")
+        by.setdefault(r["engine"], []).append(r)
+    for r in by["serve"]:
+        tl = r["timeline"]
+        hops = T.ttft_hops(tl)
+        assert {"http_sent", "serve_received", "serve_ready", "worker_read", "sampled",
+                "sse_first", "http_content"} <= set(hops) and "http_headers" not in hops
+        assert sum(hops.values()) == pytest.approx(r["ttft_ms"], abs=1e-3)
+        assert all(v >= 0 for k, v in hops.items() if k != "serve_received"), hops
+        assert r["token_hops"]["step"] > 0
+    for r in by["mlx_lm.server"]:
+        hops = T.ttft_hops(r["timeline"])
+        assert list(hops) == ["http_sent", "http_headers", "http_content"]
+        assert sum(hops.values()) == pytest.approx(r["ttft_ms"], abs=1e-3)
+    diff = pd.DataFrame(doc["summary"]["hops_vs_direct"])
+    assert set(diff["engine"]) == {"serve", "mlx_lm.server"}
+    assert (diff[diff["hop"] == "unexplained"]["diff_ms"].abs() < 1e-3).all()

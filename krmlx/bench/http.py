@@ -41,6 +41,7 @@ from httpx_sse import aconnect_sse
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from ..errors import KrmlxError
+from ..timeline import relative, trimmed
 from ..types import Chunk, Completion, Usage
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -138,6 +139,12 @@ class OpenAIClient:
         body = body_of(request, model_id)
         chunks: list[Chunk] = []
         usage, finish, server_timings = None, None, {}
+        seen: dict[str, float] = {}  # httpcore's trace: when the request went out, headers came
+
+        async def trace(event: str, _info) -> None:
+            if event in HTTP_POINTS:
+                seen[HTTP_POINTS[event]] = time.perf_counter()
+
         t0 = time.perf_counter()
         retries = 0
         async with AsyncExitStack() as stack:
@@ -147,7 +154,8 @@ class OpenAIClient:
                 with attempt:
                     retries = attempt.retry_state.attempt_number - 1
                     source = await stack.enter_async_context(
-                        aconnect_sse(self.http, "POST", body.path, json=body.json))
+                        aconnect_sse(self.http, "POST", body.path, json=body.json,
+                                     extensions={"trace": trace}))
             response = source.response
             if response.status_code != 200:
                 await response.aread()
@@ -186,8 +194,10 @@ class OpenAIClient:
                           usage=Usage(int(in_tokens), int(out_tokens)), t_start_s=t0,
                           token_times_s=tuple(c.t_s for c in chunks), t_end_s=t_end,
                           request_id=request.id)
+        server_tl = (server_timings.get("timings") or {}).pop("timeline", None)
         done.extra.update({"usage_source": source_, "chunks": len(chunks),
                            "connect_retries": retries, **server_timings})
+        done.extra.update(client_timeline(seen, chunks, server_tl, t0, t_end))
         cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
         if cached is not None:
             done.extra["cached_prompt_tokens"] = cached
@@ -195,6 +205,29 @@ class OpenAIClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+HTTP_POINTS = {"http11.send_request_body.complete": "http_sent",
+               "http11.receive_response_headers.complete": "http_headers"}
+
+
+def client_timeline(seen: dict, chunks: list, server: dict | None, t0: float, t_end: float) -> dict:
+    """The record's ``timeline`` and ``token_hops`` (:mod:`krmlx.timeline`): this client's
+    points (request sent, headers in, each content event) and, where the server sent its
+    own timeline (krmlx serve), the server's, on the same clock: taken only when every one
+    of its points lies within this request's own span (a server on another host has
+    another clock), and then without ``http_headers`` on the chain (krmlx serve answers
+    with headers after its first token)."""
+    mine = {**seen, "http_content": [c.t_s for c in chunks]}
+    if isinstance(server, dict):
+        token = server.pop("token_hops", {})
+        points = [t for v in server.values() for t in (v if isinstance(v, list) else [v])
+                  if isinstance(t, (int, float))]
+        if points and all(t0 <= t <= t_end for t in points):
+            mine.pop("http_headers", None)
+            return {"timeline": trimmed(relative({**server, **mine}, t0)), "token_hops": token}
+        mine["server_clock"] = None  # the server's points fall outside: not this host's clock
+    return {"timeline": trimmed(relative(mine, t0)), "token_hops": {}}
 
 
 def _error_message(response: httpx.Response) -> str:

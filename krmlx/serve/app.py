@@ -238,12 +238,16 @@ class ServeState:
                 yield ServerSentEvent(_json(api.chunk_body(p, "", role=True)))
             piece = first
             while piece is not None:
-                yield ServerSentEvent(_json(api.chunk_body(p, piece)))
+                event = ServerSentEvent(_json(api.chunk_body(p, piece)))
+                if gen.t_sse_first is None:
+                    gen.t_sse_first = time.perf_counter()
+                yield event
                 piece = await self._until_cut(gen.next_text())
             yield ServerSentEvent(_json(api.chunk_body(p, None, gen.finish_reason)))
             usage, timings = gen.usage(), gen.timings()
             self._finished(request, gen, usage, timings)
-            if p.include_usage:
+            if p.include_usage:  # with this request's hops (krmlx.timeline) in its timings
+                timings = {**timings, "timeline": gen.timeline()}
                 yield ServerSentEvent(_json(api.usage_chunk_body(p, usage, timings)))
             yield ServerSentEvent("[DONE]")
             _notes(request)["complete"] = True

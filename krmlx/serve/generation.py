@@ -36,6 +36,7 @@ from ..errors import (
     UnknownModel,
     WorkerCrashed,
 )
+from ..timeline import relative, token_hops, trimmed
 from ..types import Completion, Usage
 from .openai_api import ApiError, ParsedRequest, param_of
 
@@ -85,6 +86,7 @@ class Generation:
         self.prompt_tokens = 0
         self.cached_tokens = 0
         self.t_end_s: float | None = None
+        self.t_sse_first: float | None = None  # set by the app as the first content event goes out
         self._closed = False
 
     @property
@@ -148,6 +150,16 @@ class Generation:
         return Completion(self.text, tuple(self.token_ids), self.finish_reason or "error",
                           Usage(self.prompt_tokens, len(self.token_ids)), self.t_recv_s,
                           tuple(self.token_times_s), self.t_end_s or time.perf_counter())
+
+    def timeline(self) -> dict:
+        """This request's hops on the shared clock (absolute ``perf_counter`` seconds,
+        :mod:`krmlx.timeline`): the server's own (received, ready, first SSE event) around
+        the engine's (its client's and worker's), per-token lists cut to the first
+        KEEP_TOKENS and the per-token hop means (ms) over all of them in ``token_hops``."""
+        engine = self.stream.info.get("timeline") if isinstance(self.stream.info, dict) else None
+        tl = {**(engine or {}), "serve_received": self.t_recv_s, "serve_ready": self.t_engine_s,
+              "sse_first": self.t_sse_first}
+        return {**trimmed(tl), "token_hops": token_hops(relative(tl, self.t_recv_s))}
 
     def usage(self) -> dict:
         from .openai_api import usage_body

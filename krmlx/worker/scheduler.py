@@ -97,9 +97,9 @@ class StreamOut:
             return  # the window is full: keep holding (coalesced into the next frame)
         if window:
             self._sent += 1
-        self._send(token_frame(self.id, self._held))
-        if self.timeline is not None:
-            self.timeline["written"] += [time.perf_counter()] * len(self._held)
+        t_write = self._send(token_frame(self.id, self._held))
+        if self.timeline is not None:  # when the frame, encoded, started down the pipe
+            self.timeline["written"] += [t_write] * len(self._held)
         self._held = []
         self.frames += 1
 

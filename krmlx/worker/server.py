@@ -147,7 +147,9 @@ class Worker:
         self.exit_code = 0
 
     # -- output -------------------------------------------------------------------------
-    def send(self, frame: dict) -> None:
+    def send(self, frame: dict) -> float:
+        """Encode and write one frame; returns the time its pipe write started (the
+        timeline's ``written``: the frame is encoded)."""
         with self._write_lock:  # one writer at a time; the codec's packer is not thread-safe
             data = self.codec.encode(frame)
             if self.ascii_frames and not data.isascii():  # through mlx.launch's text relay
@@ -157,10 +159,12 @@ class Worker:
                     frame["id"], "frame_too_large",
                     f"reply of {len(data)} bytes exceeds the frame limit of {self.codec.max_frame_bytes}"))
             self.counters["frames_out"] += 1
+            t = time.perf_counter()
             n = os.write(self.out_fd, data)
             while n < len(data):  # a full pipe takes part of it: write the rest
                 data = data[n:]
                 n = os.write(self.out_fd, data)
+            return t
 
     def reply(self, fid: int, value) -> None:
         self.send(result_frame(fid, value))
@@ -294,13 +298,13 @@ class Worker:
             self.scheduler.submit(GenerateJob(out, entry, params, delay, draft, self.prompt_cache,
                                               self.group))
 
-    def _stream_send(self, frame: dict) -> None:
+    def _stream_send(self, frame: dict) -> float:
         if frame["kind"] == "token":
             self.counters["tokens_out"] += len(frame["tokens"])
         elif frame["kind"] == "done":
             self.streams.pop(frame["id"], None)
             self.counters["streams_done"] += 1
-        self.send(frame)
+        return self.send(frame)
 
     def _job_failed(self, job, exc: BaseException) -> None:
         if self.group is not None and not isinstance(exc, KrmlxError):
