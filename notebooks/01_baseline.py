@@ -54,6 +54,35 @@ plots.latency_distributions(doc)
 plots.overhead(doc)
 
 # %% [markdown]
+# ## Where the time goes, hop by hop
+#
+# Every request carries its timeline: a timestamp at each hop it passed (the client's pipe
+# write, the worker's read, its queue, the prefill, the frame back, ...) on one clock shared
+# by the processes of this host (`krmlx.timeline`). The hops add up to the TTFT, so the gap
+# between a served target and direct splits into parts; the compute hops (template and
+# tokenize, prefill) are the same model math on every path.
+
+# %%
+plots.hop_breakdown(doc)
+
+# %%
+served = next(r for r in doc["records"] if r["engine"] == "phase0" and r["ok"])
+plots.waterfall(served)
+
+# %%
+from IPython.display import display
+
+from krmlx.bench import hops
+
+for caption, table in hops.tables(doc["summary"]).items():
+    print(caption)
+    display(table)
+
+# %%
+# the whole run as a Perfetto trace: open it at ui.perfetto.dev (or chrome://tracing)
+hops.write_trace(doc, doc["_source"].replace(".json", ".trace.json"))
+
+# %% [markdown]
 # ## The reference's baseline table beside ours
 #
 # The reference's "kr-serve-mlx" column is the serving layer as it was (our `phase0`); its

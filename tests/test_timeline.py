@@ -112,3 +112,28 @@ def test_http_targets_get_client_hops_and_krmlx_serve_its_own(tiny_path):
     diff = pd.DataFrame(doc["summary"]["hops_vs_direct"])
     assert set(diff["engine"]) == {"serve", "mlx_lm.server"}
     assert (diff[diff["hop"] == "unexplained"]["diff_ms"].abs() < 1e-3).all()
+
+
+def test_plots_of_the_breakdown_and_one_request(tiny_path):
+    from matplotlib.figure import Figure
+
+    from krmlx.bench import make_workload, run_workload
+    from krmlx.report import plots
+
+    doc = asyncio.run(run_workload(make_workload("baseline", smoke=True, questions=2, max_tokens=4,
+                                                 warmup=False), "tiny", targets=["direct", "engine"]))
+    fig = plots.hop_breakdown(doc)
+    assert isinstance(fig, Figure)
+    ends = {}  # each bar's right edge, per row: the stack's length is the mean TTFT
+    for bar in fig.axes[0].patches:
+        row = round(bar.get_y() + bar.get_height() / 2)
+        ends[row] = max(ends.get(row, 0.0), bar.get_x() + bar.get_width())
+    means = [sum(r["ttft_ms"] for r in doc["records"] if r["engine"] == e) / 2
+             for e in ("direct", "phase0")]
+    assert [ends[0], ends[1]] == pytest.approx(means, rel=1e-6)
+    served = next(r for r in doc["records"] if r["engine"] == "phase0")
+    wf = plots.waterfall(served)
+    assert [t.get_text() for t in wf.axes[0].get_yticklabels()][0] == dict(T.TTFT_HOPS)["client_written"]
+    assert isinstance(plots.waterfall({"engine": "x"}), Figure)  # no timeline: says so
+    tables = H.tables(doc["summary"])
+    assert len(tables) == 3 and all(len(t) for t in tables.values())

@@ -165,3 +165,29 @@ def write_trace(doc: dict, path: str | Path) -> Path | None:
     path = Path(path)
     path.write_text(json.dumps(trace))
     return path
+
+
+def tables(summary: dict) -> dict[str, pd.DataFrame]:
+    """A summary's ``hops`` and ``hops_vs_direct`` as tables for people: caption -> a frame
+    of hops (rows) by target (columns), means in ms; the attribution as 'Δ [CI]' cells."""
+    out = {}
+    rows = pd.DataFrame(summary.get("hops") or [])
+    for phase, caption in (("ttft", "first token: mean ms per hop (the hops add up to the TTFT)"),
+                           ("token", "per token after the first: mean ms per hop")):
+        part = rows[rows["phase"] == phase] if len(rows) else rows
+        if part.empty:
+            continue
+        table = part.pivot_table(index="label", columns="engine", values="mean_ms", sort=False)
+        if phase == "ttft":
+            table.loc["= TTFT (mean)"] = part.groupby("engine", sort=False)["whole_ms"].first()
+        out[caption] = table.round(3).reset_index().rename(columns={"label": "hop"})
+    diff = pd.DataFrame(summary.get("hops_vs_direct") or [])
+    if len(diff):
+        diff["cell"] = [f"{r.diff_ms:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" for r in diff.itertuples()]
+        diff["kind"] = diff["serving"].map({True: "serving", False: "compute"}).fillna("")
+        table = diff.pivot_table(index=["label", "kind"], columns="engine", values="cell",
+                                 aggfunc="first", sort=False)
+        out["first token vs direct, hop by hop, ms [95% CI] (compute: the same model math, so a "
+            "difference there is the host's, not the serving layer's)"] = (
+            table.reset_index().rename(columns={"label": "hop"}))
+    return out

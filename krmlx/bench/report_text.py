@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import metrics
+from . import hops, metrics
 from .estimates import estimate_tables
 from .results import records_frame
 from .verdicts import OVERHEAD_CAPTION, rule_text
@@ -49,33 +49,9 @@ def percentile_rows(engine_rows) -> list[dict]:
 
 
 def format_hops(summary: dict) -> str:
-    """Where the time goes (krmlx.timeline): per hop, each target's mean ms for the first
-    token and per token after it, and each served target's difference from direct."""
-    rows = summary.get("hops") or []
-    if not rows:
-        return ""
-    df = pd.DataFrame(rows)
-    parts = []
-    for phase, title in (("ttft", "first token: mean ms per hop (the hops add up to the TTFT)"),
-                         ("token", "per token after the first: mean ms per hop")):
-        part = df[df["phase"] == phase]
-        if part.empty:
-            continue
-        table = part.pivot_table(index="label", columns="engine", values="mean_ms", sort=False)
-        if phase == "ttft":
-            table.loc["= TTFT (mean)"] = part.groupby("engine", sort=False)["whole_ms"].first()
-        parts += [title, table.to_string(float_format=lambda x: f"{x:.3f}")]
-    diff = summary.get("hops_vs_direct") or []
-    if diff:
-        d = pd.DataFrame(diff)
-        d["ΔTTFT ms [95% CI]"] = [f"{r.diff_ms:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
-                                  for r in d.itertuples()]
-        d["kind"] = d["serving"].map({True: "serving", False: "compute", None: ""})
-        table = d.pivot_table(index=["label", "kind"], columns="engine", values="ΔTTFT ms [95% CI]",
-                              aggfunc="first", sort=False)
-        parts += ["first token vs direct, hop by hop (compute: the same model math, so a "
-                  "difference there is the host's, not the serving layer's)", table.to_string()]
-    return "\n".join(parts)
+    """Where the time goes (:func:`krmlx.bench.hops.tables`), as text."""
+    return "\n".join(f"{caption}\n{table.to_string(index=False)}"
+                     for caption, table in hops.tables(summary).items())
 
 
 def _table(rows, columns: dict, floatfmt: str = "{:.3f}") -> str:

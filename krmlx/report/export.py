@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..bench import estimates as E
+from ..bench.hops import tables as hop_tables
 from ..bench.report_text import ENGINE_COLUMNS, PERCENTILE_NOTE, percentile_rows
 from ..bench.results import export_csv
 from ..bench.verdicts import OVERHEAD_CAPTION, rule_text
@@ -165,7 +166,8 @@ def display_table(name: str, rows) -> pd.DataFrame:
 def summary_tables(doc: dict) -> dict[str, pd.DataFrame]:
     """Every table-shaped entry of ``summary`` (a list of row dicts) except ``estimates``."""
     return {name: pd.DataFrame(t) for name, t in plots.summary_of(doc).items()
-            if name != "estimates" and isinstance(t, list) and t and isinstance(t[0], dict)}
+            if name not in ("estimates", "hops", "hops_vs_direct")
+            and isinstance(t, list) and t and isinstance(t[0], dict)}
 
 
 def doc_figures(doc: dict, tables: dict[str, pd.DataFrame]) -> dict:
@@ -183,6 +185,8 @@ def doc_figures(doc: dict, tables: dict[str, pd.DataFrame]) -> dict:
         figs["overhead"] = plots.overhead(doc, title=f"{label}: overhead vs direct (95% CI)")
     if plots.has_sweep(doc):
         figs["sweep"] = plots.sweep(doc)
+    if plots.summary_of(doc).get("hops"):
+        figs["hops"] = plots.hop_breakdown(doc, title=f"{label}: where the time to first token goes")
     if tables:
         figs["estimates"] = plots.estimates_vs_measured(tables, title=f"{label}: reference estimate vs measured",
                                                          measured_only=True)
@@ -302,6 +306,8 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
                f"{cfg.get('trials', '?')} trial(s)" + (" · smoke" if cfg.get("smoke") else "")
                + ("" if d.get("complete", True) else " · INCOMPLETE (interrupted run)"), "note")
         tables = summary_tables(d)
+        for caption, t in hop_tables(plots.summary_of(d)).items():
+            r.table(t, caption)
         for name, t in tables.items():
             caption = OVERHEAD_CAPTION if name == "overhead" else name
             r.table(display_table(name, t), caption)

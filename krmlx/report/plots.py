@@ -10,6 +10,8 @@ when returned from a cell (the inline backend formats Figure objects as PNG).
 - :func:`overhead`               overhead vs the direct baseline with 95% CI bars
 - :func:`estimates_vs_measured`  measured / estimate per reference row, coloured by verdict
 - :func:`sweep`                  throughput and TTFT against concurrency or rate
+- :func:`hop_breakdown`          the first token's mean time per hop, stacked per target
+- :func:`waterfall`              one request's hops to its first token
 """
 
 from __future__ import annotations
@@ -269,3 +271,54 @@ def has_sweep(data) -> bool:
     """True when :func:`sweep` would draw a curve: a concurrency/rate field with >= 2 values."""
     df, key = sweep_frame(data)
     return key is not None and df[key].nunique() >= 2
+
+
+def hop_breakdown(data, title: str | None = None) -> Figure:
+    """Where the first token's time goes (:mod:`krmlx.bench.hops`): per target, the mean ms
+    of each hop stacked, so a bar's length is the target's mean TTFT; hops a target does not
+    pass are absent from its bar. Takes a results doc or its summary's ``hops`` rows."""
+    rows = pd.DataFrame(summary_of(data).get("hops") or [] if isinstance(data, dict) else list(data))
+    fig = Figure(figsize=(10, 0.5 * max(3, rows["engine"].nunique() if len(rows) else 3) + 2.4),
+                 layout="constrained")
+    ax = fig.subplots()
+    if rows.empty:
+        return _empty(fig, ax, "no timeline in these records")
+    rows = rows[rows["phase"] == "ttft"]
+    table = rows.pivot_table(index="engine", columns="label", values="mean_ms", sort=False).fillna(0.0)
+    colors = [f"C{i % 10}" for i in range(len(table.columns))]
+    left = np.zeros(len(table))
+    for color, label in zip(colors, table.columns, strict=True):
+        width = table[label].to_numpy(float).clip(min=0)
+        if width.any():
+            ax.barh(np.arange(len(table)), width, left=left, color=color, label=label, height=0.6)
+        left += width
+    ax.set_yticks(np.arange(len(table)), table.index)
+    ax.invert_yaxis()
+    ax.set_xlabel("mean ms to the first token, by hop")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    ax.set_title(title or "Where the time to first token goes")
+    return fig
+
+
+def waterfall(record: dict, title: str | None = None) -> Figure:
+    """One request's way to its first token (a record with a ``timeline``): each hop a bar
+    from where it starts to where it ends, in ms after the request's start."""
+    from ..timeline import TTFT_HOPS, ttft_hops
+
+    hops = ttft_hops(record.get("timeline") or {})
+    fig = Figure(figsize=(9, 0.32 * max(len(hops), 3) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    if not hops:
+        return _empty(fig, ax, "this record has no timeline")
+    labels = dict(TTFT_HOPS)
+    start = 0.0
+    for i, ms in enumerate(hops.values()):
+        ax.barh(i, max(ms, 0.0), left=start, color=f"C{i % 10}", height=0.6)
+        ax.annotate(f"{ms:.2f} ms", (start + max(ms, 0.0), i), xytext=(4, -3),
+                    textcoords="offset points", fontsize=7)
+        start += ms
+    ax.set_yticks(np.arange(len(hops)), [labels[p] for p in hops], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms after the request's start")
+    ax.set_title(title or f"{record.get('engine')}: {record.get('request_id', '')} to its first token")
+    return fig
