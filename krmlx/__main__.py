@@ -36,11 +36,11 @@ from .blas import reexec_under_blas
 
 class HelpFormatter(argparse.HelpFormatter):
     """Help with each option's default appended, unless its text already names one or it
-    has none worth saying (None, a flag's False)."""
+    has none worth saying (None, an on/off flag)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if ("default" in text or action.default in (None, False, argparse.SUPPRESS)
+        if ("default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0
                 or action.option_strings == [] and action.nargs in ("+", "*")):
             return text
         return f"{text} (default: %(default)s)"
@@ -295,7 +295,7 @@ def cmd_report(args) -> int:
     from .report.export import build_report
 
     try:
-        written = build_report(args.results, args.out, title=args.title)
+        written = build_report(args.results, args.out, title=args.title, reference=args.reference)
     except (ResultsError, ValueError) as e:
         print(f"krmlx report: {e}", file=sys.stderr)
         return 2
@@ -440,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", nargs="+", help="results files or folders of them")
     r.add_argument("--out", default="report", help="output folder")
     r.add_argument("--title", default="krmlx report", help="the report's title")
+    r.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="leave out the sections on the kr-serve-mlx reference's estimates")
     sv = add("serve", help="serve a model over the OpenAI HTTP API",
              description="Serve one model through krmlx's stack over the OpenAI API (chat and "
              "completions, SSE streaming, /health, /metrics) until SIGINT or SIGTERM.")

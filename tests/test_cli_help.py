@@ -33,7 +33,7 @@ def test_every_command_and_option_has_help_and_its_default(name):
         if isinstance(action, argparse._HelpAction):
             continue
         assert action.help, f"{name} {action.option_strings or action.dest}: no help"
-        if action.default not in (None, False) and action.nargs not in ("+", "*"):
+        if action.default is not None and action.nargs not in (0, "+", "*"):
             shown = str(action.default)
             assert "default" in (action.help % {"default": action.default}
                                  if "%(default)" in action.help else action.help) or \
