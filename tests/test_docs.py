@@ -14,7 +14,9 @@
       one ``{a,b,...}`` group expands the path.
   ``unresolved<!-- verdict FILE POINT_PATH{,LO,HI} pct -->``
       the verdict word against :func:`krmlx.bench.verdicts.judge_difference` on the file's
-      numbers with the margin named (``pct``: ±1 point, ``ms``: ±2 ms).
+      numbers with the margin named (``pct``: ±1 point, ``ms``: ±2 ms; ``x``: a ratio
+      against 1 at ±10%, said ``higher`` / ``lower`` / ``level``; a path starting ``1/``
+      reads a ratio stored the other way round).
   ``1.21x [1.17, 1.25]<!-- ratio FILE concurrency=16 tok_s phase0/mlx_lm.server -->``
       the file's ``summary.ratios`` row for that level, either way round; a ratio quoted
       the wrong way round fails.
@@ -133,8 +135,15 @@ def check_verdict(args: list[str], before: str) -> None:
     from krmlx.bench.verdicts import MARGINS, judge_difference
 
     path, spec, margin = args
-    point, lo, hi = (lookup(results(path), p) for p in expand(spec))
-    want = judge_difference(point, lo, hi, MARGINS[margin].value)["verdict"]
+    invert = spec.startswith("1/")
+    point, lo, hi = (lookup(results(path), p) for p in expand(spec.removeprefix("1/")))
+    if invert:
+        point, lo, hi = 1 / point, 1 / hi, 1 / lo
+    if margin == "x":  # a ratio against 1, ±10% (MARGINS["x"]): higher / lower / level
+        v = judge_difference(point - 1, lo - 1, hi - 1, MARGINS["x"].around(1.0))["verdict"]
+        want = {"slower": "higher", "faster": "lower"}.get(v, v)
+    else:
+        want = judge_difference(point, lo, hi, MARGINS[margin].value)["verdict"]
     words = re.findall(r"[a-z]+", before)
     assert words and words[-1] == want.split()[-1], f"{path} {spec}: quoted {words[-1:]}, rule says {want}"
 
@@ -181,6 +190,12 @@ def test_a_wrong_number_fails():
     check_verdict([path, spec, "pct"], "unresolved")
     with pytest.raises(AssertionError):
         check_verdict([path, spec, "pct"], "level")
+    ratio = ("1/summary.ratios[engine=mlx_lm.server,concurrency=16]"
+             ".tok_s_engine_over_base{,_ci_low,_ci_high}")
+    wave = "results/cpu/r18d/concurrency-20261207-051944.json.gz"
+    check_verdict([wave, ratio, "x"], "higher")  # phase0 over mlx_lm.server: 1.21 [1.17, 1.25]
+    with pytest.raises(AssertionError):
+        check_verdict([wave, ratio.removeprefix("1/"), "x"], "higher")
 
 
 def test_a_ratio_quoted_the_wrong_way_round_fails():
