@@ -69,12 +69,14 @@ def sig(x, *, signed: bool = False) -> str:
 
 def with_ci(point, lo, hi, *, signed: bool = True) -> str:
     """``+1.2 [-0.3, +2.7]``: all three to the decimals that give the CI's half-width two
-    significant digits (a point is worth no more digits than its interval); the point alone
-    (:func:`sig`) when there is no CI."""
+    significant digits (a point is worth no more digits than its interval), and never more
+    than 3 significant digits of the largest of them; the point alone (:func:`sig`) when
+    there is no CI."""
     if _nan(lo) or _nan(hi) or _nan(point) or hi == lo:
         return sig(point, signed=signed)
-    half = abs(hi - lo) / 2
-    decimals = min(6, max(0, 1 - math.floor(math.log10(half))))
+    half, top = abs(hi - lo) / 2, max(abs(point), abs(lo), abs(hi))
+    decimals = min(max(0, 1 - math.floor(math.log10(half))),  # what the CI supports
+                   0 if top >= 100 else 2 - math.floor(math.log10(top)))  # 3 significant digits
     f = (lambda x: f"{x:+.{decimals}f}") if signed else (lambda x: f"{x:.{decimals}f}")
     return f"{f(point)} [{f(lo)}, {f(hi)}]"
 
