@@ -11,7 +11,7 @@ import textwrap
 import pandas as pd
 
 from . import metrics
-from .answer import TOK_S_NOTE, summary_paragraph, with_ci
+from .answer import TOK_S_NOTE, label, summary_paragraph, with_ci
 from .estimates import estimate_tables
 from .results import records_frame
 from .verdicts import OVERHEAD_CAPTION, rule_text
@@ -117,7 +117,7 @@ def format_summary(doc: dict, *, reference: bool = True) -> str:
             continue
         if rows is summary.get("headline"):
             continue
-        parts += ["", key, _table(rows, {k: k for k in rows[0]}, "{:.4g}")]
+        parts += ["", label(key), _table(rows, {k: k for k in rows[0]}, "{:.4g}")]
     for note in cfg.get("not_supported") or ():
         parts += [f"not supported: {note['target']}: {note['reason']}"]
     for name, why in (cfg.get("target_errors") or {}).items():
