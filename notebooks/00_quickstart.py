@@ -41,8 +41,9 @@ from krmlx.doctor import collect_env, format_env
 print(format_env(collect_env()))
 
 # %% [markdown]
-# No model hub is reachable here, so krmlx builds synthetic models: real mlx-lm folders
-# (llama shapes, seeded random weights, a real BPE tokenizer). Built once, then cached.
+# krmlx builds synthetic models, so no model hub is needed: real mlx-lm folders (llama
+# shapes, seeded random weights, a real BPE tokenizer), built once, then cached. A model
+# folder of your own or a hub id (`owner/name`, where the hub is reachable) works too.
 
 # %%
 import krmlx

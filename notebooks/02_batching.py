@@ -25,7 +25,7 @@ FLOOD = {} if SMOKE else {"requests": 1000, "concurrency": 10}  # smoke: 100 req
 RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 
 # %% [markdown]
-# # Phase 1: request batching
+# # `batching`: request batching (the reference's Phase 1)
 #
 # The reference analysis expected 7.5x from batching tokenize calls (1000 calls, batches of 10) and a
 # modest gain on generation. `Batcher` groups concurrent `tokenize` calls into one
@@ -64,4 +64,4 @@ tables = export.estimate_tables(flood)
 export.stack_tables(tables)
 
 # %%
-plots.estimates_vs_measured(tables, title="Phase 1 (batching): reference estimate vs measured")
+plots.estimates_vs_measured(tables, title="batching (reference Phase 1): estimate vs measured")

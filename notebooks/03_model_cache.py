@@ -25,7 +25,7 @@ SWITCHING = {} if SMOKE else {"switches": (10, 100)}  # smoke: 6 switches
 RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 
 # %% [markdown]
-# # Phase 2: model caching
+# # `caching`: model caching (the reference's Phase 2)
 #
 # Without a cache the serving layer holds one model: a request for another one unloads it
 # and loads the next. The reference analysis expected 2-3x on model switching and multi-tenant serving.
@@ -62,4 +62,4 @@ tables = export.estimate_tables([switching, tenants])
 export.stack_tables(tables)
 
 # %%
-plots.estimates_vs_measured(tables, title="Phase 2 (caching): reference estimate vs measured")
+plots.estimates_vs_measured(tables, title="caching (reference Phase 2): estimate vs measured")

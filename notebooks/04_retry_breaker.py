@@ -25,7 +25,7 @@ ERRORS = {} if SMOKE else {"rates": (0.0, 0.05, 0.10, 0.20)}  # smoke: 0% and 10
 RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 
 # %% [markdown]
-# # Phase 3: retry and circuit breaking under injected faults
+# # `retry`: retry and circuit breaking under injected faults (the reference's Phase 3)
 #
 # The worker injects seeded transient errors into `generate` at each rate. Without the
 # retry phase the caller sees the error and tries again itself (a user retry); with it,
@@ -80,4 +80,4 @@ tables = export.estimate_tables(errors)
 export.stack_tables(tables)
 
 # %%
-plots.estimates_vs_measured(tables, title="Phase 3 (retry): reference estimate vs measured")
+plots.estimates_vs_measured(tables, title="retry (reference Phase 3): estimate vs measured")

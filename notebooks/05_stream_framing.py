@@ -26,7 +26,7 @@ LONG = {} if SMOKE else {"requests": 3, "max_tokens": 1000}  # smoke: 2 x 200 to
 RUNS = os.environ.get("KRMLX_RUNS", "../runs")
 
 # %% [markdown]
-# # Phase 5: stream framing
+# # `framing`: stream framing (the reference's Phase 5)
 #
 # Every generated token crosses the process boundary as a frame. The reference analysis expected binary
 # framing to cut stream overhead by 60%, worth ~0.2% on 50-token answers and more on long
@@ -76,4 +76,4 @@ tables = export.estimate_tables(long_form)
 export.stack_tables(tables)
 
 # %%
-plots.estimates_vs_measured(tables, title="Phase 5 (framing): reference estimate vs measured")
+plots.estimates_vs_measured(tables, title="framing (reference Phase 5): estimate vs measured")

@@ -236,3 +236,57 @@ def test_panel_runs(tiny_path, tmp_path):
     assert set(r["engine"] for r in doc["records"]) == {"direct", "phase0", "framing"}
     assert p.progress.value == p.progress.max > 1 and not p.run_button.disabled
     assert "done in" in p.status.value
+
+
+# --- the answer first: summary paragraph, labels, rounding, the reference once ---------
+
+H200_BASELINE = Path(__file__).resolve().parents[1] / "results/gpu/h200-r18c/baseline-20261207-060317.json.gz"
+
+
+def test_report_opens_with_the_answer(report, doc):
+    from krmlx.bench.report_text import format_summary
+
+    md = report["markdown"].read_text()
+    first = md.split("## ")[1]
+    assert first.startswith("Summary") and "phase0: total time" in first and "all: total time" in first
+    assert "smoke: not evidence" in first and "Greedy outputs identical: phase0" in first
+    assert md.index("## Summary") < md.index("## Environment")
+    cli = format_summary(doc)
+    assert cli.index("phase0: total time") < cli.index("TTFT mean ms")
+
+
+def test_summary_paragraph_of_a_real_run_carries_ci_and_verdict():
+    from krmlx.bench.answer import summary_paragraph
+    from krmlx.bench.results import read_results
+
+    text = summary_paragraph(read_results(H200_BASELINE))
+    # the file's phase0 row: total -0.734 % [-4.17, +2.92], TTFT +0.080 ms [-0.954, +1.20]
+    assert "phase0: total time -0.7 [-4.2, +2.9] % (unresolved), TTFT +0.1 [-1.0, +1.2] ms (level)" in text
+    assert "3 trial(s)" in text and "smoke" not in text and "phase0 150/150 vs direct" in text
+
+
+def test_report_labels_rounding_and_reference_once(report, results_file, tmp_path):
+    md = report["markdown"].read_text()
+    assert "greedy outputs identical to phase 0" in md and "#### outputs_match_phase0" not in md
+    assert md.count("#### reference estimate vs measured: baseline\n") == 1
+    assert "tok/s (wall): output tokens over the trial's wall time" in md
+    body = md.split("## Environment")[0] + md.split("## Environment")[1].split("\n## ", 1)[1]
+    body = body.split("## All measurements")[0]
+    long = [n for n in re.findall(r"\d+\.\d+", body) if len(n.replace(".", "").lstrip("0")) > 3]
+    assert not long, f"numbers past 3 significant digits in the report: {long[:5]}"
+    bare = export.build_report([results_file], tmp_path / "bare", reference=False)
+    text = bare["markdown"].read_text()
+    assert "reference estimate vs measured" not in text and "internal inconsistencies" not in text
+    assert "## Summary" in text and not any(p.name.startswith("estimates") for p in bare["csv"])
+
+
+@pytest.mark.parametrize(("args", "text"), [((1.2, -0.3, 2.7), "+1.2 [-0.3, +2.7]"),
+                                            ((0.7023, 0.08324, 1.352), "+0.70 [+0.08, +1.35]"),
+                                            ((1566.0, None, None), "+1566"),
+                                            ((0.0861, -0.595, 0.861), "+0.09 [-0.59, +0.86]"),
+                                            ((12.01, 11.11, 13.06), "+12.0 [+11.1, +13.1]"),
+                                            ((0.0012, -0.0009, 0.0034), "+0.0012 [-0.0009, +0.0034]")])
+def test_numbers_with_their_ci(args, text):
+    from krmlx.bench.answer import with_ci
+
+    assert with_ci(*args) == text

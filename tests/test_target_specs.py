@@ -1,6 +1,6 @@
 """Every target spec the docs show starts and serves a request; one phase grammar everywhere.
 
-The specs README.md and ``krmlx bench --help`` show are the ones a new user types first,
+The specs the docs (README.md, docs/cli.md) and ``krmlx bench --help`` show are the ones a new user types first,
 so each is started here on the tiny model (real processes on 127.0.0.1) and must answer
 a greedy request; peers, whose venvs are heavy, are parsed only. The docs' own list is read
 back, so a spec kind added to the docs without a run here fails.
@@ -46,8 +46,9 @@ def kind_of(spec: str) -> str:
 
 
 def documented_specs() -> list[str]:
-    """The target specs in README's table and examples and in ``bench --help``."""
-    readme = (ROOT / "README.md").read_text()
+    """The target specs in the docs' table (docs/cli.md) and examples (README, docs/cli.md)
+    and in ``bench --help``."""
+    readme = (ROOT / "README.md").read_text() + (ROOT / "docs" / "cli.md").read_text()
     rows = readme.split("| target spec | what runs |", 1)[1].split("\n\n", 1)[0]
     table = re.findall(r"^\| `([^`]+)` \|", rows, flags=re.M)
     examples = re.findall(r"--target ([^\s`]+)", readme)

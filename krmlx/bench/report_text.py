@@ -1,10 +1,17 @@
-"""Plain-text tables for the terminal (the CLI's summary and compare output)."""
+"""Plain-text tables for the terminal (the CLI's summary and compare output).
+
+:func:`format_summary` opens with the answer (:func:`krmlx.bench.answer.summary_paragraph`),
+then the tables; the reference's estimate tables come last and only with ``reference=True``.
+"""
 
 from __future__ import annotations
+
+import textwrap
 
 import pandas as pd
 
 from . import hops, metrics
+from .answer import TOK_S_NOTE, label, summary_paragraph, with_ci
 from .estimates import estimate_tables
 from .results import records_frame
 from .verdicts import OVERHEAD_CAPTION, rule_text
@@ -33,7 +40,7 @@ def percentile_rows(engine_rows) -> list[dict]:
         v, lo, hi = (row.get(f"{key}{s}") for s in ("", "_ci_low", "_ci_high"))
         if v is None or pd.isna(v):
             return ""
-        text = f"{v:.4g}" + ("" if lo is None or pd.isna(lo) else f" [{lo:.4g}, {hi:.4g}]")
+        text = with_ci(v, lo, hi, signed=False) if lo is not None else with_ci(v, None, None, signed=False)
         return text + ("*" if row.get(f"{key}_few") else "")
 
     out = []
@@ -83,7 +90,7 @@ def _matches_line(rows: list[dict]) -> str:
                      f" (vs {r.get('base', 'direct')})" for r in rows)
 
 
-def format_summary(doc: dict) -> str:
+def format_summary(doc: dict, *, reference: bool = True) -> str:
     env, cfg, summary = doc["env"], doc["config"], doc["summary"]
     blas = env.get("blas", {})
     size = f"{len(doc['records'])} records"
@@ -92,7 +99,10 @@ def format_summary(doc: dict) -> str:
             f"{env.get('cores')} cores")
     if cfg.get("interrupted"):
         head += " · INTERRUPTED (partial)"
-    parts = [head, "", _table(summary.get("engines", []), ENGINE_COLUMNS, "{:.2f}")]
+    parts = [head, "", textwrap.fill(summary_paragraph(doc), 100), "",
+             _table(summary.get("engines", []), ENGINE_COLUMNS, "{:.2f}")]
+    if summary.get("engines") and "throughput_tps_mean" in summary["engines"][0]:
+        parts += [textwrap.fill(TOK_S_NOTE.split("; tok/s (wall)")[0] + ".", 100)]
     pct = percentile_rows(summary.get("engines", []))
     if pct:
         parts += ["", PERCENTILE_NOTE, _table(pct, {k: k for k in pct[0]})]
@@ -117,7 +127,7 @@ def format_summary(doc: dict) -> str:
             continue
         if rows is summary.get("headline"):
             continue
-        parts += ["", key, _table(rows, {k: k for k in rows[0]}, "{:.4g}")]
+        parts += ["", label(key), _table(rows, {k: k for k in rows[0]}, "{:.4g}")]
     for note in cfg.get("not_supported") or ():
         parts += [f"not supported: {note['target']}: {note['reason']}"]
     for name, why in (cfg.get("target_errors") or {}).items():
@@ -126,7 +136,7 @@ def format_summary(doc: dict) -> str:
                for r in summary.get(key) or []]
     if matches:
         parts += ["", "greedy outputs identical: " + _matches_line(matches)]
-    if summary.get("estimates"):
+    if reference and summary.get("estimates"):
         tables = estimate_tables(doc)
         note = " SMOKE sizes: totals are not the reference's workload" if cfg.get("smoke") else ""
         parts += ["", f"estimate vs measured (reference tables; ratio = measured / estimate){note}",

@@ -10,10 +10,13 @@ into ``out_dir``:
   (:func:`krmlx.bench.results.export_csv`), its estimate-vs-measured rows, and the
   reference's inconsistent arithmetic.
 
-Sections: environment (device, BLAS, versions, git SHA, model), then per document its
-summary tables (overhead with 95% CIs), plots and estimate-vs-measured tables
-(:func:`krmlx.bench.estimates.compare_estimates` over the document's ``estimates`` rows),
-then all measurements against the reference together, then the reference's internal
+Sections: the answer first (per document a summary paragraph:
+:func:`krmlx.bench.answer.summary_paragraph`, overhead vs direct with CI and verdict per
+target), environment (device, BLAS, versions, git SHA, model), then per document its
+summary tables under human labels (:data:`krmlx.bench.answer.LABELS`; overhead with 95%
+CIs) and plots, then, once and only with ``reference=True`` (the default), every
+measurement against the reference's estimates
+(:func:`krmlx.bench.estimates.compare_estimates`) and the reference's internal
 inconsistencies (:func:`krmlx.bench.estimates.check_consistency`).
 """
 
@@ -29,6 +32,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..bench import estimates as E
+from ..bench.answer import TOK_S_NOTE, sig, summary_paragraph, with_ci
+from ..bench.answer import label as human_label
 from ..bench.hops import tables as hop_tables
 from ..bench.report_text import ENGINE_COLUMNS, PERCENTILE_NOTE, percentile_rows
 from ..bench.results import export_csv
@@ -58,14 +63,15 @@ ENV_FIELDS = (("workload", "config.workload"), ("model", "env.model"),
 
 
 def fmt(x) -> str:
-    """Numbers for people: 4 significant digits, thousands as integers, blanks for NaN."""
+    """Numbers for people: 3 significant digits, whole numbers from 100 on (thousands
+    grouped from 10,000), blanks for NaN."""
     if x is None or (isinstance(x, float) and pd.isna(x)):
         return ""
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return str(x)
     if isinstance(x, int) or abs(x) >= 1e4:
         return f"{x:,.0f}"
-    return f"{x:.4g}"
+    return sig(x)
 
 
 def _get(doc: dict, dotted: str):
@@ -152,9 +158,9 @@ def display_table(name: str, rows) -> pd.DataFrame:
             if col in df:
                 stem = col.rsplit("_", 1)[0] if col.endswith("_diff") else col
                 lo, hi = df.get(f"{stem}_ci_low"), df.get(f"{stem}_ci_high")
-                out[label] = [fmt(v) + (f" [{fmt(a)}, {fmt(b)}]" if a is not None and not pd.isna(a) else "")
-                              for v, a, b in zip(df[col], lo if lo is not None else [None] * len(df),
-                                                 hi if hi is not None else [None] * len(df), strict=True)]
+                out[label] = [with_ci(v, a, b) for v, a, b in zip(
+                    df[col], lo if lo is not None else [None] * len(df),
+                    hi if hi is not None else [None] * len(df), strict=True)]
         for col, label in (("total_s_base", "base total s"), ("total_s", "total s"),
                            ("total_verdict", "total verdict"), ("ttft_verdict", "TTFT verdict")):
             if col in df:
@@ -271,14 +277,45 @@ def _docs(paths_or_docs) -> list[dict]:
     return out
 
 
+def _reference_sections(r: _Doc, out: Path, all_rows: list[dict], est: dict) -> list[Path]:
+    """Every measurement against the reference's estimates (each table once), then the
+    reference's own inconsistent arithmetic; returns the CSVs written."""
+    csvs = []
+    r.heading("All measurements against the reference estimates")
+    combined = estimate_tables(all_rows, est)
+    if combined:
+        verdicts = pd.concat(combined.values())["verdict"].value_counts()
+        r.para("Verdicts: " + ", ".join(f"{v} {n}" for v, n in verdicts.items())
+               + f" ({rule_text()}).", "note")
+        r.figure(plots.estimates_vs_measured(combined, measured_only=True), "all_estimates",
+                 "all estimates vs measured")
+        for tid, t in combined.items():
+            r.table(t, f"reference estimate vs measured: {tid}")
+        p = out / "csv" / "estimates_vs_measured.csv"
+        pd.concat([t.assign(table=tid) for tid, t in combined.items()]).to_csv(p, index=False)
+        csvs.append(p)
+    else:
+        r.para("No results document carries measurements of reference metrics (an 'estimates' list).", "note")
+    r.heading("The reference's internal inconsistencies")
+    bad = inconsistencies(est)
+    r.para(f"{len(bad)} of {len(E.check_consistency(est))} checks of the analysis's own arithmetic "
+           "do not add up (stated vs computed from its other numbers):", "note")
+    r.table(bad)
+    p = out / "csv" / "reference_inconsistencies.csv"
+    bad.to_csv(p, index=False)
+    csvs.append(p)
+    return csvs
+
+
 def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
-                 estimates: dict | None = None) -> dict:
+                 estimates: dict | None = None, reference: bool = True) -> dict:
     """Write the report for results files / folders / documents into ``out_dir``.
 
     Returns ``{"html": Path, "markdown": Path, "png": [Path], "csv": [Path]}``. Any
     workload's document works: tables are whatever its ``summary`` holds, plots are
-    those its records and summary support. Raises ResultsError for an unreadable file
-    and ValueError when given nothing.
+    those its records and summary support. ``reference=False`` leaves out the sections on
+    the reference's estimates. Raises ResultsError for an unreadable file and ValueError
+    when given nothing.
     """
     docs = _docs(paths_or_docs)
     if not docs:
@@ -291,6 +328,9 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
     r.para(f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from {len(docs)} results "
            f"document(s). Comparisons carry 95% bootstrap confidence intervals.", "note")
     stems = [_stem(d, i, seen) for i, d in enumerate(docs)]
+    r.heading("Summary")
+    for stem, d in zip(stems, docs, strict=True):
+        r.para(f"{stem}: {summary_paragraph(d)}")
     r.heading("Environment")
     common, per_doc = environment_tables(docs, stems)
     r.table(common, "shared by every results file")
@@ -309,48 +349,25 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
         for caption, t in hop_tables(plots.summary_of(d)).items():
             r.table(t, caption)
         for name, t in tables.items():
-            caption = OVERHEAD_CAPTION if name == "overhead" else name
+            caption = OVERHEAD_CAPTION if name == "overhead" else human_label(name)
             r.table(display_table(name, t), caption)
+            if name == "engines" and "wall_throughput_tps_mean" in t:
+                r.para(TOK_S_NOTE, "note")
             if name == "engines" and percentile_rows(t.to_dict(orient="records")):
                 r.table(pd.DataFrame(percentile_rows(t.to_dict(orient="records"))), PERCENTILE_NOTE)
-        rows = measured_rows(d)
+        rows = measured_rows(d) if reference else []
         all_rows += rows
         est_tables = estimate_tables(rows, est)
         for name, fig in doc_figures(d, est_tables).items():
             r.figure(fig, f"{stem}_{name}", f"{stem} {name}")
-        for tid, t in est_tables.items():
-            r.table(t, f"reference estimate vs measured: {tid}")
-        if rows and not est_tables:
-            r.para("This document's measurements match no reference estimate row.", "note")
         csvs += export_csv(d, out / "csv", stem=stem)
         if rows:
             p = out / "csv" / f"{stem}_estimates.csv"
             pd.concat([t.assign(table=tid) for tid, t in est_tables.items()] or [pd.DataFrame(rows)],
                       ignore_index=True).to_csv(p, index=False)
             csvs.append(p)
-    r.heading("All measurements against the reference estimates")
-    combined = estimate_tables(all_rows, est)
-    if combined:
-        verdicts = pd.concat(combined.values())["verdict"].value_counts()
-        r.para("Verdicts: " + ", ".join(f"{v} {n}" for v, n in verdicts.items())
-               + f" ({rule_text()}).", "note")
-        r.figure(plots.estimates_vs_measured(combined, measured_only=True), "all_estimates",
-                 "all estimates vs measured")
-        for tid, t in combined.items():
-            r.table(t, tid)
-        p = out / "csv" / "estimates_vs_measured.csv"
-        pd.concat([t.assign(table=tid) for tid, t in combined.items()]).to_csv(p, index=False)
-        csvs.append(p)
-    else:
-        r.para("No results document carries measurements of reference metrics (an 'estimates' list).", "note")
-    r.heading("The reference's internal inconsistencies")
-    bad = inconsistencies(est)
-    r.para(f"{len(bad)} of {len(E.check_consistency(est))} checks of the analysis's own arithmetic "
-           "do not add up (stated vs computed from its other numbers):", "note")
-    r.table(bad)
-    p = out / "csv" / "reference_inconsistencies.csv"
-    bad.to_csv(p, index=False)
-    csvs.append(p)
+    if reference:
+        csvs += _reference_sections(r, out, all_rows, est)
     html_path, md_path = out / "report.html", out / "report.md"
     html_path.write_text('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
                          f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
