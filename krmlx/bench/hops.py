@@ -169,7 +169,8 @@ def write_trace(doc: dict, path: str | Path) -> Path | None:
 
 def tables(summary: dict) -> dict[str, pd.DataFrame]:
     """A summary's ``hops`` and ``hops_vs_direct`` as tables for people: caption -> a frame
-    of hops (rows) by target (columns), means in ms; the attribution as 'Δ [CI]' cells."""
+    of hops (rows) by target (columns), means in ms; the attribution as 'Δ [CI]' cells;
+    three significant digits."""
     out = {}
     rows = pd.DataFrame(summary.get("hops") or [])
     for phase, caption in (("ttft", "first token: mean ms per hop (the hops add up to the TTFT)"),
@@ -180,10 +181,11 @@ def tables(summary: dict) -> dict[str, pd.DataFrame]:
         table = part.pivot_table(index="label", columns="engine", values="mean_ms", sort=False)
         if phase == "ttft":
             table.loc["= TTFT (mean)"] = part.groupby("engine", sort=False)["whole_ms"].first()
-        out[caption] = table.round(3).reset_index().rename(columns={"label": "hop"})
+        out[caption] = table.map(lambda x: float(f"{x:.3g}")).reset_index().rename(
+            columns={"label": "hop"})
     diff = pd.DataFrame(summary.get("hops_vs_direct") or [])
     if len(diff):
-        diff["cell"] = [f"{r.diff_ms:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" for r in diff.itertuples()]
+        diff["cell"] = [f"{r.diff_ms:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}]" for r in diff.itertuples()]
         diff["kind"] = diff["serving"].map({True: "serving", False: "compute"}).fillna("")
         table = diff.pivot_table(index=["label", "kind"], columns="engine", values="cell",
                                  aggfunc="first", sort=False)
