@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -63,6 +64,9 @@ def record_of(target: str, trial: int, request: Request, completion=None, error=
 
 
 SEQUENCE_ORDERS = {
+    "shuffle": "sequence: one request at a time, each through every target, the target order "
+               "a fresh seeded shuffle per request and trial (each target follows each other "
+               "equally often on average)",
     "rotate": "sequence: one request at a time, each through every target, the target order "
               "rotated per request and trial",
     "blocks": "sequence in blocks: one request at a time, all of a trial's requests of a "
@@ -78,6 +82,13 @@ def check_sequence_order(owner: str, order: str) -> None:
 def rotate(names: list, k: int) -> list:
     k %= max(1, len(names))
     return names[k:] + names[:k]
+
+
+def shuffled(names: list, trial: int, i: int) -> list:
+    """``names`` in a seeded random order for request ``i`` of ``trial`` (the same every run)."""
+    out = list(names)
+    random.Random(f"krmlx-order:{trial}:{i}").shuffle(out)
+    return out
 
 
 def requests_hash(requests: list[Request]) -> str:
@@ -252,12 +263,15 @@ class Run:
     # -- schedules -----------------------------------------------------------------------
     async def sequence(self, requests: list[Request], trial: int, *, kind: str = "generate",
                        series: str = "", targets: list[str] | None = None, measure: bool = False,
-                       retries: int = 0, retry_delay_s: float = 0.0, order: str = "rotate",
+                       retries: int = 0, retry_delay_s: float = 0.0, order: str = "shuffle",
                        **extra) -> None:
         """Each request through every target (or ``targets``), one at a time. ``order``
-        ``rotate``: request by request, every target in turn, the order rotated per request
-        and trial (so a target often runs right after another: on a small host a switch
-        between processes costs the one that follows); ``blocks``: all the requests through
+        ``shuffle`` (the default): request by request, every target in turn, in a fresh
+        seeded random order each time, so each target follows each other equally often: on
+        a small host what the previous target leaves running (a server finishing its request
+        after it answered) costs the one that follows, and a fixed cycle would charge it to
+        the same target every time (docs/methodology.md); ``rotate``: the same with the order
+        rotated per request and trial (a fixed cycle); ``blocks``: all the requests through
         one target, then all through the next, the target order rotated per trial (a target
         follows itself but at a block's start). ``measure``: each target's counter deltas
         over the sequence are kept as a measurement. ``retries``: see :meth:`do`."""
@@ -266,7 +280,10 @@ class Run:
         self.note_requests(series, requests)
         names = [n for n in (targets or list(self.targets)) if n in self.targets]
         before = {n: self.targets[n].stats() for n in names} if measure else {}
-        if order == "rotate":
+        if order == "shuffle":
+            plan = [(name, req) for i, req in enumerate(requests)
+                    for name in shuffled(names, trial, i)]
+        elif order == "rotate":
             plan = [(name, req) for i, req in enumerate(requests)
                     for name in rotate(names, i + trial)]
         else:
