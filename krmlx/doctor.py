@@ -43,19 +43,25 @@ def foreign_cpu_load(interval_s: float = 0.2) -> float:
 
 
 def memory_bandwidth_gbs(n_floats: int = 1 << 26, reps: int = 5) -> float:
-    """The device's memory bandwidth as one large elementwise kernel sees it: the best of
-    ``reps`` runs of one read and one write of ``n_floats`` float32s (GB/s). A decode step
-    streams every weight once, so ``weight bytes / this`` is the floor under a step."""
+    """The device's memory bandwidth as a decode step can use it (GB/s): the best of
+    ``reps`` runs of the faster of two kernels over ``n_floats`` float32s, an elementwise
+    one (one read and one write) and a matrix-vector product (one read of the matrix, as a
+    decode step reads its weights; on a CPU it runs on the BLAS's threads, where an
+    elementwise kernel runs on one). A decode step streams every weight once, so
+    ``weight bytes / this`` is the floor under a step."""
     import mlx.core as mx
 
     a = mx.ones((n_floats,), dtype=mx.float32)
-    mx.eval(a)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        mx.eval(a * 1.0001)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 4 * n_floats / best / 1e9
+    side = int(n_floats ** 0.5)
+    w, x = a[: side * side].reshape(side, side), mx.ones((side,), dtype=mx.float32)
+    mx.eval(a, w, x)
+    best = 0.0
+    for nbytes, op in ((2 * 4 * n_floats, lambda: a * 1.0001), (4 * side * side, lambda: w @ x)):
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            mx.eval(op())
+            best = max(best, nbytes / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 def oversubscription_warning(cores_usable: int | None, worker_blas_threads: int | None,

@@ -114,15 +114,39 @@ def test_an_unreachable_url_is_an_error_naming_the_target(tiny_path):
         run(run_workload(wl, MODEL, targets=["direct", "nowhere=http://127.0.0.1:9/v1"]))
 
 
+def test_the_shuffled_order_balances_who_follows_whom():
+    """A fixed cycle puts the same target after the same other every time (and charges it
+    what that one leaves running); the seeded shuffle gives every ordered pair its share,
+    and is the same on every run."""
+    from collections import Counter
+
+    from krmlx.bench.runner import rotate, shuffled
+
+    names = ["a", "b", "c", "d"]
+    def follows(orders):
+        flat = [n for o in orders for n in o]
+        return Counter(zip(flat, flat[1:], strict=False))
+    cycle = follows(rotate(names, i) for i in range(600))
+    assert cycle[("d", "a")] > 500 and cycle[("a", "c")] == 0  # a always after d
+    mixed = follows(shuffled(names, 0, i) for i in range(600))
+    pairs = [(x, y) for x in names for y in names if x != y]
+    assert all(120 < mixed[p] < 250 for p in pairs), mixed  # each pair about 1/12 of 2399
+    assert [shuffled(names, 0, i) for i in range(5)] == [shuffled(names, 0, i) for i in range(5)]
+    assert any(shuffled(names, 0, i) != shuffled(names, 1, i) for i in range(20))  # per trial
+
+
 def test_targets_get_equal_warmup_and_interleaved_order(tiny_path):
-    """Sequence: for each request every target in turn, the first target rotating; the
-    warm-up each got is the same and recorded; the requests' hash is recorded."""
+    """Sequence: for each request every target in turn, in the seeded shuffle of that
+    request; the warm-up each got is the same and recorded; the requests' hash is recorded."""
+    from krmlx.bench.runner import shuffled
+
     wl = make_workload("baseline", smoke=True, questions=4, max_tokens=4)
     doc = run(run_workload(wl, MODEL, targets=["direct", "engine", "engine:all"]))
     recs = sorted(doc["records"], key=lambda r: r["t_start_s"])
-    firsts = [recs[i]["engine"] for i in range(0, len(recs), 3)]
-    assert firsts == ["direct", "phase0", "all", "direct"]
+    order = [r["engine"] for r in recs]
+    assert order == [n for i in range(4) for n in shuffled(["direct", "phase0", "all"], 0, i)]
     assert [r["request_id"] for r in recs[:3]] == [recs[0]["request_id"]] * 3
+    assert "shuffle" in doc["config"]["treatment"]["order"][0]
     t = doc["config"]["treatment"]
     assert t["warmup"]["direct"] == t["warmup"]["phase0"] == t["warmup"]["all"]
     assert t["requests"]["baseline"]["n"] == 4 and len(t["requests"]["baseline"]["sha256"]) == 16
@@ -197,7 +221,7 @@ def test_the_http_client_is_calibrated_against_the_stub(tiny_path):
     assert http["stub:burst"]["wall_us_per_chunk"] > 0
     stream = {r["engine"]: r for r in doc["summary"]["stream"]}
     assert set(stream) == {f"stream:{c}{v}" for c in ("json", "msgpack")
-                           for v in ("", "+window64", "+coalesce8")} | {"stream:json,no-timeline"}
+                           for v in ("", "+window64", "+coalesce8")} | {"stream:json+no-timeline"}
     # CPU times tick at 10 ms: a smoke stream may round the worker's to 0
     assert all(r["wall_us_per_token"] > 0 and r["caller_cpu_us_per_token"] > 0
                and r["worker_cpu_us_per_token"] >= 0 for r in stream.values())

@@ -24,6 +24,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import re
 import shlex
@@ -61,7 +63,11 @@ def quotes(text: str) -> list[tuple]:
 
 @cache
 def results(path: str) -> dict:
-    return read_results(ROOT / path)
+    """A cited file: a krmlx results file (checked by read_results), or a benchmark script's
+    own JSON (``benchmarks/*.py --out``, which has no results schema), gzip or not."""
+    raw = (ROOT / path).read_bytes()
+    doc = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    return read_results(ROOT / path) if "schema" in doc else doc
 
 
 def cited_ratio(path: str, key: str, value: str, metric: str, num: str, den: str) -> tuple:
@@ -92,9 +98,13 @@ def expand(path: str) -> list[str]:
 
 def lookup(doc, path: str):
     """The value at a dotted path; ``name[k=v,...]`` picks the one list element that matches,
-    ``name[3]`` an index. An AssertionError names the step that found nothing."""
+    ``name[3]`` an index, ``'a.b'`` a key with dots. An AssertionError names the step that
+    found nothing."""
     node = doc
-    for step in re.findall(r"[^.\[\]]+(?:\[[^\]]*\])*", path):
+    for step in re.findall(r"'[^']*'|[^.\[\]']+(?:\[[^\]]*\])*", path):
+        if step.startswith("'"):  # a key with dots in it: 'mlx_lm.server'
+            node = node[step[1:-1]]
+            continue
         name, *selectors = re.split(r"\[|\]\[", step.rstrip("]"))
         node = node[name] if name else node
         for sel in selectors:

@@ -99,8 +99,9 @@ def format_summary(doc: dict, *, reference: bool = True) -> str:
             f"{env.get('cores')} cores")
     if cfg.get("interrupted"):
         head += " · INTERRUPTED (partial)"
-    parts = [head, "", textwrap.fill(summary_paragraph(doc), 100), "",
-             _table(summary.get("engines", []), ENGINE_COLUMNS, "{:.2f}")]
+    parts = [head, "", textwrap.fill(summary_paragraph(doc), 100)]
+    if summary.get("engines"):  # a workload of levels or lengths has its own tables below
+        parts += ["", _table(summary["engines"], ENGINE_COLUMNS, "{:.2f}")]
     if summary.get("engines") and "throughput_tps_mean" in summary["engines"][0]:
         parts += [textwrap.fill(TOK_S_NOTE.split("; tok/s (wall)")[0] + ".", 100)]
     pct = percentile_rows(summary.get("engines", []))

@@ -160,7 +160,8 @@ def floor_of(floor: dict | None, level: int, tps: float) -> dict:
     """The weight-streaming ceiling at ``level`` streams (each decode step reads every weight
     once: at most level x bandwidth / weight bytes tokens per second) and the fraction of it
     the level reached (output tokens over the wave's wall time, prefill included, so a
-    lower bound on the decode's own fraction)."""
+    lower bound on the decode's own fraction). On a CPU a model small enough to stay in the
+    caches is not bound by memory bandwidth, and can pass 1."""
     if not floor or not floor.get("weight_bytes") or not floor.get("bandwidth_gbs"):
         return {}
     ceiling = level * floor["bandwidth_gbs"] * 1e9 / floor["weight_bytes"]

@@ -5,7 +5,7 @@ stack (the workload makes its targets; ``--target`` does not apply):
 - ``stream``: the per-token cost of streaming ``stream_tokens`` synthetic tokens from the
   worker's null model (no MLX), per framing (a frame per token without a window, a 64-frame
   window, coalescing 8 tokens / 5 ms), per codec: wall µs per token and CPU µs per token of
-  the caller and of the worker (medians over ``reps`` streams); ``json,no-timeline``: the
+  the caller and of the worker (medians over ``reps`` streams); ``json+no-timeline``: the
   plain JSON stream with the worker's timeline off (``json`` minus it: the timeline's cost);
 - ``tokenize``: one text tokenized in this process, through the worker one call per
   message, and through the batching phase with 10 in flight (µs per item);
@@ -78,7 +78,7 @@ class Micro(Workload):
                         for n, f in framing_variants().items()]
              # the timeline's own cost: the plain JSON stream with the worker's part off
              + [EngineTarget(StackConfig(worker=WorkerConfig(framing=plain("json"), timeline=False)),
-                             "stream:json,no-timeline")]),
+                             "stream:json+no-timeline")]),
             ("tokenize", [DirectTarget("tokenize:in-process"),
                           EngineTarget(StackConfig(), "tokenize:worker"),
                           EngineTarget(StackConfig.phases(["batching"]), "tokenize:batched")]),
