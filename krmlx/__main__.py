@@ -196,7 +196,7 @@ def run_bench_one(workload, args) -> tuple[int, dict | None]:
     if sample:
         print(sample)
     print(f"results: {path}")
-    trace = write_trace(doc, Path(path).with_suffix(".trace.json"))
+    trace = write_trace(doc, path)
     if trace:
         print(f"trace (Perfetto / chrome://tracing): {trace}")
     print()

@@ -80,7 +80,7 @@ for caption, table in hops.tables(doc["summary"]).items():
 
 # %%
 # the whole run as a Perfetto trace: open it at ui.perfetto.dev (or chrome://tracing)
-hops.write_trace(doc, doc["_source"].replace(".json", ".trace.json"))
+hops.write_trace(doc, doc["_source"])
 
 # %% [markdown]
 # ## The reference's baseline table beside ours

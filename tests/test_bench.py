@@ -127,7 +127,7 @@ def test_the_shuffled_order_balances_who_follows_whom():
         flat = [n for o in orders for n in o]
         return Counter(zip(flat, flat[1:], strict=False))
     cycle = follows(rotate(names, i) for i in range(600))
-    assert cycle[("d", "a")] > 500 and cycle[("a", "c")] == 0  # a always after d
+    assert cycle[("d", "a")] == 450 and cycle[("a", "d")] == 0  # a after d in 3 of 4 requests
     mixed = follows(shuffled(names, 0, i) for i in range(600))
     pairs = [(x, y) for x in names for y in names if x != y]
     assert all(120 < mixed[p] < 250 for p in pairs), mixed  # each pair about 1/12 of 2399
@@ -235,7 +235,8 @@ def test_the_http_client_is_calibrated_against_the_stub(tiny_path):
     ("chat", {}, lambda s: {r["turn"] for r in s["turns"]} == {0, 1}
      and max(r["cached_prompt_tokens_mean"] or 0 for r in s["turns"]) > 0),
     ("goodput", {}, lambda s: all(0 <= r["goodput_fraction"] <= 1 for r in s["rates"])),
-    ("prompt_cache", {}, lambda s: s["prompt_cache"][1]["cached_tokens_p50"] > 0),
+    ("prompt_cache", {}, lambda s: {r["engine"]: r for r in s["prompt_cache"]}["prompt_cache"]
+     ["cached_tokens_p50"] > 0),
     ("speculative", {}, lambda s: s["speculative"][1]["identical_to_no_draft"] == 2),
 ])
 def test_the_workloads_past_the_50_questions_run_on_their_targets(name, params, check, tiny_path):
@@ -333,7 +334,8 @@ def test_the_cli_runs_a_workload_on_the_targets_given(tmp_path, tiny_path):
                         "questions=2", "--out", str(tmp_path), "--quiet"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    (path,) = tmp_path.glob("baseline-*.json")
+    (path,) = tmp_path.glob("baseline-*.json")  # its trace is in traces/, apart
+    assert (tmp_path / "traces" / path.name).exists()
     doc = read_results(path)
     assert {r["engine"] for r in doc["records"]} == {"direct", "phase0"}
     assert len(doc["records"]) == 4 and doc["config"]["params"]["questions"] == 2

@@ -74,7 +74,8 @@ def test_breakdown_attribution_and_trace_from_a_run(tiny_path, tmp_path):
     assert hops["diff_ms"].sum() == pytest.approx(delta, abs=1e-3)
     assert abs(diff.set_index("hop").loc["unexplained", "diff_ms"]) < 1e-3
     assert set(hops[~hops["serving"].astype(bool)]["hop"]) == set(T.COMPUTE_HOPS)
-    path = H.write_trace(doc, tmp_path / "run.trace.json")
+    path = H.write_trace(doc, tmp_path / "run.json")
+    assert path == tmp_path / "traces" / "run.json"
     trace = json.loads(path.read_text())["traceEvents"]
     names = {e["args"]["name"] for e in trace if e["ph"] == "M"}
     assert names == {"direct caller", "phase0 caller", "phase0 worker"}
@@ -128,8 +129,9 @@ def test_plots_of_the_breakdown_and_one_request(tiny_path):
     for bar in fig.axes[0].patches:
         row = round(bar.get_y() + bar.get_height() / 2)
         ends[row] = max(ends.get(row, 0.0), bar.get_x() + bar.get_width())
-    means = [sum(r["ttft_ms"] for r in doc["records"] if r["engine"] == e) / 2
-             for e in ("direct", "phase0")]
+    rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert sorted(rows) == ["direct", "phase0"]
+    means = [sum(r["ttft_ms"] for r in doc["records"] if r["engine"] == e) / 2 for e in rows]
     assert [ends[0], ends[1]] == pytest.approx(means, rel=1e-6)
     served = next(r for r in doc["records"] if r["engine"] == "phase0")
     wf = plots.waterfall(served)

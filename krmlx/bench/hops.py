@@ -157,12 +157,16 @@ def trace_events(records: list[dict]) -> dict:
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
-def write_trace(doc: dict, path: str | Path) -> Path | None:
-    """The trace of a results document's records at ``path``; None when none has a timeline."""
+def write_trace(doc: dict, results_path: str | Path) -> Path | None:
+    """The trace of a results document's records, written as ``traces/NAME`` beside its
+    results file ``NAME`` (a folder apart, so a folder of results files holds only those);
+    None when no record has a timeline."""
     trace = trace_events(doc.get("records", []))
     if not any(e["ph"] == "X" for e in trace["traceEvents"]):
         return None
-    path = Path(path)
+    results_path = Path(results_path)
+    path = results_path.parent / "traces" / results_path.name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(trace))
     return path
 
