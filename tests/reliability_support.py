@@ -34,6 +34,17 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def ttft_ms(engine, request) -> float:
+    """Milliseconds from asking ``engine`` for ``request``'s stream to its first chunk (the
+    stream is closed after it)."""
+    stream = engine.stream(request)
+    t0 = time.perf_counter()
+    await stream.__anext__()
+    ms = (time.perf_counter() - t0) * 1e3
+    await stream.aclose()
+    return ms
+
+
 def load_soak():
     """benchmarks/soak.py as a module (it is a script, not part of the package)."""
     name = "krmlx_bench_soak"

@@ -11,7 +11,7 @@ import math
 import time
 
 import pytest
-from reliability_support import run
+from reliability_support import run, ttft_ms
 
 from krmlx import Engine, Request, StackConfig
 from krmlx.gen import DEFAULT_PREFILL_STEP
@@ -19,15 +19,6 @@ from krmlx.gen import DEFAULT_PREFILL_STEP
 LONG_IDS = tuple(5 + (i * 7) % 3000 for i in range(2560))  # five chunks
 CHUNKS = math.ceil(len(LONG_IDS) / DEFAULT_PREFILL_STEP)
 MAX_GAP_CHUNKS = 2.0  # one chunk, a decode step, and a 2-core machine's noise
-
-
-async def ttft_ms(engine, request: Request) -> float:
-    stream = engine.stream(request)
-    t0 = time.perf_counter()
-    await stream.__anext__()
-    ms = (time.perf_counter() - t0) * 1e3
-    await stream.aclose()
-    return ms
 
 
 async def measure(scheduler: str):

@@ -13,7 +13,7 @@ import signal
 import time
 
 import pytest
-from reliability_support import run
+from reliability_support import run, ttft_ms
 
 from krmlx import DirectEngine, Engine, Request, StackConfig, WorkerConfig
 from krmlx.errors import (
@@ -32,15 +32,6 @@ LONG_IDS = tuple(5 + (i * 7) % 3000 for i in range(4000))  # within tiny's 4096-
 
 def cfg(**worker) -> StackConfig:
     return StackConfig(worker=WorkerConfig(**worker))
-
-
-async def ttft_ms(engine, request: Request) -> float:
-    stream = engine.stream(request)
-    t0 = time.perf_counter()
-    await stream.__anext__()
-    ms = (time.perf_counter() - t0) * 1e3
-    await stream.aclose()
-    return ms
 
 
 # -- long prompts ---------------------------------------------------------------------------
