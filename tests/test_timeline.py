@@ -64,7 +64,8 @@ def test_breakdown_attribution_and_trace_from_a_run(tiny_path, tmp_path):
     ttft = rows[rows["phase"] == "ttft"]
     for engine, part in ttft.groupby("engine"):  # the stacked means are the mean TTFT
         ok = [r["ttft_ms"] for r in doc["records"] if r["engine"] == engine and r["ok"]]
-        assert part["mean_ms"].sum() == pytest.approx(sum(ok) / len(ok), rel=1e-6)
+        # the marks are kept to 0.1 µs (timeline.relative), so the sum can miss by a little
+        assert part["mean_ms"].sum() == pytest.approx(sum(ok) / len(ok), abs=1e-3)
     diff = pd.DataFrame(summary["hops_vs_direct"])
     assert set(diff["engine"]) == {"phase0"} and diff["pairs"].iloc[0] == 4
     measured = pd.DataFrame(doc["records"]).pivot_table(index="request_id", columns="engine",
