@@ -86,10 +86,10 @@ def divergences(doc: dict, model, tokenizer, *, reference: str = "direct",
     records = [r for r in doc.get("records", []) if r.get("ok")]
     first = {}
     for r in records:
-        key = (r["engine"], r["request_id"])
+        key = (r["target"], r["request_id"])
         if key not in first or r.get("trial", 0) < first[key].get("trial", 0):
             first[key] = r
-    engines = list(dict.fromkeys(r["engine"] for r in records))
+    engines = list(dict.fromkeys(r["target"] for r in records))
     if reference not in engines:
         raise ValueError(f"reference target {reference!r} is not in the results "
                          f"(targets: {', '.join(engines)})")

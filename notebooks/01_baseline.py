@@ -66,7 +66,7 @@ plots.overhead(doc)
 plots.hop_breakdown(doc)
 
 # %%
-served = next(r for r in doc["records"] if r["engine"] == "phase0" and r["ok"])
+served = next(r for r in doc["records"] if r["target"] == "phase0" and r["ok"])
 plots.waterfall(served)
 
 # %%

@@ -51,7 +51,7 @@ setup_notebook()
 wl = make_workload("distributed", smoke=SMOKE, questions=QUESTIONS, ranks=RANKS, backend=BACKEND)
 doc = await run_workload(wl, MODEL)  # noqa: F704
 save_results(doc, RUNS, "distributed")
-pd.DataFrame(doc["summary"]["engines"])[["engine", "requests", "ttft_ms_p50", "tpot_ms_mean", "throughput_tps_mean"]]
+pd.DataFrame(doc["summary"]["targets"])[["target", "requests", "ttft_ms_p50", "tpot_ms_mean", "throughput_tps_mean"]]
 
 # %% [markdown]
 # ## Collectives: what a token pays

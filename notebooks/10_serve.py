@@ -88,11 +88,11 @@ pd.DataFrame([r for r in rows if not r["name"].endswith(("_bucket", "_created"))
 doc = await run("baseline", MODEL, smoke=SMOKE, trials=TRIALS, questions=PROMPTS,  # noqa: F704
                 max_tokens=MAX_TOKENS,
                 targets=["direct", f"engine?scheduler={SCHEDULER}", f"http={server.base_url}"])
-pd.DataFrame(doc["summary"]["engines"])[["engine", "requests", "errors", "ttft_ms_p50",
+pd.DataFrame(doc["summary"]["targets"])[["target", "requests", "errors", "ttft_ms_p50",
                                          "ttft_ms_p90", "e2e_ms_p50", "tpot_ms_p50"]]
 
 # %%
-pd.DataFrame(doc["summary"]["overhead"])[["engine", "ttft_ms_diff", "ttft_ms_ci_low",
+pd.DataFrame(doc["summary"]["overhead"])[["target", "ttft_ms_diff", "ttft_ms_ci_low",
                                           "ttft_ms_ci_high", "e2e_ms_diff", "e2e_ms_ci_low",
                                           "e2e_ms_ci_high", "total_overhead_pct"]]
 

@@ -6,10 +6,10 @@ from krmlx.questions import load_questions
 
 def doc(model, engine="direct"):
     qs = load_questions()[0]
-    records = [{"engine": engine, "trial": 0, "request_id": q.id, "ok": True,
+    records = [{"target": engine, "trial": 0, "request_id": q.id, "ok": True,
                 "output_text": f"answer {i}\n  spread", "output_tokens": 3, "finish_reason": "stop"}
                for i, q in enumerate(qs[:5])]
-    records.append({"engine": "other", "trial": 0, "request_id": qs[0].id, "ok": True,
+    records.append({"target": "other", "trial": 0, "request_id": qs[0].id, "ok": True,
                     "output_text": "not shown", "output_tokens": 2, "finish_reason": "stop"})
     return {"config": {"model": model}, "records": records}
 

@@ -143,7 +143,7 @@ def test_targets_get_equal_warmup_and_interleaved_order(tiny_path):
     wl = make_workload("baseline", smoke=True, questions=4, max_tokens=4)
     doc = run(run_workload(wl, MODEL, targets=["direct", "engine", "engine:all"]))
     recs = sorted(doc["records"], key=lambda r: r["t_start_s"])
-    order = [r["engine"] for r in recs]
+    order = [r["target"] for r in recs]
     assert order == [n for i in range(4) for n in shuffled(["direct", "phase0", "all"], 0, i)]
     assert [r["request_id"] for r in recs[:3]] == [recs[0]["request_id"]] * 3
     assert "shuffle" in doc["config"]["treatment"]["order"][0]
@@ -157,7 +157,7 @@ def test_targets_get_equal_warmup_and_interleaved_order(tiny_path):
     # the engines' workers report their own clock, so the summary splits off the wire
     from krmlx.bench.metrics import summarize, to_frame
 
-    s = summarize(to_frame(doc["records"])).set_index("engine")
+    s = summarize(to_frame(doc["records"])).set_index("target")
     for name in ("phase0", "all"):
         assert 0 < s.loc[name, "wire_ttft_ms_p50"] < s.loc[name, "ttft_ms_p50"]
         assert 0 < s.loc[name, "worker_tpot_ms_mean"]
@@ -178,7 +178,7 @@ def test_what_a_target_lacks_is_recorded_not_a_crash(tiny_path):
     for it (recorded once, no records), the engine runs it."""
     wl = make_workload("model_switching", smoke=True, switches=(3,), warm_cache=False)
     doc = run(run_workload(wl, MODEL, targets=["direct", "engine:caching"]))
-    assert {r["engine"] for r in doc["records"]} == {"caching"}
+    assert {r["target"] for r in doc["records"]} == {"caching"}
     (note,) = [n for n in doc["config"]["not_supported"] if n["target"] == "direct"]
     assert note["op"] == "generate" and "model switching" in note["reason"]
 
@@ -191,7 +191,7 @@ def test_a_server_that_dies_mid_run_is_recorded_and_the_run_keeps_what_it_measur
         async def killer():
             while not server.alive:
                 await asyncio.sleep(0.05)
-            while sum(1 for r in records if r["engine"] == "mlx_lm.server") < 2:
+            while sum(1 for r in records if r["target"] == "mlx_lm.server") < 2:
                 await asyncio.sleep(0.01)
             os.killpg(server.process.pid, signal.SIGKILL)
 
@@ -202,10 +202,10 @@ def test_a_server_that_dies_mid_run_is_recorded_and_the_run_keeps_what_it_measur
 
     records: list = []
     doc = run(go())
-    mine = [r for r in doc["records"] if r["engine"] == "mlx_lm.server"]
+    mine = [r for r in doc["records"] if r["target"] == "mlx_lm.server"]
     assert 2 <= len(mine) < 6 and sum(not r["ok"] for r in mine) == 1
     assert "mlx_lm.server" in doc["config"]["target_errors"]
-    assert len([r for r in doc["records"] if r["engine"] == "direct"]) == 6  # the others go on
+    assert len([r for r in doc["records"] if r["target"] == "direct"]) == 6  # the others go on
     assert not server.started
 
 
@@ -214,19 +214,19 @@ def test_the_http_client_is_calibrated_against_the_stub(tiny_path):
     see a token earlier than that, nor the gaps shorter on average; what it adds is in the
     micro summary (the floor under any HTTP measurement)."""
     doc = run(run_workload(make_workload("micro", smoke=True), MODEL))
-    http = {r["engine"]: r for r in doc["summary"]["http"]}
+    http = {r["target"]: r for r in doc["summary"]["http"]}
     paced = http["stub:paced"]
     assert paced["ttft_ms_p50"] >= 20.0 and paced["client_added_ttft_ms_p50"] >= 0
     assert paced["itl_ms_p50"] >= 1.0 and paced["client_cpu_us_per_chunk"] > 0
     assert http["stub:burst"]["wall_us_per_chunk"] > 0
-    stream = {r["engine"]: r for r in doc["summary"]["stream"]}
+    stream = {r["target"]: r for r in doc["summary"]["stream"]}
     assert set(stream) == {f"stream:{c}{v}" for c in ("json", "msgpack")
                            for v in ("", "+window64", "+coalesce8")} | {"stream:json+no-timeline"}
     # CPU times tick at 10 ms: a smoke stream may round the worker's to 0
     assert all(r["wall_us_per_token"] > 0 and r["caller_cpu_us_per_token"] > 0
                and r["worker_cpu_us_per_token"] >= 0 for r in stream.values())
-    assert {r["engine"] for r in doc["summary"]["ping"]} == {"ping:json", "ping:msgpack"}
-    paths = {r["engine"] for r in doc["summary"]["tokenize"]}
+    assert {r["target"] for r in doc["summary"]["ping"]} == {"ping:json", "ping:msgpack"}
+    paths = {r["target"] for r in doc["summary"]["tokenize"]}
     assert paths == {"tokenize:in-process", "tokenize:worker", "tokenize:batched"}
 
 
@@ -235,7 +235,7 @@ def test_the_http_client_is_calibrated_against_the_stub(tiny_path):
     ("chat", {}, lambda s: {r["turn"] for r in s["turns"]} == {0, 1}
      and max(r["cached_prompt_tokens_mean"] or 0 for r in s["turns"]) > 0),
     ("goodput", {}, lambda s: all(0 <= r["goodput_fraction"] <= 1 for r in s["rates"])),
-    ("prompt_cache", {}, lambda s: {r["engine"]: r for r in s["prompt_cache"]}["prompt_cache"]
+    ("prompt_cache", {}, lambda s: {r["target"]: r for r in s["prompt_cache"]}["prompt_cache"]
      ["cached_tokens_p50"] > 0),
     ("speculative", {}, lambda s: s["speculative"][1]["identical_to_no_draft"] == 2),
 ])
@@ -320,7 +320,7 @@ def test_the_crosscheck_agrees_only_within_its_tolerance():
 
 def test_direct_is_refused_for_open_loop_arrivals(tiny_path):
     doc = run(run_workload(make_workload("goodput", smoke=True), MODEL, targets=["direct", "engine"]))
-    assert {r["engine"] for r in doc["records"]} == {"phase0"}
+    assert {r["target"] for r in doc["records"]} == {"phase0"}
     assert [n["target"] for n in doc["config"]["not_supported"]] == ["direct"]
 
 
@@ -337,7 +337,7 @@ def test_the_cli_runs_a_workload_on_the_targets_given(tmp_path, tiny_path):
     (path,) = tmp_path.glob("baseline-*.json")  # its trace is in traces/, apart
     assert (tmp_path / "traces" / path.name).exists()
     doc = read_results(path)
-    assert {r["engine"] for r in doc["records"]} == {"direct", "phase0"}
+    assert {r["target"] for r in doc["records"]} == {"direct", "phase0"}
     assert len(doc["records"]) == 4 and doc["config"]["params"]["questions"] == 2
     bad = subprocess.run([sys.executable, "-m", "krmlx", "bench", "baseline", "--target", "nope"],
                          capture_output=True, text=True, timeout=120)
@@ -432,9 +432,9 @@ def test_the_trial_block_ci_widens_where_noise_is_shared_within_a_trial():
         shift = rng.normal(0, 0.05)  # the other target's share of this trial's noise
         for i in range(8):
             base = 100 * (1 + rng.normal(0, 0.01))
-            rows += [{"engine": "a", "trial": trial, "request_id": f"r{i}", "ok": True,
+            rows += [{"target": "a", "trial": trial, "request_id": f"r{i}", "ok": True,
                       "e2e_ms": base},
-                     {"engine": "b", "trial": trial, "request_id": f"r{i}", "ok": True,
+                     {"target": "b", "trial": trial, "request_id": f"r{i}", "ok": True,
                       "e2e_ms": base * (1 + shift)}]
     df = pd.DataFrame(rows)
     per_request = paired_totals(df, "a", "b")
@@ -471,18 +471,18 @@ def test_trial_ratio_ci_resamples_whole_trials_of_plateaued_ttfts():
     records, measurements = [], []
     for trial in range(10):
         for name, ttfts, wall in (("a", base[trial], 2.0), ("b", half[trial], 1.0)):
-            measurements.append({"trial": trial, "engine": name, "level": 16, "wall_s": wall,
+            measurements.append({"trial": trial, "target": name, "level": 16, "wall_s": wall,
                                  "caller_cpu_s": 0.0, "target_cpu_s": 0.0})
-            records += [{"workload": "concurrency", "engine": name, "trial": trial, "level": 16,
+            records += [{"workload": "concurrency", "target": name, "trial": trial, "level": 16,
                          "request_id": f"r{i}", "ok": True, "ttft_ms": v, "e2e_ms": v + 100,
                          "tpot_ms": 10.0, "output_tokens": 8, "output_ids": [1] * 8}
                         for i, v in enumerate(ttfts)]
     summary = Concurrency().summarize(records, {"targets": {"a": {}, "b": {}},
                                                 "measurements": measurements})
     (row,) = summary["ratios"]
-    assert row["trials"] == 10 and row["ttft_p50_engine_over_base"] == pytest.approx(0.5)
-    assert row["ttft_p50_engine_over_base_ci_low"] == pytest.approx(0.5) == row["ttft_p50_engine_over_base_ci_high"]
-    assert row["tok_s_engine_over_base"] == pytest.approx(2.0) == row["tok_s_engine_over_base_ci_low"]
+    assert row["trials"] == 10 and row["ttft_p50_target_over_base"] == pytest.approx(0.5)
+    assert row["ttft_p50_target_over_base_ci_low"] == pytest.approx(0.5) == row["ttft_p50_target_over_base_ci_high"]
+    assert row["tok_s_target_over_base"] == pytest.approx(2.0) == row["tok_s_target_over_base_ci_low"]
 
 
 def test_pool_summarizes_replications_as_one_run_with_trials_kept_whole(tiny_path, tmp_path):
@@ -547,7 +547,7 @@ def test_order_split_separates_what_running_second_costs():
         for i in range(6):
             base_first = (i + trial) % 2 == 0
             for engine, t in (("a", 0.0 if base_first else 1.0), ("b", 1.0 if base_first else 0.0)):
-                rows.append({"engine": engine, "trial": trial, "request_id": f"r{i}", "ok": True,
+                rows.append({"target": engine, "trial": trial, "request_id": f"r{i}", "ok": True,
                              "t_start_s": 10.0 * i + t, "e2e_ms": 100.0 * (1.04 if t else 1.0)})
     split = order_split(pd.DataFrame(rows), "a", "b")
     assert split["n_base_first"] == split["n_other_first"] == 12
@@ -561,7 +561,7 @@ def test_lengths_in_blocks_runs_each_target_through_a_lengths_requests_in_turn(t
     wl = make_workload("lengths", lengths=(16,), per_length=3, max_tokens=4, order="blocks")
     doc = run(run_workload(wl, MODEL, targets=["direct", "engine"], trials=2))
     by_start = sorted(doc["records"], key=lambda r: r["t_start_s"])
-    runs = [(r["trial"], r["engine"]) for r in by_start]
+    runs = [(r["trial"], r["target"]) for r in by_start]
     assert runs == [(0, "direct")] * 3 + [(0, "phase0")] * 3 + [(1, "phase0")] * 3 + [(1, "direct")] * 3
     assert doc["config"]["treatment"]["order"][0].startswith("sequence in blocks")
     (row,) = doc["summary"]["overhead_by_length"]

@@ -215,13 +215,13 @@ def test_concurrency_sweep_smoke_has_one_row_per_level_and_three_targets(tiny_pa
 
     doc = run(run_workload(make_workload("concurrency", smoke=True), "tiny"))
     levels = doc["summary"]["levels"]
-    assert {(r["engine"], r["concurrency"]) for r in levels} == {
+    assert {(r["target"], r["concurrency"]) for r in levels} == {
         (t, c) for t in ("engine", "raw", "mlx_lm.server") for c in (1, 4)}
     assert all(r["aggregate_tps"] > 0 and r["errors"] == 0 for r in levels)
-    server = [r for r in doc["records"] if r["engine"] == "mlx_lm.server"]
+    server = [r for r in doc["records"] if r["target"] == "mlx_lm.server"]
     assert len(server) == 5 and all(r["ok"] and r["output_tokens"] > 0 for r in server)
     assert all(r["usage_source"] == "server" for r in server)  # stream_options.include_usage
-    match = {r["engine"]: r for r in doc["summary"]["outputs_match"]}
+    match = {r["target"]: r for r in doc["summary"]["outputs_match"]}
     assert match["mlx_lm.server"]["identical_outputs"] == match["mlx_lm.server"]["compared"] == 5
     warm = doc["config"]["treatment"]["warmup"]
-    assert warm["engine"] == warm["raw"] == warm["mlx_lm.server"]  # equal treatment, recorded
+    assert warm["target"] == warm["raw"] == warm["mlx_lm.server"]  # equal treatment, recorded

@@ -19,7 +19,7 @@ def test_first_difference():
 
 
 def record(engine, ids, rid, trial=0):
-    return {"engine": engine, "request_id": rid, "trial": trial, "ok": True,
+    return {"target": engine, "request_id": rid, "trial": trial, "ok": True,
             "output_ids": list(ids), "output_text": ""}
 
 

@@ -8,7 +8,7 @@
 - Every number quoted from a results file carries a marker that names the file, and the
   number must equal the file's value as rounded:
 
-  ``-0.7 [-4.2, +2.9]<!-- value FILE summary.overhead[engine=phase0].total_overhead_pct{,_ci_low,_ci_high} -->``
+  ``-0.7 [-4.2, +2.9]<!-- value FILE summary.overhead[target=phase0].total_overhead_pct{,_ci_low,_ci_high} -->``
       the numbers right before the marker (back to the previous marker or table cell edge)
       against the paths, in order; ``[k=v]`` picks the list element whose ``k`` is ``v``;
       one ``{a,b,...}`` group expands the path.
@@ -54,7 +54,7 @@ def rel(path: Path) -> str:
 
 QUOTE = re.compile(r"(\d+\.\d+)x?\s*\[(\d+\.\d+),\s*(\d+\.\d+)\]\s*<!--\s*ratio\s+(\S+)\s+"
                    r"(\w+)=(\S+)\s+(\w+)\s+([^/\s]+)/(\S+)\s*-->")
-METRICS = {"tok_s": "tok_s_engine_over_base", "ttft_p50": "ttft_p50_engine_over_base"}
+METRICS = {"tok_s": "tok_s_target_over_base", "ttft_p50": "ttft_p50_target_over_base"}
 
 
 def quotes(text: str) -> list[tuple]:
@@ -76,9 +76,9 @@ def cited_ratio(path: str, key: str, value: str, metric: str, num: str, den: str
     rows = [r for r in results(path)["summary"]["ratios"] if str(r.get(key)) == value]
     col = METRICS[metric]
     for r in rows:
-        if (r["engine"], r["base"]) == (num, den):
+        if (r["target"], r["base"]) == (num, den):
             return r[col], r[f"{col}_ci_low"], r[f"{col}_ci_high"]
-        if (r["engine"], r["base"]) == (den, num):
+        if (r["target"], r["base"]) == (den, num):
             return 1 / r[col], 1 / r[f"{col}_ci_high"], 1 / r[f"{col}_ci_low"]
     raise AssertionError(f"{path}: no ratios row for {num}/{den} at {key}={value}")
 
@@ -193,15 +193,15 @@ def test_every_headline_number_is_checked():
 
 def test_a_wrong_number_fails():
     path = "results/gpu/h200-r18c/baseline-20261207-060317.json.gz"
-    spec = "summary.overhead[engine=phase0].total_overhead_pct{,_ci_low,_ci_high}"
+    spec = "summary.overhead[target=phase0].total_overhead_pct{,_ci_low,_ci_high}"
     check_value([path, spec], "| -0.7 [-4.2, +2.9]")
     with pytest.raises(AssertionError):
         check_value([path, spec], "| -0.7 [-4.2, +3.9]")
     check_verdict([path, spec, "pct"], "unresolved")
     with pytest.raises(AssertionError):
         check_verdict([path, spec, "pct"], "level")
-    ratio = ("1/summary.ratios[engine=mlx_lm.server,concurrency=16]"
-             ".tok_s_engine_over_base{,_ci_low,_ci_high}")
+    ratio = ("1/summary.ratios[target=mlx_lm.server,concurrency=16]"
+             ".tok_s_target_over_base{,_ci_low,_ci_high}")
     wave = "results/cpu/r18d/concurrency-20261207-051944.json.gz"
     check_verdict([wave, ratio, "x"], "higher")  # phase0 over mlx_lm.server: 1.21 [1.17, 1.25]
     with pytest.raises(AssertionError):

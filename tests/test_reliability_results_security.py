@@ -312,7 +312,7 @@ def test_a_50_mb_msgpack_header_is_a_desync_and_nothing_is_buffered():
 def _results_file(path: Path, **overrides) -> Path:
     doc = {"schema": {"name": "krmlx.results", "version": 2}, "complete": True, "env": {},
            "config": {"workload": "baseline"}, "records": [
-               {"engine": "direct", "ok": True, "trial": 0, "request_id": str(i),
+               {"target": "direct", "ok": True, "trial": 0, "request_id": str(i),
                 "ttft_ms": 10.0 + i, "e2e_ms": 100.0 + i} for i in range(3)],
            "summary": {}}
     doc.update(overrides)
@@ -362,7 +362,7 @@ def test_compressed_results_read_like_plain_ones_and_old_ratios_are_renamed(tmp_
     from krmlx.errors import ResultsError
     from krmlx.report import load_results
 
-    ratios = [{"engine": "b", "base": "a", "concurrency": 4, "throughput_ratio": 0.8,
+    ratios = [{"target": "b", "base": "a", "concurrency": 4, "throughput_ratio": 0.8,
                "throughput_ratio_ci_low": 0.7, "ttft_p50_ratio": 2.0}]
     path = write_results(tmp_path / "r.json", env={}, config={}, records=[{"ok": True}],
                          summary={"ratios": ratios})
@@ -371,8 +371,8 @@ def test_compressed_results_read_like_plain_ones_and_old_ratios_are_renamed(tmp_
     gz = tmp_path / "old.json.gz"
     gz.write_bytes(gzip.compress(json.dumps(doc).encode()))
     row = read_results(gz)["summary"]["ratios"][0]
-    assert row["tok_s_engine_over_base"] == 0.8 and row["tok_s_engine_over_base_ci_low"] == 0.7
-    assert row["ttft_p50_engine_over_base"] == 2.0 and "throughput_ratio" not in row
+    assert row["tok_s_target_over_base"] == 0.8 and row["tok_s_target_over_base_ci_low"] == 0.7
+    assert row["ttft_p50_target_over_base"] == 2.0 and "throughput_ratio" not in row
     assert read_results(path)["summary"]["ratios"][0]["throughput_ratio"] == 0.8  # v4 untouched
     assert {Path(d["_source"]).name for d in load_results(tmp_path)} == {"r.json", "old.json.gz"}
     (tmp_path / "cut.json.gz").write_bytes(gz.read_bytes()[:40])

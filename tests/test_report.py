@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from krmlx.bench.metrics import to_frame
 from krmlx.report import export, load_results, plots, save_results
 
 EXTERNAL_REF = re.compile(r"""(?:src|href|action|url)\s*[=(]\s*["']?\s*(?!data:|#)[a-z][a-z0-9+.-]*:""", re.I)
@@ -55,7 +56,7 @@ def test_plots_return_figures(doc, results_file):
     loaded = load_results(results_file)[0]
     tables = export.estimate_tables(export.measured_rows(loaded))
     assert {"baseline", "baseline_observations", "summary_50q"} <= set(tables)
-    figs = [plots.latency_distributions(doc), plots.latency_distributions(plots.records_of(loaded)),
+    figs = [plots.latency_distributions(doc), plots.latency_distributions(to_frame(loaded)),
             plots.throughput(loaded), plots.overhead(doc), plots.overhead(loaded["summary"]["overhead"]),
             plots.estimates_vs_measured(tables), plots.estimates_vs_measured(tables["baseline"])]
     for fig in figs:
@@ -67,10 +68,10 @@ def test_plots_return_figures(doc, results_file):
 
 
 def test_sweep_from_records_and_summary_rows(doc):
-    recs = plots.records_of(doc).assign(concurrency=lambda d: 1 + d.index % 2)
+    recs = to_frame(doc).assign(concurrency=lambda d: 1 + d.index % 2)
     df, key = plots.sweep_frame(recs)
     assert key == "concurrency" and set(df["concurrency"]) == {1, 2} and df["throughput"].gt(0).all()
-    rows = [{"engine": "all", "rate": r, "wall_throughput_tps": 10 * r, "ttft_ms_mean": 5 + r} for r in (1, 2, 4)]
+    rows = [{"target": "all", "rate": r, "wall_throughput_tps": 10 * r, "ttft_ms_mean": 5 + r} for r in (1, 2, 4)]
     fig = plots.sweep({"summary": {"rate_sweep": rows}, "records": []})
     assert isinstance(fig, Figure) and list(fig.axes[0].lines[0].get_xdata()) == [1, 2, 4]
     assert plots.has_sweep(recs) and not plots.has_sweep(doc)
@@ -108,7 +109,7 @@ def test_html_is_self_contained(report):
 
 def test_html_has_the_tables(report):
     html = report["html"].read_text()
-    for text in ("Environment", "engines", "overhead vs direct (95% CI in brackets; verdict: level",
+    for text in ("Environment", "targets", "overhead vs direct (95% CI in brackets; verdict: level",
                  "reference estimate vs measured: baseline", "internal inconsistencies", "openblas",
                  "TTFT (mean)", "ΔTTFT ms"):
         assert text in html, text
@@ -233,7 +234,7 @@ def test_panel_runs(tiny_path, tmp_path):
     asyncio.run(click())
     doc = p.doc
     assert seen == [doc] and p.path.exists() and p.path.parent == tmp_path
-    assert set(r["engine"] for r in doc["records"]) == {"direct", "phase0", "framing"}
+    assert set(r["target"] for r in doc["records"]) == {"direct", "phase0", "framing"}
     assert p.progress.value == p.progress.max > 1 and not p.run_button.disabled
     assert "done in" in p.status.value
 

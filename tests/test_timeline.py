@@ -62,13 +62,13 @@ def test_breakdown_attribution_and_trace_from_a_run(tiny_path, tmp_path):
     summary = doc["summary"]
     rows = pd.DataFrame(summary["hops"])
     ttft = rows[rows["phase"] == "ttft"]
-    for engine, part in ttft.groupby("engine"):  # the stacked means are the mean TTFT
-        ok = [r["ttft_ms"] for r in doc["records"] if r["engine"] == engine and r["ok"]]
+    for engine, part in ttft.groupby("target"):  # the stacked means are the mean TTFT
+        ok = [r["ttft_ms"] for r in doc["records"] if r["target"] == engine and r["ok"]]
         # the marks are kept to 0.1 µs (timeline.relative), so the sum can miss by a little
         assert part["mean_ms"].sum() == pytest.approx(sum(ok) / len(ok), abs=1e-3)
     diff = pd.DataFrame(summary["hops_vs_direct"])
-    assert set(diff["engine"]) == {"phase0"} and diff["pairs"].iloc[0] == 4
-    measured = pd.DataFrame(doc["records"]).pivot_table(index="request_id", columns="engine",
+    assert set(diff["target"]) == {"phase0"} and diff["pairs"].iloc[0] == 4
+    measured = pd.DataFrame(doc["records"]).pivot_table(index="request_id", columns="target",
                                                         values="ttft_ms")
     delta = (measured["phase0"] - measured["direct"]).mean()
     hops = diff[diff["hop"] != "unexplained"]
@@ -98,7 +98,7 @@ def test_http_targets_get_client_hops_and_krmlx_serve_its_own(tiny_path):
     by = {}
     for r in doc["records"]:
         assert r["ok"], r.get("error")
-        by.setdefault(r["engine"], []).append(r)
+        by.setdefault(r["target"], []).append(r)
     for r in by["serve"]:
         tl = r["timeline"]
         hops = T.ttft_hops(tl)
@@ -112,7 +112,7 @@ def test_http_targets_get_client_hops_and_krmlx_serve_its_own(tiny_path):
         assert list(hops) == ["http_sent", "http_headers", "http_content"]
         assert sum(hops.values()) == pytest.approx(r["ttft_ms"], abs=1e-3)
     diff = pd.DataFrame(doc["summary"]["hops_vs_direct"])
-    assert set(diff["engine"]) == {"serve", "mlx_lm.server"}
+    assert set(diff["target"]) == {"serve", "mlx_lm.server"}
     assert (diff[diff["hop"] == "unexplained"]["diff_ms"].abs() < 1e-3).all()
 
 
@@ -132,11 +132,11 @@ def test_plots_of_the_breakdown_and_one_request(tiny_path):
         ends[row] = max(ends.get(row, 0.0), bar.get_x() + bar.get_width())
     rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert sorted(rows) == ["direct", "phase0"]
-    means = [sum(r["ttft_ms"] for r in doc["records"] if r["engine"] == e) / 2 for e in rows]
+    means = [sum(r["ttft_ms"] for r in doc["records"] if r["target"] == e) / 2 for e in rows]
     assert [ends[0], ends[1]] == pytest.approx(means, rel=1e-6)
-    served = next(r for r in doc["records"] if r["engine"] == "phase0")
+    served = next(r for r in doc["records"] if r["target"] == "phase0")
     wf = plots.waterfall(served)
     assert [t.get_text() for t in wf.axes[0].get_yticklabels()][0] == dict(T.TTFT_HOPS)["client_written"]
-    assert isinstance(plots.waterfall({"engine": "x"}), Figure)  # no timeline: says so
+    assert isinstance(plots.waterfall({"target": "x"}), Figure)  # no timeline: says so
     tables = H.tables(doc["summary"])
     assert len(tables) == 3 and all(len(t) for t in tables.values())

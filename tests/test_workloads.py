@@ -94,9 +94,9 @@ def test_every_workload_writes_a_readable_results_file(docs, name):
     recs = doc["records"]
     assert doc["complete"] and doc["config"]["workload"] == name and doc["config"]["smoke"]
     assert recs and {r["workload"] for r in recs} == {name}
-    assert {r["engine"] for r in recs} == ENGINES[name] == set(doc["config"]["targets"])
-    assert all(r["ok"] for r in recs if "@err" not in r["engine"]), [r["error"] for r in recs if not r["ok"]]
-    assert doc["summary"]["engines"] and "estimates" in doc["summary"]
+    assert {r["target"] for r in recs} == ENGINES[name] == set(doc["config"]["targets"])
+    assert all(r["ok"] for r in recs if "@err" not in r["target"]), [r["error"] for r in recs if not r["ok"]]
+    assert doc["summary"]["targets"] and "estimates" in doc["summary"]
     assert {"git_sha", "blas", "model_bytes", "question_set_sha256"} <= set(doc["env"])
     treatment = doc["config"]["treatment"]  # equal treatment, recorded
     assert treatment["order"] and treatment["requests"]
@@ -118,19 +118,19 @@ def test_kinds_and_series(docs):
     for name in ("server_profile", "rate_sweep"):  # the seeded schedules hold a generate
         assert {r["kind"] for r in docs[name]["records"]} == {"generate", "tokenize"}
     sw = docs["model_switching"]["summary"]["headline"]
-    assert {r["engine"]: r["loads"] for r in sw} == {"phase0": 6, "caching": 0}  # every request switched
+    assert {r["target"]: r["loads"] for r in sw} == {"phase0": 6, "caching": 0}  # every request switched
     probe = [r for r in docs["model_switching"]["records"] if r["kind"] == "load"]
     assert len(probe) == 5 and all(r["cached"] for r in probe)
-    flood = {r["engine"]: r for r in docs["tokenize_flood"]["summary"]["flood"]}
+    flood = {r["target"]: r for r in docs["tokenize_flood"]["summary"]["flood"]}
     assert flood["batching"]["batches"] < 100 and flood["batching"]["speedup_x"] > 0
 
 
 def test_error_rates_retry_hides_the_failures_phase0_shows(docs):
-    rows = {r["engine"]: r for r in docs["error_rates"]["summary"]["errors"]}
+    rows = {r["target"]: r for r in docs["error_rates"]["summary"]["errors"]}
     # The fault draws are seeded (seed=1), so these counts are the same on every run.
     assert rows["phase0@err10"]["user_visible_failures"] > 0
     assert rows["retry@err10"]["user_visible_failures"] == 0 and rows["retry@err10"]["retries"] > 0
-    recs = [r for r in docs["error_rates"]["records"] if r["engine"] == "retry@err10"]
+    recs = [r for r in docs["error_rates"]["records"] if r["target"] == "retry@err10"]
     assert recs and all(r["ok"] for r in recs)
 
 
@@ -158,7 +158,7 @@ def test_each_phase_reference_row_is_that_phase_alone_against_phase0():
     recs = []
     for engine, scale in (("direct", 1.0), ("phase0", 1.0), ("batching", 0.5), ("all", 0.25)):
         for i in range(4):
-            recs.append({"engine": engine, "trial": 0, "request_id": f"q{i}", "ok": True,
+            recs.append({"target": engine, "trial": 0, "request_id": f"q{i}", "ok": True,
                          "kind": "generate", "ttft_ms": 10.0, "e2e_ms": 100.0 * scale + i,
                          "tpot_ms": 1.0, "prompt_tokens": 5, "output_ids": [i],
                          "output_tokens": 10, "t_start_s": 0.0, "t_end_s": 1.0, "itl_ms": []})
@@ -199,7 +199,7 @@ def test_a_partial_run_still_summarizes(docs):
     doc = docs["mixed"]
     wl = W.make_workload("mixed", smoke=True)
     partial = summarize_partial(wl, doc["records"][:3], doc["config"])
-    assert isinstance(partial, dict) and "engines" in partial
+    assert isinstance(partial, dict) and "targets" in partial
     assert summarize_partial(wl, [], {}) == {}
 
 
@@ -262,10 +262,10 @@ def test_aa_control_measures_the_first_target_twice(tiny_path):
     other; the summary's overhead table carries its A/A row with a verdict."""
     wl = W.make_workload("baseline", smoke=True, questions=3, max_tokens=4, warmup=False, aa=1)
     doc = asyncio.run(run_workload(wl, "tiny", targets=["direct", "engine"]))
-    names = [r["engine"] for r in doc["records"]]
+    names = [r["target"] for r in doc["records"]]
     assert set(names) == {"direct", "direct~aa", "phase0"} and names.count("direct~aa") == 3
     assert list(doc["config"]["targets"]) == ["direct", "direct~aa", "phase0"]
-    rows = {r["engine"]: r for r in doc["summary"]["overhead"]}
+    rows = {r["target"]: r for r in doc["summary"]["overhead"]}
     assert set(rows) == {"direct~aa", "phase0"}
     assert rows["direct~aa"]["total_verdict"] == "smoke: not evidence"
     engine = W.make_workload("baseline", aa=True).with_aa_control([EngineTarget(StackConfig(), "p0")])

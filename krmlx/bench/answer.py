@@ -28,7 +28,7 @@ import math
 from .verdicts import MARGINS, SMOKE, is_smoke, judge_difference, overhead_verdicts
 
 LABELS = {
-    "engines": "engines: latency, time and throughput per target",
+    "targets": "targets: latency, time and throughput per target",
     "overhead": "overhead vs direct",
     "overhead_by_length": "overhead vs direct, by prompt length",
     "outputs_match": "greedy outputs identical to the base target",
@@ -89,7 +89,7 @@ def _overhead_parts(rows: list[dict], smoke: bool) -> list[str]:
             v = {**overhead_verdicts(r, smoke=smoke), **v}
         if smoke:
             v = {"total_verdict": SMOKE, "ttft_verdict": SMOKE}
-        text = (f"{r['engine']}: total time {with_ci(r.get('total_overhead_pct'), r.get('total_overhead_pct_ci_low'), r.get('total_overhead_pct_ci_high'))} % "
+        text = (f"{r['target']}: total time {with_ci(r.get('total_overhead_pct'), r.get('total_overhead_pct_ci_low'), r.get('total_overhead_pct_ci_high'))} % "
                 f"({v['total_verdict']})")
         if not _nan(r.get("ttft_ms_diff")):
             text += (f", TTFT {with_ci(r['ttft_ms_diff'], r.get('ttft_ms_ci_low'), r.get('ttft_ms_ci_high'))} ms "
@@ -109,7 +109,7 @@ def _length_parts(rows: list[dict], smoke: bool) -> list[str]:
                                        r.get(f"{ci}_high", math.nan), MARGINS["pct"].value)["verdict"]
         if smoke:
             verdict = SMOKE
-        by_target.setdefault(r["engine"], []).append(
+        by_target.setdefault(r["target"], []).append(
             f"{r['length']} tokens {with_ci(r.get('e2e_overhead_pct'), r.get(f'{ci}_low'), r.get(f'{ci}_high'))} % ({verdict})")
     return [f"{t}: E2E " + "; ".join(p) for t, p in by_target.items()]
 
@@ -117,11 +117,11 @@ def _length_parts(rows: list[dict], smoke: bool) -> list[str]:
 def _ratio_parts(rows: list[dict]) -> list[str]:
     parts = []
     for r in rows:
-        tok = with_ci(r.get("tok_s_engine_over_base"), r.get("tok_s_engine_over_base_ci_low"),
-                      r.get("tok_s_engine_over_base_ci_high"), signed=False)
-        ttft = with_ci(r.get("ttft_p50_engine_over_base"), r.get("ttft_p50_engine_over_base_ci_low"),
-                       r.get("ttft_p50_engine_over_base_ci_high"), signed=False)
-        parts.append(f"{r['engine']} over {r['base']} at {r.get('concurrency')} streams: "
+        tok = with_ci(r.get("tok_s_target_over_base"), r.get("tok_s_target_over_base_ci_low"),
+                      r.get("tok_s_target_over_base_ci_high"), signed=False)
+        ttft = with_ci(r.get("ttft_p50_target_over_base"), r.get("ttft_p50_target_over_base_ci_low"),
+                       r.get("ttft_p50_target_over_base_ci_high"), signed=False)
+        parts.append(f"{r['target']} over {r['base']} at {r.get('concurrency')} streams: "
                      f"throughput {tok}x, TTFT p50 {ttft}x")
     return parts
 
@@ -131,7 +131,7 @@ def _matches(summary: dict) -> str:
             for r in summary.get(key) or []]
     if not rows:
         return ""
-    text = ", ".join(f"{r['engine']} {r.get('identical_outputs')}/{r.get('compared', r.get('requests'))}"
+    text = ", ".join(f"{r['target']} {r.get('identical_outputs')}/{r.get('compared', r.get('requests'))}"
                      f" vs {r.get('base', 'direct')}" for _, r in rows)
     return f"Greedy outputs identical: {text}."
 

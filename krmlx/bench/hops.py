@@ -28,14 +28,14 @@ def hop_frame(df: pd.DataFrame, kind: str = "ttft") -> pd.DataFrame:
         value = getattr(r, column, None)
         if isinstance(value, dict) and value:
             hops = ttft_hops(value) if kind == "ttft" else value
-            rows.append({"engine": r.engine, "trial": r.trial, "request_id": r.request_id, **hops})
+            rows.append({"target": r.target, "trial": r.trial, "request_id": r.request_id, **hops})
     if not rows:
         return pd.DataFrame()
     hops = [p for p, _ in (TTFT_HOPS if kind == "ttft" else TOKEN_HOPS)]
     out = pd.DataFrame(rows)
     for h in hops:
         out[h] = out[h].fillna(0.0) if h in out else 0.0
-    return out[["engine", "trial", "request_id", *hops]]
+    return out[["target", "trial", "request_id", *hops]]
 
 
 def _mean_ci(values: np.ndarray, *, seed: int = 0, n_boot: int = 1000) -> tuple[float, float, float]:
@@ -58,11 +58,11 @@ def breakdown(df: pd.DataFrame) -> list[dict]:
         frame = hop_frame(df, kind)
         if frame.empty:
             continue
-        for engine, part in frame.groupby("engine", sort=False):
+        for engine, part in frame.groupby("target", sort=False):
             whole = float(part[[h for h, _ in hops]].sum(axis=1).mean())
             for hop, label in hops:
                 mean, lo, hi = _mean_ci(part[hop].to_numpy(float))
-                rows.append({"engine": engine, "phase": kind, "hop": hop, "label": label,
+                rows.append({"target": engine, "phase": kind, "hop": hop, "label": label,
                              "mean_ms": mean, "ci_low": lo, "ci_high": hi,
                              "whole_ms": whole, "requests": len(part)})
     return rows
@@ -78,17 +78,17 @@ def attribution(df: pd.DataFrame, base: str, other: str, *, seed: int = 0,
     the measured ΔTTFT (of the records' own TTFT) less the hops' sum: nonzero where a
     record's timeline misses points."""
     frame = hop_frame(df, "ttft")
-    if frame.empty or not {base, other} <= set(frame["engine"]):
+    if frame.empty or not {base, other} <= set(frame["target"]):
         return []
     key = ["trial", "request_id"]
-    a = frame[frame["engine"] == base].set_index(key)
-    b = frame[frame["engine"] == other].set_index(key)
+    a = frame[frame["target"] == base].set_index(key)
+    b = frame[frame["target"] == other].set_index(key)
     common = a.index.intersection(b.index)
     if len(common) < 2:
         return []
     a, b = a.loc[common], b.loc[common]
     ok = df[df["ok"]]
-    ttft = {e: ok[ok["engine"] == e].set_index(key)["ttft_ms"] for e in (base, other)}
+    ttft = {e: ok[ok["target"] == e].set_index(key)["ttft_ms"] for e in (base, other)}
     measured = (ttft[other].reindex(common) - ttft[base].reindex(common)).to_numpy(float)
     idx = np.random.default_rng(seed).integers(0, len(common), size=(n_boot, len(common)))
     rows, total = [], np.zeros(len(common))
@@ -96,12 +96,12 @@ def attribution(df: pd.DataFrame, base: str, other: str, *, seed: int = 0,
         d = b[hop].to_numpy(float) - a[hop].to_numpy(float)
         total += d
         lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
-        rows.append({"engine": other, "base": base, "hop": hop, "label": label,
+        rows.append({"target": other, "base": base, "hop": hop, "label": label,
                      "serving": hop not in COMPUTE_HOPS, "diff_ms": float(d.mean()),
                      "ci_low": float(lo), "ci_high": float(hi), "pairs": len(common)})
     rest = measured - total
     lo, hi = np.nanpercentile(rest[idx].mean(axis=1), [2.5, 97.5])
-    rows.append({"engine": other, "base": base, "hop": "unexplained",
+    rows.append({"target": other, "base": base, "hop": "unexplained",
                  "label": "measured ΔTTFT not in any hop", "serving": None,
                  "diff_ms": float(np.nanmean(rest)), "ci_low": float(lo), "ci_high": float(hi),
                  "pairs": len(common)})
@@ -126,9 +126,9 @@ def trace_events(records: list[dict]) -> dict:
         if not rec.get("ok") or not isinstance(tl, dict) or rec.get("t_start_s") is None:
             continue
         t0 = rec["t_start_s"] * 1e6  # µs on the shared clock
-        caller = pid(f"{rec['engine']} caller")
+        caller = pid(f"{rec['target']} caller")
         served = tl.get("worker_read") is not None
-        worker = pid(f"{rec['engine']} worker") if served else caller
+        worker = pid(f"{rec['target']} worker") if served else caller
         name = f"{rec.get('request_id', '')} (trial {rec.get('trial', 0)})"
         prev = 0.0
         for point, label in TTFT_HOPS:
@@ -182,16 +182,16 @@ def tables(summary: dict) -> dict[str, pd.DataFrame]:
         part = rows[rows["phase"] == phase] if len(rows) else rows
         if part.empty:
             continue
-        table = part.pivot_table(index="label", columns="engine", values="mean_ms", sort=False)
+        table = part.pivot_table(index="label", columns="target", values="mean_ms", sort=False)
         if phase == "ttft":
-            table.loc["= TTFT (mean)"] = part.groupby("engine", sort=False)["whole_ms"].first()
+            table.loc["= TTFT (mean)"] = part.groupby("target", sort=False)["whole_ms"].first()
         out[caption] = table.map(lambda x: float(f"{x:.3g}")).reset_index().rename(
             columns={"label": "hop"})
     diff = pd.DataFrame(summary.get("hops_vs_direct") or [])
     if len(diff):
         diff["cell"] = [f"{r.diff_ms:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}]" for r in diff.itertuples()]
         diff["kind"] = diff["serving"].map({True: "serving", False: "compute"}).fillna("")
-        table = diff.pivot_table(index=["label", "kind"], columns="engine", values="cell",
+        table = diff.pivot_table(index=["label", "kind"], columns="target", values="cell",
                                  aggfunc="first", sort=False)
         out["first token vs direct, hop by hop, ms [95% CI] (compute: the same model math, so a "
             "difference there is the host's, not the serving layer's)"] = (

@@ -1,6 +1,6 @@
 """Pure functions from raw records to summaries (vLLM bench definitions, DESIGN.md habit 5).
 
-A record is one request of one trial through one engine: ``engine``, ``trial``,
+A record is one request of one trial through one target: ``target``, ``trial``,
 ``request_id``, ``ok``, ``ttft_ms``, ``e2e_ms``, ``tpot_ms``, ``itl_ms`` (list),
 ``output_tokens``, ``prompt_tokens``, ``t_start_s``, ``t_end_s``. Nothing here measures;
 everything here is deterministic given its inputs (bootstraps take a seed).
@@ -19,8 +19,17 @@ MIN_SAMPLES = {50: 1, 90: 20, 99: 100}
 MIN_TRIALS_TO_RESAMPLE = 10  # below this, a bootstrap over trials is itself too narrow
 
 
-def to_frame(records: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame.from_records(records)
+def to_frame(data) -> pd.DataFrame:
+    """The records DataFrame (the one builder): from a results document, a list of record
+    dicts or a DataFrame (returned as is). ``kind`` defaults to "generate" and ``series``
+    to "" where a record has none."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    records = data.get("records", []) if isinstance(data, dict) else list(data)
+    df = pd.DataFrame.from_records(records)
+    for col, default in (("kind", "generate"), ("series", "")):
+        df[col] = df[col].fillna(default) if col in df else default
+    return df
 
 
 def describe(values) -> dict:
@@ -94,7 +103,7 @@ def trial_totals(df: pd.DataFrame) -> pd.DataFrame:
     one at a time, interleaved with other engines), wall time (first start to last end:
     right for concurrent runs of one engine), tokens, and throughput over each."""
     ok = df[df["ok"]]
-    g = ok.groupby(["engine", "trial"])
+    g = ok.groupby(["target", "trial"])
     out = pd.DataFrame({
         "wall_s": g["t_end_s"].max() - g["t_start_s"].min(),
         "busy_s": g["e2e_ms"].sum() / 1e3,
@@ -110,9 +119,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per engine: latency stats, ITL stats, totals, error count."""
     rows = []
     totals = trial_totals(df)
-    for engine, part in df.groupby("engine", sort=False):
+    for engine, part in df.groupby("target", sort=False):
         ok = part[part["ok"]]
-        row = {"engine": engine, "requests": len(part), "errors": int((~part["ok"]).sum())}
+        row = {"target": engine, "requests": len(part), "errors": int((~part["ok"]).sum())}
         for metric in LATENCY_METRICS:
             for stat, value in describe(ok[metric]).items():
                 if stat != "n":
@@ -120,7 +129,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         itl = [x for gaps in ok["itl_ms"] for x in (gaps or [])]
         for stat in ("mean", "p50", "p90", "p95", "max"):
             row[f"itl_ms_{stat}"] = describe(itl)[stat]
-        t = totals[totals["engine"] == engine]
+        t = totals[totals["target"] == engine]
         row["total_s_mean"] = float(t["busy_s"].mean()) if len(t) else float("nan")
         row["wall_s_mean"] = float(t["wall_s"].mean()) if len(t) else float("nan")
         row["throughput_tps_mean"] = float(t["throughput_tps"].mean()) if len(t) else float("nan")
@@ -167,8 +176,8 @@ def compare(df: pd.DataFrame, base: str, other: str, metric: str = "e2e_ms", *,
     ``ci_low``/``ci_high`` bound the difference (other - base, in the metric's unit).
     """
     ok = df[df["ok"]]
-    a = ok[ok["engine"] == base].set_index(["trial", "request_id"])[metric]
-    b = ok[ok["engine"] == other].set_index(["trial", "request_id"])[metric]
+    a = ok[ok["target"] == base].set_index(["trial", "request_id"])[metric]
+    b = ok[ok["target"] == other].set_index(["trial", "request_id"])[metric]
     common = a.index.intersection(b.index)
     paired = len(common) >= 2 and len(common) == len(a) == len(b)
     if paired:
@@ -185,8 +194,8 @@ def _paired_series(df: pd.DataFrame, base: str, other: str, metric):
     """``metric`` (a column, or a list of them) of base and other over the (trial,
     request_id) pairs both completed, in the same order."""
     ok = df[df["ok"]]
-    a = ok[ok["engine"] == base].set_index(["trial", "request_id"])[metric]
-    b = ok[ok["engine"] == other].set_index(["trial", "request_id"])[metric]
+    a = ok[ok["target"] == base].set_index(["trial", "request_id"])[metric]
+    b = ok[ok["target"] == other].set_index(["trial", "request_id"])[metric]
     common = a.index.intersection(b.index)
     return a.loc[common], b.loc[common]
 
@@ -200,9 +209,9 @@ def overhead(df: pd.DataFrame, base: str = "direct", *, seed: int = 0) -> pd.Dat
     """Overhead of every other engine over ``base``: per request (TTFT, E2E, with CIs) and in
     total (sum of E2E per trial, as % of base)."""
     rows = []
-    totals = trial_totals(df).set_index(["engine", "trial"])
-    for engine in [e for e in df["engine"].unique() if e != base]:
-        row = {"engine": engine, "base": base}
+    totals = trial_totals(df).set_index(["target", "trial"])
+    for engine in [e for e in df["target"].unique() if e != base]:
+        row = {"target": engine, "base": base}
         for metric in ("ttft_ms", "e2e_ms"):
             c = compare(df, base, engine, metric, seed=seed)
             row.update({f"{metric}_diff": c["diff"], f"{metric}_ci_low": c["ci_low"],

@@ -13,16 +13,15 @@ import pandas as pd
 from . import hops, metrics
 from .answer import TOK_S_NOTE, label, summary_paragraph, with_ci
 from .estimates import estimate_tables
-from .results import records_frame
 from .verdicts import OVERHEAD_CAPTION, rule_text
 
-ENGINE_COLUMNS = {
-    "series": "series", "kind": "kind", "engine": "engine", "requests": "n", "errors": "err", "ttft_ms_mean": "TTFT mean ms",
+TARGET_COLUMNS = {
+    "series": "series", "kind": "kind", "target": "target", "requests": "n", "errors": "err", "ttft_ms_mean": "TTFT mean ms",
     "ttft_ms_p50": "TTFT p50", "ttft_ms_p90": "TTFT p90", "e2e_ms_mean": "E2E mean ms",
     "tpot_ms_mean": "TPOT ms", "total_s_mean": "total s", "throughput_tps_mean": "tok/s",
 }
 OVERHEAD_COLUMNS = {
-    "engine": "engine", "ttft_ms_diff": "dTTFT ms", "ttft_ms_ci_low": "lo", "ttft_ms_ci_high": "hi",
+    "target": "target", "ttft_ms_diff": "dTTFT ms", "ttft_ms_ci_low": "lo", "ttft_ms_ci_high": "hi",
     "e2e_ms_diff": "dE2E ms", "e2e_ms_ci_low": "lo", "e2e_ms_ci_high": "hi",
     "total_overhead_pct": "total %", "total_overhead_pct_ci_low": "lo",
     "total_overhead_pct_ci_high": "hi", "total_verdict": "total", "ttft_verdict": "TTFT",
@@ -45,7 +44,7 @@ def percentile_rows(engine_rows) -> list[dict]:
 
     out = []
     for row in engine_rows:
-        label = row.get("engine", "")
+        label = row.get("target", "")
         if row.get("length") is not None:
             label = f"{label} @{row['length']}"
         for metric, name in (("ttft_ms", "TTFT ms"), ("itl_ms", "ITL ms"), ("e2e_ms", "E2E ms")):
@@ -86,7 +85,7 @@ def format_estimates(tables: dict) -> str:
 
 
 def _matches_line(rows: list[dict]) -> str:
-    return ", ".join(f"{r['engine']} {r['identical_outputs']}/{r.get('compared', r.get('requests'))}"
+    return ", ".join(f"{r['target']} {r['identical_outputs']}/{r.get('compared', r.get('requests'))}"
                      f" (vs {r.get('base', 'direct')})" for r in rows)
 
 
@@ -100,11 +99,11 @@ def format_summary(doc: dict, *, reference: bool = True) -> str:
     if cfg.get("interrupted"):
         head += " · INTERRUPTED (partial)"
     parts = [head, "", textwrap.fill(summary_paragraph(doc), 100)]
-    if summary.get("engines"):  # a workload of levels or lengths has its own tables below
-        parts += ["", _table(summary["engines"], ENGINE_COLUMNS, "{:.2f}")]
-    if summary.get("engines") and "throughput_tps_mean" in summary["engines"][0]:
+    if summary.get("targets"):  # a workload of levels or lengths has its own tables below
+        parts += ["", _table(summary["targets"], TARGET_COLUMNS, "{:.2f}")]
+    if summary.get("targets") and "throughput_tps_mean" in summary["targets"][0]:
         parts += [textwrap.fill(TOK_S_NOTE.split("; tok/s (wall)")[0] + ".", 100)]
-    pct = percentile_rows(summary.get("engines", []))
+    pct = percentile_rows(summary.get("targets", []))
     if pct:
         parts += ["", PERCENTILE_NOTE, _table(pct, {k: k for k in pct[0]})]
     if summary.get("overhead") is not None and len(summary.get("overhead", [])):
@@ -120,7 +119,7 @@ def format_summary(doc: dict, *, reference: bool = True) -> str:
     hops = format_hops(summary)
     if hops:
         parts += ["", hops]
-    shown = {"engines", "overhead", "headline", "collectives", "estimates", "comparisons", "hops",
+    shown = {"targets", "overhead", "headline", "collectives", "estimates", "comparisons", "hops",
              "hops_vs_direct",
              "outputs_match", "outputs_match_phase0", "outputs_match_rank1"}
     for key, rows in summary.items():  # the workload's own tables (levels, lengths, turns...)
@@ -155,16 +154,16 @@ def format_compare(a: dict, b: dict) -> str:
 
     for name, doc in (("A", a), ("B", b)):
         recs = doc["records"]
-        if not recs or not all("engine" in r and "ok" in r for r in recs):
+        if not recs or not all("target" in r and "ok" in r for r in recs):
             raise ResultsError(f"file {name} has no request records to compare "
                                f"({len(recs)} records; an interrupted run's partial file may hold none)")
-    da, db = records_frame(a), records_frame(b)
+    da, db = metrics.to_frame(a), metrics.to_frame(b)
     rows = []
-    for engine in sorted(set(da["engine"]) & set(db["engine"])):
-        row = {"engine": engine}
+    for engine in sorted(set(da["target"]) & set(db["target"])):
+        row = {"target": engine}
         for metric in ("ttft_ms", "e2e_ms"):
-            xa = da[(da["engine"] == engine) & da["ok"]][metric].dropna().values
-            xb = db[(db["engine"] == engine) & db["ok"]][metric].dropna().values
+            xa = da[(da["target"] == engine) & da["ok"]][metric].dropna().values
+            xb = db[(db["target"] == engine) & db["ok"]][metric].dropna().values
             if len(xa) >= 2 and len(xb) >= 2:
                 r = metrics.bootstrap_ci(xa, xb, paired=False)
                 row.update({f"{metric} A": r["a"], f"{metric} B": r["b"], f"{metric} B/A": r["ratio"],
@@ -191,10 +190,10 @@ def format_sample(doc: dict, n: int = 3, width: int = 240) -> str:
     if not records:
         return ""
     first = records[0]
-    shown = [r for r in records if r["engine"] == first["engine"]
+    shown = [r for r in records if r["target"] == first["target"]
              and r.get("trial") == first.get("trial")][:n]
     model = doc.get("config", {}).get("model") or doc.get("env", {}).get("model") or "?"
-    lines = [f"sample answers ({first['engine']}, model {model}):"]
+    lines = [f"sample answers ({first['target']}, model {model}):"]
     for r in shown:
         answer = " ".join(r["output_text"].split())
         answer = answer if len(answer) <= width else answer[: width - 3] + "..."

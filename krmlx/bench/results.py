@@ -2,7 +2,7 @@
 
 Top-level keys: ``schema`` ({"name": "krmlx.results", "version": N}), ``env`` (the
 doctor's output plus the question-set hash and model details), ``config`` (what ran),
-``records`` (one per request per trial, each naming its configuration in ``engine``)
+``records`` (one per request per trial, each naming its configuration in ``target``)
 and ``summary`` (tables; comparisons carry ``ci_low`` / ``ci_high``). A run that is
 interrupted still leaves a readable file, marked ``"complete": false``.
 """
@@ -19,16 +19,19 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ResultsError
+from .metrics import to_frame
 
-SCHEMA = {"name": "krmlx.results", "version": 4}
+SCHEMA = {"name": "krmlx.results", "version": 5}
 # 1: engine configs as StackConfig fields; 2: engine configs as {layers, worker, label};
 # 3: targets (config["targets"]: name -> info), records name their target in ``engine``
-# and carry ``output_text``; 4: ratios named for their direction (RENAMED_V4).
-# Records keep their meaning across versions: all are read, older summaries upgraded.
-READABLE_VERSIONS = (1, 2, 3, 4)
+# and carry ``output_text``; 4: ratios named for their direction (RENAMED_V4); 5: the
+# column ``engine`` is ``target`` everywhere (records, measurements, summary tables) and
+# the summary's per-target table is ``targets`` (was ``engines``).
+# Records keep their meaning across versions: all are read, older documents upgraded.
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 # summary key -> {old column: new}: a ratio's name says which way it reads (row over base)
 RENAMED_V4 = {"ratios": {f"{old}{end}": f"{new}{end}" for old, new in (
-    ("throughput_ratio", "tok_s_engine_over_base"), ("ttft_p50_ratio", "ttft_p50_engine_over_base"))
+    ("throughput_ratio", "tok_s_target_over_base"), ("ttft_p50_ratio", "ttft_p50_target_over_base"))
     for end in ("", "_ci_low", "_ci_high")}}
 REQUIRED = ("schema", "env", "config", "records", "summary")
 
@@ -106,18 +109,33 @@ def read_results(path: str | os.PathLike) -> dict:
 
 
 def upgrade(doc: dict) -> dict:
-    """A document of an older schema with its summary's columns under today's names."""
-    if doc["schema"].get("version", SCHEMA["version"]) < 4:
+    """A document of an older schema with its records and summary under today's names."""
+    version = doc["schema"].get("version", SCHEMA["version"])
+    if version < 4:
         for key, names in RENAMED_V4.items():
             rows = doc["summary"].get(key)
             if isinstance(rows, list):
                 doc["summary"][key] = [{names.get(k, k): v for k, v in r.items()}
                                        if isinstance(r, dict) else r for r in rows]
+    if version < 5:
+        doc["records"] = _renamed_v5(doc["records"])
+        if isinstance(doc["config"].get("measurements"), list):
+            doc["config"]["measurements"] = _renamed_v5(doc["config"]["measurements"])
+        summary = doc["summary"]
+        if "engines" in summary and "targets" not in summary:
+            summary["targets"] = summary.pop("engines")
+        for key, rows in summary.items():
+            if isinstance(rows, list):
+                summary[key] = _renamed_v5(rows)
     return doc
 
 
-def records_frame(doc: dict) -> pd.DataFrame:
-    return pd.DataFrame.from_records(doc["records"])
+def _renamed_v5(rows: list) -> list:
+    """Rows of a version < 5 document: ``engine`` -> ``target``, ``*_engine_over_base*`` ->
+    ``*_target_over_base*``."""
+    def name(k: str) -> str:
+        return "target" if k == "engine" else k.replace("_engine_over_base", "_target_over_base")
+    return [{name(k): v for k, v in r.items()} if isinstance(r, dict) else r for r in rows]
 
 
 def export_csv(doc: dict, out_dir: str | os.PathLike, stem: str = "results") -> list[Path]:
@@ -125,7 +143,7 @@ def export_csv(doc: dict, out_dir: str | os.PathLike, stem: str = "results") -> 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    recs = records_frame(doc)
+    recs = to_frame(doc)
     if len(recs):
         recs = recs.drop(columns=[c for c in ("output_ids", "itl_ms", "stage_stats") if c in recs])
     p = out / f"{stem}_records.csv"

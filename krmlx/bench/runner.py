@@ -43,7 +43,7 @@ def record_of(target: str, trial: int, request: Request, completion=None, error=
               t_start_s: float, workload: str, extra: dict | None = None) -> dict:
     """One raw record; TTFT, TPOT, ITL and E2E as the Completion defines them (TPOT per
     output token, :attr:`krmlx.types.Completion.tpot_ms`)."""
-    rec = {"workload": workload, "engine": target, "trial": trial, "request_id": request.id,
+    rec = {"workload": workload, "target": target, "trial": trial, "request_id": request.id,
            "model": request.model, "ok": error is None, "error": None if error is None else
            f"{type(error).__name__}: {error}", "t_start_s": t_start_s}
     if completion is not None:
@@ -292,7 +292,7 @@ class Run:
             await self.do(name, kind, req, trial, series=series, retries=retries,
                           retry_delay_s=retry_delay_s, **extra)
         for name in before:
-            self.measurements.append({"trial": trial, "series": series, "engine": name,
+            self.measurements.append({"trial": trial, "series": series, "target": name,
                                       "group": self.group,
                                       **stats_delta(before[name], self.targets[name].stats())})
 
@@ -306,7 +306,7 @@ class Run:
         await body()
         wall = time.perf_counter() - t0
         self.measurements.append({
-            "trial": trial, "series": series, "engine": name, "group": self.group,
+            "trial": trial, "series": series, "target": name, "group": self.group,
             "wall_s": wall, "caller_cpu_s": time.process_time() - c0,
             "target_cpu_s": cpu_seconds(pids) - w0, **extra,
             **stats_delta(before, target.stats())})

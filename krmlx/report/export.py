@@ -32,10 +32,11 @@ from pathlib import Path
 import pandas as pd
 
 from ..bench import estimates as E
+from ..bench import metrics
 from ..bench.answer import TOK_S_NOTE, sig, summary_paragraph, with_ci
 from ..bench.answer import label as human_label
 from ..bench.hops import tables as hop_tables
-from ..bench.report_text import ENGINE_COLUMNS, PERCENTILE_NOTE, percentile_rows
+from ..bench.report_text import PERCENTILE_NOTE, TARGET_COLUMNS, percentile_rows
 from ..bench.results import export_csv
 from ..bench.verdicts import OVERHEAD_CAPTION, rule_text
 from . import load_results, plots
@@ -148,11 +149,11 @@ def display_table(name: str, rows) -> pd.DataFrame:
     """A summary table as shown in reports: engines trimmed to the key columns, overhead
     with each estimate and its 95% CI in one cell; other tables as they are."""
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-    if name == "engines" and "engine" in df:
-        cols = [c for c in ENGINE_COLUMNS if c in df] + [c for c in ("wall_throughput_tps_mean",) if c in df]
-        return df[cols].rename(columns={**ENGINE_COLUMNS, "wall_throughput_tps_mean": "tok/s (wall)"})
-    if name == "overhead" and "engine" in df:
-        out = pd.DataFrame({"engine": df["engine"]})
+    if name == "targets" and "target" in df:
+        cols = [c for c in TARGET_COLUMNS if c in df] + [c for c in ("wall_throughput_tps_mean",) if c in df]
+        return df[cols].rename(columns={**TARGET_COLUMNS, "wall_throughput_tps_mean": "tok/s (wall)"})
+    if name == "overhead" and "target" in df:
+        out = pd.DataFrame({"target": df["target"]})
         for col, label in (("ttft_ms_diff", "ΔTTFT ms"), ("e2e_ms_diff", "ΔE2E ms"),
                            ("total_overhead_pct", "total %")):
             if col in df:
@@ -179,9 +180,9 @@ def summary_tables(doc: dict) -> dict[str, pd.DataFrame]:
 def doc_figures(doc: dict, tables: dict[str, pd.DataFrame]) -> dict:
     """The plots that apply to one document: name -> Figure."""
     figs = {}
-    recs = plots.records_of(doc)
+    recs = metrics.to_frame(doc)
     label = doc.get("config", {}).get("workload", "")
-    if "engine" in recs and len(recs):
+    if "target" in recs and len(recs):
         shown = tuple(m for m in ("ttft_ms", "e2e_ms") if m in recs and recs[m].notna().any())
         if shown:
             figs["latency"] = plots.latency_distributions(recs, shown, title=f"{label}: latency per configuration")
@@ -351,9 +352,9 @@ def build_report(paths_or_docs, out_dir, *, title: str = "krmlx report",
         for name, t in tables.items():
             caption = OVERHEAD_CAPTION if name == "overhead" else human_label(name)
             r.table(display_table(name, t), caption)
-            if name == "engines" and "wall_throughput_tps_mean" in t:
+            if name == "targets" and "wall_throughput_tps_mean" in t:
                 r.para(TOK_S_NOTE, "note")
-            if name == "engines" and percentile_rows(t.to_dict(orient="records")):
+            if name == "targets" and percentile_rows(t.to_dict(orient="records")):
                 r.table(pd.DataFrame(percentile_rows(t.to_dict(orient="records"))), PERCENTILE_NOTE)
         rows = measured_rows(d) if reference else []
         all_rows += rows

@@ -33,15 +33,6 @@ TTFT_COLUMNS = ("ttft_ms_mean", "ttft_ms_p50", "ttft_ms")
 SWEEP_KEYS = ("concurrency", "rate")
 
 
-def records_of(data) -> pd.DataFrame:
-    """A records DataFrame from a results doc, a list of record dicts or a DataFrame."""
-    if isinstance(data, pd.DataFrame):
-        return data
-    if isinstance(data, dict):
-        return pd.DataFrame.from_records(data.get("records", []))
-    return pd.DataFrame.from_records(list(data))
-
-
 def summary_of(doc: dict) -> dict:
     """``doc["summary"]`` with DataFrame tables as lists of row dicts (an in-memory doc
     holds DataFrames, a loaded one lists)."""
@@ -61,14 +52,14 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
 
 def _engines(df: pd.DataFrame) -> list[str]:
     """Engines in run order, with ``direct`` (the baseline) first when present."""
-    names = list(dict.fromkeys(df["engine"])) if "engine" in df else []
+    names = list(dict.fromkeys(df["target"])) if "target" in df else []
     return sorted(names, key=lambda n: n != "direct")
 
 
 def latency_distributions(data, metrics_: tuple[str, ...] = ("ttft_ms", "e2e_ms"),
                           title: str | None = None) -> Figure:
     """One panel per metric: a box per configuration with every request as a point."""
-    df = _ok(records_of(data))
+    df = _ok(metrics.to_frame(data))
     fig = Figure(figsize=(5.2 * len(metrics_), 3.8), layout="constrained")
     axes = fig.subplots(1, len(metrics_), squeeze=False)[0]
     engines = _engines(df)
@@ -76,7 +67,7 @@ def latency_distributions(data, metrics_: tuple[str, ...] = ("ttft_ms", "e2e_ms"
         return _empty(fig, axes[0], "no records")
     rng = np.random.default_rng(0)
     for ax, metric in zip(axes, metrics_, strict=True):
-        groups = [pd.to_numeric(df[df["engine"] == e][metric], errors="coerce").dropna().values
+        groups = [pd.to_numeric(df[df["target"] == e][metric], errors="coerce").dropna().values
                   if metric in df else np.array([]) for e in engines]
         ax.boxplot([g if len(g) else [np.nan] for g in groups], showfliers=False, widths=0.55)
         for i, g in enumerate(groups, start=1):
@@ -94,18 +85,18 @@ def latency_distributions(data, metrics_: tuple[str, ...] = ("ttft_ms", "e2e_ms"
 def throughput(data, title: str | None = None) -> Figure:
     """Output tokens per second of busy time per configuration: bar = mean over trials,
     dots = trials (see :func:`krmlx.bench.metrics.trial_totals`)."""
-    df = records_of(data)
+    df = metrics.to_frame(data)
     fig = Figure(figsize=(6.5, 3.8), layout="constrained")
     ax = fig.subplots()
-    needed = {"engine", "trial", "ok", "t_start_s", "t_end_s", "e2e_ms", "output_tokens"}
+    needed = {"target", "trial", "ok", "t_start_s", "t_end_s", "e2e_ms", "output_tokens"}
     if df.empty or not needed <= set(df.columns) or not _ok(df).shape[0]:
         return _empty(fig, ax, "no throughput data")
     totals = metrics.trial_totals(df)
-    engines = [e for e in _engines(df) if e in set(totals["engine"])]
-    means = [totals[totals["engine"] == e]["throughput_tps"].mean() for e in engines]
+    engines = [e for e in _engines(df) if e in set(totals["target"])]
+    means = [totals[totals["target"] == e]["throughput_tps"].mean() for e in engines]
     ax.bar(range(len(engines)), means, color="#8ab17d", width=0.6)
     for i, e in enumerate(engines):
-        pts = totals[totals["engine"] == e]["throughput_tps"].values
+        pts = totals[totals["target"] == e]["throughput_tps"].values
         ax.scatter(np.full(len(pts), i), pts, color="#264653", s=14, zorder=3)
     ax.set_xticks(range(len(engines)), engines, rotation=30, ha="right")
     ax.set_ylabel("output tokens / s (busy time)")
@@ -144,7 +135,7 @@ def overhead(data, title: str | None = None) -> Figure:
         ax.barh(y, mid, color=colors, alpha=0.8, height=0.6)
         ax.errorbar(mid, y, xerr=err, fmt="none", ecolor="#264653", capsize=4)
         ax.axvline(0, color="black", lw=0.8)
-        ax.set_yticks(y, rows["engine"])
+        ax.set_yticks(y, rows["target"])
         ax.invert_yaxis()
         ax.set_xlabel(label)
         ax.grid(axis="x", alpha=0.3)
@@ -217,9 +208,9 @@ def sweep_frame(data, x: str | None = None) -> tuple[pd.DataFrame, str | None]:
                         if isinstance(t, list) and t and isinstance(t[0], dict)]
         rows = next((pd.DataFrame(t) for t in summary_rows
                      if any(k in t[0] for k in ((x,) if x else SWEEP_KEYS))), None)
-        recs = records_of(data)
+        recs = metrics.to_frame(data)
     else:
-        rows, recs = None, records_of(data)
+        rows, recs = None, metrics.to_frame(data)
         if not {"e2e_ms", "t_start_s"} <= set(recs.columns) and len(recs):
             rows, recs = recs, pd.DataFrame()  # summary-style rows were passed in
     for src in (rows, recs):
@@ -231,16 +222,16 @@ def sweep_frame(data, x: str | None = None) -> tuple[pd.DataFrame, str | None]:
         if src is rows:
             tp = _pick(src.columns, (("throughput_req_s",) if key == "rate" else ()) + THROUGHPUT_COLUMNS)
             tt = _pick(src.columns, TTFT_COLUMNS)
-            out = pd.DataFrame({"engine": src.get("engine", pd.Series(["run"] * len(src))),
+            out = pd.DataFrame({"target": src.get("target", pd.Series(["run"] * len(src))),
                                 key: src[key], "throughput": src[tp] if tp else np.nan,
                                 "ttft_ms": src[tt] if tt else np.nan})
             out.attrs["throughput_unit"] = "requests/s" if tp and tp.endswith("req_s") else "tokens/s"
             return out.sort_values(key), key
         ok = _ok(src)
-        g = ok.groupby(["engine", key, "trial"] if "trial" in ok else ["engine", key])
+        g = ok.groupby(["target", key, "trial"] if "trial" in ok else ["target", key])
         per = pd.DataFrame({"throughput": g["output_tokens"].sum() / (g["t_end_s"].max() - g["t_start_s"].min()),
                             "ttft_ms": g["ttft_ms"].mean()}).reset_index()
-        out = per.groupby(["engine", key], as_index=False)[["throughput", "ttft_ms"]].mean()
+        out = per.groupby(["target", key], as_index=False)[["throughput", "ttft_ms"]].mean()
         return out.sort_values(key), key
     return pd.DataFrame(), None
 
@@ -254,7 +245,7 @@ def sweep(data, x: str | None = None, title: str | None = None) -> Figure:
     if df.empty or key is None:
         _empty(fig, ax_ttft, "")
         return _empty(fig, ax_tp, "no concurrency / rate field in these results")
-    for engine, part in df.groupby("engine", sort=False):
+    for engine, part in df.groupby("target", sort=False):
         ax_tp.plot(part[key], part["throughput"], marker="o", label=engine)
         ax_ttft.plot(part[key], part["ttft_ms"], marker="o", label=engine)
     unit = df.attrs.get("throughput_unit", "tokens/s")
@@ -278,13 +269,13 @@ def hop_breakdown(data, title: str | None = None) -> Figure:
     of each hop stacked, so a bar's length is the target's mean TTFT; hops a target does not
     pass are absent from its bar. Takes a results doc or its summary's ``hops`` rows."""
     rows = pd.DataFrame(summary_of(data).get("hops") or [] if isinstance(data, dict) else list(data))
-    fig = Figure(figsize=(10, 0.5 * max(3, rows["engine"].nunique() if len(rows) else 3) + 2.4),
+    fig = Figure(figsize=(10, 0.5 * max(3, rows["target"].nunique() if len(rows) else 3) + 2.4),
                  layout="constrained")
     ax = fig.subplots()
     if rows.empty:
         return _empty(fig, ax, "no timeline in these records")
     rows = rows[rows["phase"] == "ttft"]
-    table = rows.pivot_table(index="engine", columns="label", values="mean_ms", sort=False).fillna(0.0)
+    table = rows.pivot_table(index="target", columns="label", values="mean_ms", sort=False).fillna(0.0)
     colors = [f"C{i % 10}" for i in range(len(table.columns))]
     left = np.zeros(len(table))
     for color, label in zip(colors, table.columns, strict=True):
@@ -320,5 +311,5 @@ def waterfall(record: dict, title: str | None = None) -> Figure:
     ax.set_yticks(np.arange(len(hops)), [labels[p] for p in hops], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("ms after the request's start")
-    ax.set_title(title or f"{record.get('engine')}: {record.get('request_id', '')} to its first token")
+    ax.set_title(title or f"{record.get('target')}: {record.get('request_id', '')} to its first token")
     return fig

@@ -308,7 +308,7 @@ def summary_html(doc: dict) -> str:
     summary, cfg = plots.summary_of(doc), doc.get("config", {})
     parts = [f"<p><b>{html.escape(str(cfg.get('workload')))}</b> · {len(doc.get('records', []))} "
              f"records · {cfg.get('trials')} trial(s){' · smoke' if cfg.get('smoke') else ''}</p>"]
-    for name in ("engines", "overhead"):
+    for name in ("targets", "overhead"):
         if summary.get(name):
             if name == "overhead":
                 parts.append(f"<p>{html.escape(OVERHEAD_CAPTION)}</p>")

@@ -14,7 +14,7 @@ layer itself (the runner, :mod:`krmlx.bench.runner`, and the targets,
    rate; ``distributed``: each target alone);
 2. ``run(run, group)`` sends its requests through the run's primitives (``sequence``,
    ``batch``, ``wave``, ``arrivals``, ``warm``, ``trials``), which write one record per
-   request per target per trial (``engine`` names the target);
+   request per target per trial (``target`` names it);
 3. ``summarize(records, config)`` is pure: per-target tables (``metrics.summarize``),
    comparisons with CIs and ``estimates`` rows ``{workload, metric, measured, ci_low,
    ci_high, source}`` named as in data/estimates.json.
@@ -168,16 +168,7 @@ def questions_text() -> list[str]:
 
 # -- summaries ------------------------------------------------------------------------------------
 
-def frame(records: list[dict]) -> pd.DataFrame:
-    df = metrics.to_frame(records)
-    for col, default in (("kind", "generate"), ("series", "")):
-        if col not in df:
-            df[col] = default
-        df[col] = df[col].fillna(default)
-    return df
-
-
-def engine_tables(df: pd.DataFrame, by: str | None = None) -> list[dict]:
+def target_tables(df: pd.DataFrame, by: str | None = None) -> list[dict]:
     table = metrics.summarize_by(df, by) if by else metrics.summarize(df)
     return table.to_dict(orient="records")
 
@@ -200,10 +191,10 @@ def outputs_match(df: pd.DataFrame, base: str, others: list[str]) -> list[dict]:
     token ids where both have them, else text (a server sends text)."""
     gen = df[df["kind"].isin(["generate", "switch"]) & df["ok"]]
     has_text = "output_text" in gen
-    ref = {(r.trial, r.request_id): r for r in gen[gen["engine"] == base].itertuples()}
+    ref = {(r.trial, r.request_id): r for r in gen[gen["target"] == base].itertuples()}
     rows = []
     for other in others:
-        part = [r for r in gen[gen["engine"] == other].itertuples() if (r.trial, r.request_id) in ref]
+        part = [r for r in gen[gen["target"] == other].itertuples() if (r.trial, r.request_id) in ref]
         same = by_text = 0
         for r in part:
             a = ref[(r.trial, r.request_id)]
@@ -212,7 +203,7 @@ def outputs_match(df: pd.DataFrame, base: str, others: list[str]) -> list[dict]:
             elif has_text:
                 by_text += 1
                 same += a.output_text == r.output_text
-        rows.append({"engine": other, "base": base, "compared": len(part),
+        rows.append({"target": other, "base": base, "compared": len(part),
                      "identical_outputs": same, "compared_as_text": by_text})
     return rows
 
@@ -267,7 +258,7 @@ def keep(rows) -> list[dict]:
 def measurement_means(config: dict, series: str, engine: str) -> dict:
     """Mean over trials of the stage-stat deltas recorded for (series, engine)."""
     rows = [m for m in config.get("measurements", []) if m.get("series") == series
-            and m.get("engine") == engine]
+            and m.get("target") == engine]
     if not rows:
         return {}
     keys = {k for m in rows for k, v in m.items() if isinstance(v, (int, float)) and k != "trial"}

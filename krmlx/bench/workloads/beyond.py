@@ -19,8 +19,9 @@ from ...models import PRESETS, parse_name
 from ...questions import load_questions
 from ...stack import StackConfig
 from ...types import Request
+from .. import metrics
 from ..targets import EngineTarget
-from .base import Workload, check_positive, frame
+from .base import Workload, check_positive
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,14 @@ class PromptCache(Workload):
         await run.trials(lambda trial: run.sequence(reqs, trial, series="shared_prefix"))
 
     def summarize(self, records, config):
-        df = frame(records)
-        names = list(df["engine"].unique())
+        df = metrics.to_frame(records)
+        names = list(df["target"].unique())
         rows = []
         for name in names:
-            part = df[(df["engine"] == name) & df["ok"]]
+            part = df[(df["target"] == name) & df["ok"]]
             later = part[part["request_id"] != part["request_id"].iloc[0]] if len(part) else part
             cached = later["cached_prompt_tokens"] if "cached_prompt_tokens" in later else None
-            rows.append({"engine": name, "prompt_tokens": float(part["prompt_tokens"].mean()),
+            rows.append({"target": name, "prompt_tokens": float(part["prompt_tokens"].mean()),
                          "ttft_ms_p50": float(np.median(later["ttft_ms"])) if len(later) else None,
                          "cached_tokens_p50": float(np.median(cached.fillna(0)))
                          if cached is not None and len(cached) else 0.0})
@@ -111,16 +112,16 @@ class Speculative(Workload):
         await run.trials(lambda trial: run.sequence(reqs, trial, series="speculative"))
 
     def summarize(self, records, config):
-        df = frame(records)
-        names = list(df["engine"].unique())
-        base = {r.request_id: r.output_ids for r in df[df["engine"] == names[0]].itertuples()}
+        df = metrics.to_frame(records)
+        names = list(df["target"].unique())
+        base = {r.request_id: r.output_ids for r in df[df["target"] == names[0]].itertuples()}
         rows = []
         for name in names:
-            part = df[(df["engine"] == name) & df["ok"]]
+            part = df[(df["target"] == name) & df["ok"]]
             acc = part["draft_accepted"].sum() if "draft_accepted" in part else 0
             chk = part["draft_checked"].sum() if "draft_checked" in part else 0
             tpot = part["tpot_ms"].dropna()
-            rows.append({"engine": name, "acceptance": float(acc / chk) if chk else None,
+            rows.append({"target": name, "acceptance": float(acc / chk) if chk else None,
                          "decode_tps_mean": float(np.mean(1e3 / tpot)) if len(tpot) else None,
                          "e2e_ms_mean": float(part["e2e_ms"].mean()),
                          "identical_to_no_draft": int(sum(base.get(r.request_id) == r.output_ids

@@ -19,8 +19,9 @@ import numpy as np
 
 from ...questions import load_questions
 from ...types import Request
+from .. import metrics
 from ..targets import EngineTarget
-from .base import BASE, Workload, check_positive, engine_tables, frame, outputs_match, phase_configs
+from .base import BASE, Workload, check_positive, outputs_match, phase_configs, target_tables
 
 REPLY = "Here is a short answer: it depends on the details, but the main idea is simple."
 
@@ -70,24 +71,24 @@ class Chat(Workload):
         await run.trials(lambda trial: run.sequence(reqs, trial, series="chat"))
 
     def summarize(self, records, config):
-        df = frame(records)
+        df = metrics.to_frame(records)
         df["turn"] = df["request_id"].str.extract(r"turn(\d+)$")[0].astype(float)
-        names = list(df["engine"].unique())
+        names = list(df["target"].unique())
         rows = []
-        for (engine, turn), part in df[df["ok"]].groupby(["engine", "turn"], sort=True):
+        for (engine, turn), part in df[df["ok"]].groupby(["target", "turn"], sort=True):
             cached = part["cached_prompt_tokens"] if "cached_prompt_tokens" in part else None
-            rows.append({"engine": engine, "turn": int(turn), "requests": len(part),
+            rows.append({"target": engine, "turn": int(turn), "requests": len(part),
                          "prompt_tokens_mean": float(part["prompt_tokens"].mean()),
                          "ttft_ms_p50": float(np.median(part["ttft_ms"])),
                          "cached_prompt_tokens_mean": float(cached.mean())
                          if cached is not None and cached.notna().any() else None})
         base = names[0] if names else None
-        by = {(r["engine"], r["turn"]): r for r in rows}
+        by = {(r["target"], r["turn"]): r for r in rows}
         for r in rows:
             b = by.get((base, r["turn"]))
             r["ttft_reduction_x"] = (b["ttft_ms_p50"] / r["ttft_ms_p50"]
                                      if b and r["ttft_ms_p50"] else None)
-        return {"engines": engine_tables(df), "turns": rows,
+        return {"targets": target_tables(df), "turns": rows,
                 "outputs_match": outputs_match(df, base, names[1:]) if base else []}
 
 

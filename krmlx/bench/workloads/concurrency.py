@@ -33,7 +33,7 @@ from ...stack import StackConfig
 from ...types import Request
 from .. import metrics
 from ..targets import EngineTarget, MlxLmServer, RawBatchTarget
-from .base import Workload, check_positive, frame, outputs_match
+from .base import Workload, check_positive, outputs_match
 
 PROMPT_SETS = ("questions", "long", "synthetic")
 MODES = ("waves", "closed")
@@ -119,9 +119,9 @@ class Concurrency(Workload):
         await run.trials(body)
 
     def summarize(self, records, config):
-        df = frame(records)
+        df = metrics.to_frame(records)
         rows = level_rows(df, config)
-        present = {r["engine"] for r in rows}
+        present = {r["target"] for r in rows}
         names = [n for n in config.get("targets", {}) if n in present]  # in the order given
         return {"levels": rows, "ratios": ratio_rows(rows, names[0], df, config) if names else [],
                 "outputs_match": outputs_match(df, names[0], names[1:]) if names else []}
@@ -132,15 +132,15 @@ def level_rows(df, config: dict) -> list[dict]:
     walls = {}
     for m in config.get("measurements", []):
         if "level" in m:
-            walls.setdefault((m["engine"], m["level"]), []).append(m)
+            walls.setdefault((m["target"], m["level"]), []).append(m)
     rows = []
     for (engine, level), ms in sorted(walls.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        part = df[(df["engine"] == engine) & (df["level"] == level)]
+        part = df[(df["target"] == engine) & (df["level"] == level)]
         ok = part[part["ok"]]
         tps = list(trial_tps(ok, ms).values())
         ci = metrics.mean_ci(tps)
         pct = metrics.percentiles
-        rows.append({"engine": engine, "concurrency": level, "requests": len(part),
+        rows.append({"target": engine, "concurrency": level, "requests": len(part),
                      "errors": int((~part["ok"]).sum()),
                      # HTTP: connections that failed unanswered and were sent again
                      "connect_retries": int(part["connect_retries"].fillna(0).sum())
@@ -177,22 +177,22 @@ def trial_tps(ok, ms) -> dict:
 
 def ratio_rows(rows: list[dict], base: str, df=None, config: dict | None = None) -> list[dict]:
     """Each target against ``base`` per level, named for their direction: the row's
-    ``engine`` over its ``base``: ``tok_s_engine_over_base`` (of mean tok/s over trials)
-    and ``ttft_p50_engine_over_base`` (of the p50s of all trials' requests), each with a 95% CI that
+    ``target`` over its ``base``: ``tok_s_target_over_base`` (of mean tok/s over trials)
+    and ``ttft_p50_target_over_base`` (of the p50s of all trials' requests), each with a 95% CI that
     resamples whole trials (:func:`metrics.trial_ratio_ci`; NaN below 10 trials)."""
-    by = {(r["engine"], r["concurrency"]): r for r in rows}
+    by = {(r["target"], r["concurrency"]): r for r in rows}
     out = []
     for r in rows:
         b = by.get((base, r["concurrency"]))
-        if r["engine"] == base or b is None:
+        if r["target"] == base or b is None:
             continue
-        row = {"engine": r["engine"], "base": base, "concurrency": r["concurrency"],
-               "tok_s_engine_over_base": r["aggregate_tps"] / b["aggregate_tps"]
+        row = {"target": r["target"], "base": base, "concurrency": r["concurrency"],
+               "tok_s_target_over_base": r["aggregate_tps"] / b["aggregate_tps"]
                if b["aggregate_tps"] else math.nan,
-               "ttft_p50_engine_over_base": r["ttft_ms_p50"] / b["ttft_ms_p50"]
+               "ttft_p50_target_over_base": r["ttft_ms_p50"] / b["ttft_ms_p50"]
                if b["ttft_ms_p50"] else math.nan}
         if df is not None and config is not None:
-            row.update(trial_ratio_cis(df, config, base, r["engine"], r["concurrency"]))
+            row.update(trial_ratio_cis(df, config, base, r["target"], r["concurrency"]))
         out.append(row)
     return out
 
@@ -203,12 +203,12 @@ def trial_ratio_cis(df, config: dict, base: str, other: str, level: int) -> dict
     ok = df[df["ok"] & (df["level"] == level)]
     tps, ttft = {}, {}
     for name in (base, other):
-        mine = ok[ok["engine"] == name]
-        tps[name] = {t: [v] for t, v in trial_tps(mine, [m for m in ms if m["engine"] == name]).items()}
+        mine = ok[ok["target"] == name]
+        tps[name] = {t: [v] for t, v in trial_tps(mine, [m for m in ms if m["target"] == name]).items()}
         ttft[name] = {t: g["ttft_ms"].dropna().values for t, g in mine.groupby("trial")}
     out = {"trials": 0}
-    for key, values, stat in (("tok_s_engine_over_base", tps, np.mean),
-                              ("ttft_p50_engine_over_base", ttft, np.median)):
+    for key, values, stat in (("tok_s_target_over_base", tps, np.mean),
+                              ("ttft_p50_target_over_base", ttft, np.median)):
         ci = metrics.trial_ratio_ci(values[base], values[other], stat)
         out["trials"] = ci["trials"]
         out[f"{key}_ci_low"], out[f"{key}_ci_high"] = ci["ratio_ci_low"], ci["ratio_ci_high"]

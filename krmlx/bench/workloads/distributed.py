@@ -22,8 +22,9 @@ from ...errors import ConfigError
 from ...models import PRESETS, parse_name
 from ...stack import StackConfig
 from ...worker.launch import BACKENDS, DistributedConfig
+from .. import metrics
 from ..targets import EngineTarget
-from .base import comparisons, engine_tables, frame, outputs_match
+from .base import comparisons, outputs_match, target_tables
 from .sequential import Baseline
 
 BASE_RANK = "rank1"
@@ -83,15 +84,15 @@ class Distributed(Baseline):
                 "hidden": int(shape.get("hidden_size", 128)), "iters": self.probe_iters})
             stats = await run.probe(name, "stats") or {}
             if probe is not None:
-                run.measurements.append({"series": "probe", "engine": name, **probe,
+                run.measurements.append({"series": "probe", "target": name, **probe,
                                          "layers": int(shape.get("num_hidden_layers", 0)),
                                          **(stats.get("group") or {})})
 
     def summarize(self, records, config):
-        df = frame(records)
-        others = [e for e in df["engine"].unique() if e != BASE_RANK]
+        df = metrics.to_frame(records)
+        others = [e for e in df["target"].unique() if e != BASE_RANK]
         probes = [m for m in config.get("measurements", []) if m.get("series") == "probe"]
-        return {"engines": engine_tables(df),
+        return {"targets": target_tables(df),
                 "comparisons": comparisons(df, BASE_RANK, others, ("ttft_ms", "tpot_ms", "e2e_ms")),
                 "outputs_match_rank1": outputs_match(df, BASE_RANK, others),
                 "collectives": [collective_row(p) for p in probes]}
@@ -102,7 +103,7 @@ def collective_row(p: dict) -> dict:
     per layer (attention and MLP outputs) plus one step flag."""
     per_token = 2 * p.get("layers", 0) * p["allsum_hidden_us"] + p["allsum_scalar_us"]
     steps = p.get("steps") or 0
-    return {"engine": p["engine"], "ranks": p["ranks"], "backend": p.get("backend"),
+    return {"target": p["target"], "ranks": p["ranks"], "backend": p.get("backend"),
             "allsum_scalar_us": p["allsum_scalar_us"], "allsum_hidden_us": p["allsum_hidden_us"],
             "hidden": p["hidden"], "layers": p.get("layers"),
             "collectives_us_per_token": per_token,

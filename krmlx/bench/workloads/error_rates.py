@@ -28,14 +28,13 @@ from .base import (
     BASE,
     Workload,
     check_positive,
-    engine_tables,
     est,
-    frame,
     keep,
     measurement_means,
     outputs_match,
     pct_less,
     pick,
+    target_tables,
 )
 
 
@@ -95,8 +94,8 @@ class ErrorRates(Workload):
             retry_delay_s=self.user_retry_delay_s, error_rate=float(rate)), series=series)
 
     def summarize(self, records, config):
-        df = frame(records)
-        labels = list(dict.fromkeys(e.split("@err")[0] for e in df["engine"]))
+        df = metrics.to_frame(records)
+        labels = list(dict.fromkeys(e.split("@err")[0] for e in df["target"]))
         table, matches, rows = [], [], []
         for rate in self.fault_rates:
             tag = rate_tag(rate)
@@ -106,23 +105,23 @@ class ErrorRates(Workload):
                 continue
             base = f"{BASE}@err{tag}"
             table += [self.row(part, config, series, f"{label}@err{tag}", base, rate) for label in labels
-                      if f"{label}@err{tag}" in set(part["engine"])]
+                      if f"{label}@err{tag}" in set(part["target"])]
             matches += outputs_match(part, base, [f"{x}@err{tag}" for x in labels if x != BASE])
             if rate > 0:
                 rows += self.estimates(df, table, labels, tag)
-        return {"engines": engine_tables(df, "series"), "errors": table, "headline": table,
+        return {"targets": target_tables(df, "series"), "errors": table, "headline": table,
                 "outputs_match": matches, "estimates": keep(rows)}
 
     @staticmethod
     def row(part, config, series, engine, base, rate) -> dict:
-        mine = part[part["engine"] == engine]
+        mine = part[part["target"] == engine]
         trials = max(1, mine["trial"].nunique())
         m = measurement_means(config, series, engine)
 
         def get(col):  # per-trial sum of a record column
             return float(mine[col].fillna(0).sum()) / trials if col in mine else 0.0
 
-        row = {"series": series, "engine": engine, "error_rate": rate,
+        row = {"series": series, "target": engine, "error_rate": rate,
                "requests": int(len(mine) / trials), "user_visible_failures": get("user_visible_failures"),
                "failed_requests": float((~mine["ok"]).sum()) / trials,
                "failed_attempt_s": get("failed_ms") / 1e3, "user_wait_s": get("user_wait_ms") / 1e3,
@@ -151,7 +150,7 @@ class ErrorRates(Workload):
         if t:
             rows.append(est(w, "speedup_x", t["speedup_x"], t["speedup_ci_low"], t["speedup_ci_high"],
                             f"{base} total / {other} total (requests ok in both)"))
-        pen = {r["engine"].split("@err")[0]: r for r in table if r["series"] == w}
+        pen = {r["target"].split("@err")[0]: r for r in table if r["series"] == w}
         name = {BASE: "error_penalty_s", opt: "error_penalty_s_optimized"}
         for label in (BASE, opt):
             if label in pen:

@@ -26,7 +26,7 @@ from ...errors import ConfigError
 from ...types import Request
 from .. import metrics
 from ..verdicts import MARGINS, is_smoke, judge_difference
-from .base import DIRECT, Workload, check_positive, engine_tables, frame, outputs_match
+from .base import DIRECT, Workload, check_positive, outputs_match, target_tables
 
 DEFAULT_LENGTHS = (16, 64, 256, 1024, 2048)
 
@@ -90,16 +90,16 @@ class Lengths(Workload):
                 "ttft_verdict": ttft["verdict"]}
 
     def summarize(self, records, config):
-        df = frame(records)
-        names = list(df["engine"].unique())
+        df = metrics.to_frame(records)
+        names = list(df["target"].unique())
         base = DIRECT if DIRECT in names else names[0]
         growth = []
         for n in sorted(df["length"].dropna().unique()):
             part = df[df["length"] == n]
-            ran = set(part["engine"])
+            ran = set(part["target"])
             for other in [e for e in names if e != base and e in ran]:
-                row = {"length": int(n), "engine": other, "base": base,
-                       "prompt_tokens_mean": float(part[part["engine"] == other]["prompt_tokens"].mean())}
+                row = {"length": int(n), "target": other, "base": base,
+                       "prompt_tokens_mean": float(part[part["target"] == other]["prompt_tokens"].mean())}
                 t = metrics.paired_totals(part, base, other)
                 if t:
                     row.update({"e2e_overhead_pct": (t["ratio"] - 1) * 100,
@@ -121,5 +121,5 @@ class Lengths(Workload):
                     pass
                 row.update(self.verdicts(row, int(t["n"]) if t else None, is_smoke(config)))
                 growth.append(row)
-        return {"engines": engine_tables(df, "length"), "overhead_by_length": growth,
+        return {"targets": target_tables(df, "length"), "overhead_by_length": growth,
                 "outputs_match": outputs_match(df, base, [e for e in names if e != base])}

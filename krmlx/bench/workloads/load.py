@@ -23,9 +23,7 @@ from .base import (
     Workload,
     check_positive,
     comparisons,
-    engine_tables,
     est,
-    frame,
     keep,
     measurement_means,
     model_variants,
@@ -33,6 +31,7 @@ from .base import (
     pick,
     questions_text,
     reduction_pct,
+    target_tables,
 )
 from .sequential import warm_models
 
@@ -42,11 +41,11 @@ DEFAULT_CONCURRENCY = 10  # the reference's "10 concurrent tokenize requests"
 def wall_rows(df, config, series: str, base: str = BASE) -> list[dict]:
     """Per engine: wall time, requests/s, latency percentiles, batches, speedup over base."""
     rows = []
-    for engine in df["engine"].unique():
-        part = df[df["engine"] == engine]
+    for engine in df["target"].unique():
+        part = df[df["target"] == engine]
         m = measurement_means(config, series, engine)
         wall = m.get("wall_s", math.nan)
-        row = {"series": series, "engine": engine, "requests": int(len(part) / max(1, part["trial"].nunique())),
+        row = {"series": series, "target": engine, "requests": int(len(part) / max(1, part["trial"].nunique())),
                "errors": int((~part["ok"]).sum()), "wall_s": wall,
                "requests_per_s": (part["ok"].sum() / max(1, part["trial"].nunique())) / wall if wall else math.nan,
                "e2e_ms_mean": float(part[part["ok"]]["e2e_ms"].mean()),
@@ -64,7 +63,7 @@ def measured_speedup(config: dict, series: str, base: str, other: str) -> dict |
     requests (the ``wall_s`` the tables show beside it), with a CI over trials."""
     def walls(engine):
         return [m["wall_s"] for m in config.get("measurements", [])
-                if m.get("series") == series and m.get("engine") == engine and "wall_s" in m]
+                if m.get("series") == series and m.get("target") == engine and "wall_s" in m]
 
     return metrics.speedup_of(walls(base), walls(other), base, other)
 
@@ -103,16 +102,16 @@ class TokenizeFlood(Workload):
                                                  concurrency=self.concurrency))
 
     def summarize(self, records, config):
-        df = frame(records)
-        engines = set(df["engine"])
-        others = [e for e in df["engine"].unique() if e not in (BASE, DIRECT)]
+        df = metrics.to_frame(records)
+        engines = set(df["target"])
+        others = [e for e in df["target"].unique() if e not in (BASE, DIRECT)]
         table = wall_rows(df, config, "flood")
-        out = {"engines": engine_tables(df), "comparisons": comparisons(df, BASE, others, ("e2e_ms",)),
+        out = {"targets": target_tables(df), "comparisons": comparisons(df, BASE, others, ("e2e_ms",)),
                "flood": table, "headline": table, "estimates": []}
         opt = pick(others, "batching", "all")
         if BASE not in engines:
             return out
-        w, ok = self.name, df[(df["engine"] == BASE) & df["ok"]]
+        w, ok = self.name, df[(df["target"] == BASE) & df["ok"]]
         lat = metrics.mean_ci(ok["e2e_ms"])
         rows = [est(w, "tokenize_ms_mean", lat["mean"], lat["ci_low"], lat["ci_high"],
                     "phase0 mean latency per tokenize request"),
@@ -185,19 +184,19 @@ class Mixed(Workload):
                                                  concurrency=self.concurrency, setup=start))
 
     def summarize(self, records, config):
-        df = frame(records)
-        others = [e for e in df["engine"].unique() if e != BASE]
+        df = metrics.to_frame(records)
+        others = [e for e in df["target"].unique() if e != BASE]
         table = wall_rows(df, config, "mixed")
         kinds = []
-        for (engine, kind), part in df.groupby(["engine", "kind"], sort=False):
-            kinds.append({"engine": engine, "kind": kind, "requests": len(part),
+        for (engine, kind), part in df.groupby(["target", "kind"], sort=False):
+            kinds.append({"target": engine, "kind": kind, "requests": len(part),
                           "errors": int((~part["ok"]).sum()),
                           "sum_e2e_s": float(part[part["ok"]]["e2e_ms"].sum() / 1e3 / max(1, part["trial"].nunique()))})
-        out = {"engines": engine_tables(df), "by_kind": engine_tables(df, "kind"), "components": kinds,
+        out = {"targets": target_tables(df), "by_kind": target_tables(df, "kind"), "components": kinds,
                "walls": table, "headline": table, "comparisons": comparisons(df, BASE, others, ("e2e_ms",)),
                "outputs_match": outputs_match(df, BASE, others), "estimates": []}
         opt = pick(others, "all")
-        if BASE not in set(df["engine"]) or not opt:
+        if BASE not in set(df["target"]) or not opt:
             return out
         w, rows = self.name, []
         s = measured_speedup(config, "mixed", BASE, opt)
@@ -287,12 +286,12 @@ class ServerProfile(Workload):
         await run.trials(body)
 
     def summarize(self, records, config):
-        df = frame(records)
+        df = metrics.to_frame(records)
         table = [row for rate in self.sweep_rates() for row in profile_rows(df, config, rate)]
-        out = {"engines": engine_tables(df, "series"), "profile": table, "headline": table,
+        out = {"targets": target_tables(df, "series"), "profile": table, "headline": table,
                "estimates": []}
-        opt = pick([e for e in df["engine"].unique() if e != BASE], "all")
-        if self.name == "server_profile" and opt and BASE in set(df["engine"]):
+        opt = pick([e for e in df["target"].unique() if e != BASE], "all")
+        if self.name == "server_profile" and opt and BASE in set(df["target"]):
             rows = [est(self.name, metric, *reduction_pct(metrics.paired_totals(part, BASE, opt)),
                         source=f"1 - {opt} / phase0, sum of {what} E2E")
                     for metric, what, part in (("tokenize_reduction_pct", "tokenize", df[df["kind"] == "tokenize"]),
@@ -306,12 +305,12 @@ def profile_rows(df, config, rate: float) -> list[dict]:
     """Per engine at one rate: throughput and TTFT/E2E p50/p90/p99 (vLLM bench's table)."""
     series, rows = f"rate_{rate:g}", []
     part = df[df["series"] == series]
-    for engine in part["engine"].unique():
-        mine = part[part["engine"] == engine]
+    for engine in part["target"].unique():
+        mine = part[part["target"] == engine]
         trials = max(1, mine["trial"].nunique())
         ok, wall = mine[mine["ok"]], measurement_means(config, series, engine).get("wall_s", math.nan)
         gen, tok = ok[ok["kind"] == "generate"], ok[ok["kind"] == "tokenize"]
-        row = {"engine": engine, "rate": rate, "requests": len(mine) / trials,
+        row = {"target": engine, "rate": rate, "requests": len(mine) / trials,
                "errors": int((~mine["ok"]).sum()), "wall_s": wall,
                "throughput_req_s": len(ok) / trials / wall if wall else math.nan,
                "output_tok_s": ok["output_tokens"].sum() / trials / wall if wall else math.nan}

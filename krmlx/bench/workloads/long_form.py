@@ -19,15 +19,14 @@ from .base import (
     Workload,
     check_positive,
     comparisons,
-    engine_tables,
     est,
-    frame,
     gain_pct,
     keep,
     outputs_match,
     pct_less,
     pick,
     questions_text,
+    target_tables,
 )
 
 
@@ -71,21 +70,21 @@ class LongForm(Workload):
         await run.trials(lambda trial: run.sequence(reqs, trial, series="long"))
 
     def summarize(self, records, config):
-        df = frame(records)
-        engines = set(df["engine"])
-        others = [e for e in df["engine"].unique() if e not in (BASE, DIRECT)]
-        out = {"engines": engine_tables(df),
+        df = metrics.to_frame(records)
+        engines = set(df["target"])
+        others = [e for e in df["target"].unique() if e not in (BASE, DIRECT)]
+        out = {"targets": target_tables(df),
                "comparisons": comparisons(df, BASE, others, ("ttft_ms", "tpot_ms", "e2e_ms")),
                "outputs_match": outputs_match(df, BASE, others), "stream_cost": [], "estimates": []}
         if DIRECT in engines:
             for engine in [e for e in (BASE, *others) if e in engines]:
                 c = safe_compare(df, DIRECT, engine, "tpot_ms")
                 if c:
-                    out["stream_cost"].append({"engine": engine, "tpot_ms_direct": c["a"],
+                    out["stream_cost"].append({"target": engine, "tpot_ms_direct": c["a"],
                                                "tpot_ms": c["b"], "per_token_cost_ms": c["diff"],
                                                "ci_low": c["ci_low"], "ci_high": c["ci_high"]})
         out["headline"] = out["stream_cost"]
-        cost = {r["engine"]: r for r in out["stream_cost"]}
+        cost = {r["target"]: r for r in out["stream_cost"]}
         opt = pick(others, "framing", "all")
         rows = []
         if BASE in cost:

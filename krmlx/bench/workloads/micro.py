@@ -28,8 +28,9 @@ from ...stack import StackConfig
 from ...types import Request
 from ...worker.config import WorkerConfig
 from ...worker.protocol import NULL_MODEL
+from .. import metrics
 from ..targets import CommandServer, DirectTarget, EngineTarget
-from .base import Workload, check_positive, frame
+from .base import Workload, check_positive
 
 TOKENIZE_TEXT = ("Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen; "
                  "the light reactions in the thylakoid membranes make ATP and NADPH, which the "
@@ -130,27 +131,27 @@ class Micro(Workload):
         await run.trials(body)
 
     def summarize(self, records, config):
-        df = frame(records)
+        df = metrics.to_frame(records)
         ms = config.get("measurements", [])
-        ping = [{"engine": e, **{f"{k}_us": v * 1e3 for k, v in _pcts(part["e2e_ms"]).items()}}
-                for e, part in df[df["kind"] == "ping"].groupby("engine", sort=False)]
+        ping = [{"target": e, **{f"{k}_us": v * 1e3 for k, v in _pcts(part["e2e_ms"]).items()}}
+                for e, part in df[df["kind"] == "ping"].groupby("target", sort=False)]
         stream = []
         for name in [t for t in config.get("targets", {}) if t.startswith("stream:")]:
-            rows = [m for m in ms if m["engine"] == name and m["series"] == "stream"]
+            rows = [m for m in ms if m["target"] == name and m["series"] == "stream"]
             if not rows:
                 continue
             n = self.stream_tokens
             wall = [m["wall_s"] / n * 1e6 for m in rows]
-            stream.append({"engine": name, "tokens": n, "reps": len(rows),
+            stream.append({"target": name, "tokens": n, "reps": len(rows),
                            "wall_us_per_token": statistics.median(wall),
                            "wall_us_per_token_min": min(wall), "wall_us_per_token_max": max(wall),
                            "caller_cpu_us_per_token": statistics.median(m["caller_cpu_s"] / n * 1e6 for m in rows),
                            "worker_cpu_us_per_token": statistics.median(m["target_cpu_s"] / n * 1e6 for m in rows)})
         tok = df[df["kind"] == "tokenize"]
-        tokenize = [{"engine": e, "path": "one per message", **_pcts_us(part["e2e_ms"])}
-                    for e, part in tok[tok["series"] == "one_per_message"].groupby("engine", sort=False)]
+        tokenize = [{"target": e, "path": "one per message", **_pcts_us(part["e2e_ms"])}
+                    for e, part in tok[tok["series"] == "one_per_message"].groupby("target", sort=False)]
         for m in [m for m in ms if m["series"] == "batched_10"]:
-            tokenize.append({"engine": m["engine"], "path": "10 in flight, batched",
+            tokenize.append({"target": m["target"], "path": "10 in flight, batched",
                              "mean_us_per_item": m["wall_s"] / self.tokenizes * 1e6,
                              "batches": m.get("batcher.batches")})
         return {"ping": ping, "stream": stream, "tokenize": tokenize, "http": http_rows(df, ms)}
@@ -160,13 +161,13 @@ def http_rows(df, ms) -> list[dict]:
     """The HTTP client against the stub: its added TTFT and per-chunk cost."""
     out = []
     for name, (ttft_ms, interval_ms) in STUB.items():
-        part = df[(df["engine"] == f"stub:{name}") & df["ok"]]
+        part = df[(df["target"] == f"stub:{name}") & df["ok"]]
         if part.empty:
             continue
         gaps = np.asarray([g for gs in part["itl_ms"] for g in gs], dtype=float)
         chunks = float(part["output_tokens"].sum())
-        cpu = sum(m["caller_cpu_s"] for m in ms if m["engine"] == f"stub:{name}")
-        row = {"engine": f"stub:{name}", "stub_ttft_ms": ttft_ms, "stub_interval_ms": interval_ms,
+        cpu = sum(m["caller_cpu_s"] for m in ms if m["target"] == f"stub:{name}")
+        row = {"target": f"stub:{name}", "stub_ttft_ms": ttft_ms, "stub_interval_ms": interval_ms,
                "requests": len(part), "ttft_ms_p50": float(part["ttft_ms"].median()),
                "client_added_ttft_ms_p50": float(part["ttft_ms"].median()) - ttft_ms,
                "itl_ms_p50": float(np.median(gaps)) if gaps.size else None,

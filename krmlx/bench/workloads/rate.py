@@ -20,7 +20,7 @@ from ...stack import StackConfig
 from ...types import Request
 from .. import metrics
 from ..targets import DirectTarget, EngineTarget, MlxLmServer, NotSupported
-from .base import Workload, check_positive, frame
+from .base import Workload, check_positive
 
 
 @dataclass(frozen=True)
@@ -75,16 +75,16 @@ class Goodput(Workload):
         await run.trials(body)
 
     def summarize(self, records, config):
-        df = frame(records)
-        walls = {(m["engine"], m["rate"], m["trial"]): m["wall_s"]
+        df = metrics.to_frame(records)
+        walls = {(m["target"], m["rate"], m["trial"]): m["wall_s"]
                  for m in config.get("measurements", []) if "rate" in m}
         rows = []
-        for (engine, rate), part in df.groupby(["engine", "rate"], sort=True):
+        for (engine, rate), part in df.groupby(["target", "rate"], sort=True):
             g = metrics.goodput(part, ttft_ms=self.ttft_slo_ms, tpot_ms=self.tpot_slo_ms)
             wall = sum(walls.get((engine, rate, t), 0.0) for t in part["trial"].unique())
             ok = part[part["ok"]]
             pct = metrics.percentiles
-            rows.append({"engine": engine, "rate": rate, "requests": len(part),
+            rows.append({"target": engine, "rate": rate, "requests": len(part),
                          "errors": int((~part["ok"]).sum()),
                          "throughput_req_s": len(ok) / wall if wall else None,
                          "output_tok_s": ok["output_tokens"].sum() / wall if wall else None,

@@ -23,9 +23,7 @@ from .base import (
     Workload,
     check_positive,
     comparisons,
-    engine_tables,
     est,
-    frame,
     gain_pct,
     keep,
     measurement_means,
@@ -34,6 +32,7 @@ from .base import (
     pct_less,
     pick,
     questions_text,
+    target_tables,
 )
 
 GAIN_METRICS = {"batching": "batching_gain_pct", "caching": "caching_gain_pct",
@@ -79,9 +78,9 @@ class Baseline(Workload):
         await run.trials(lambda trial: run.sequence(reqs, trial, series="baseline"))
 
     def summarize(self, records, config):
-        df = frame(records)
-        names = list(df["engine"].unique())
-        out = {"engines": engine_tables(df)}
+        df = metrics.to_frame(records)
+        names = list(df["target"].unique())
+        out = {"targets": target_tables(df)}
         if DIRECT in names and len(names) > 1:
             smoke = is_smoke(config)
             out["overhead"] = [{**row, **overhead_verdicts(row, smoke=smoke)} for row in
@@ -97,12 +96,12 @@ class Baseline(Workload):
         return out
 
     def estimates(self, df) -> list[dict]:
-        w, engines = self.name, set(df["engine"])
+        w, engines = self.name, set(df["target"])
         if BASE not in engines:
             return []
-        ok = df[(df["engine"] == BASE) & df["ok"]]
+        ok = df[(df["target"] == BASE) & df["ok"]]
         totals = metrics.trial_totals(df)
-        p0 = totals[totals["engine"] == BASE]
+        p0 = totals[totals["target"] == BASE]
         total_s = float(p0["busy_s"].mean())
         e2e, ttft = metrics.mean_ci(ok["e2e_ms"]), metrics.mean_ci(ok["ttft_ms"])
         rows = [est(w, "total_s", total_s, source="phase0: sum of E2E over the questions"),
@@ -188,15 +187,15 @@ class ModelSwitching(Workload):
         await run.trials(body)
 
     def summarize(self, records, config):
-        df = frame(records)
-        out = {"engines": engine_tables(df, "series"), "comparisons": [], "totals": [],
+        df = metrics.to_frame(records)
+        out = {"targets": target_tables(df, "series"), "comparisons": [], "totals": [],
                "outputs_match": [], "estimates": []}
         probe = df[df["kind"] == "load"]
         for n in self.switches:
             part = df[df["series"] == f"switches_{n}"]
             if part.empty:
                 continue
-            others = [e for e in part["engine"].unique() if e != BASE]
+            others = [e for e in part["target"].unique() if e != BASE]
             out["comparisons"] += comparisons(part, BASE, others, ("e2e_ms",))
             out["outputs_match"] += outputs_match(part, BASE, others)
             out["totals"] += switch_totals(part, others, config, f"switches_{n}")
@@ -219,9 +218,9 @@ def switch_totals(part, others: list[str], config: dict, series: str) -> list[di
     rows = []
     for engine in [BASE, *others]:
         m = measurement_means(config, series, engine)
-        ok = part[(part["engine"] == engine) & part["ok"]]
-        row = {"series": series, "engine": engine, "requests": int((part["engine"] == engine).sum()),
-               "errors": int(((part["engine"] == engine) & ~part["ok"]).sum()),
+        ok = part[(part["target"] == engine) & part["ok"]]
+        row = {"series": series, "target": engine, "requests": int((part["target"] == engine).sum()),
+               "errors": int(((part["target"] == engine) & ~part["ok"]).sum()),
                "total_s": float(ok["e2e_ms"].sum() / 1e3 / max(1, part["trial"].nunique())),
                "loads": m.get("single_model.switches", m.get("model_cache.loads", 0.0)),
                "load_s": (m.get("single_model.load_ms_total", 0.0) + m.get("model_cache.load_ms_total", 0.0)
@@ -237,14 +236,14 @@ def switch_totals(part, others: list[str], config: dict, series: str) -> list[di
 
 def switch_estimates(w: str, part, probe, config: dict, series: str) -> list[dict]:
     """Reference rows of phase2 (model loads, caching) for one switching series."""
-    engines = set(part["engine"])
+    engines = set(part["target"])
     opt = pick(engines, "caching", "all")
     if BASE not in engines:
         return []
     base_m = measurement_means(config, series, BASE)
     loads = base_m.get("single_model.switches", 0)
     base_load_s = base_m.get("single_model.load_ms_total", math.nan) / 1e3
-    totals = metrics.trial_totals(part).set_index("engine")["busy_s"].groupby(level=0).mean()
+    totals = metrics.trial_totals(part).set_index("target")["busy_s"].groupby(level=0).mean()
     rows = [est(w, "total_s", totals.get(BASE), source="phase0 sum of E2E"),
             est(w, "switch_overhead_s", base_load_s,
                 source="phase0 single_model.load_ms_total (model loads; unloads not timed)"),
@@ -254,7 +253,7 @@ def switch_estimates(w: str, part, probe, config: dict, series: str) -> list[dic
         m = measurement_means(config, series, opt)
         opt_load_s = (m.get("model_cache.load_ms_total", 0.0) + m.get("model_cache.warmup_ms_total", 0.0)) / 1e3
         t = metrics.paired_totals(part, BASE, opt)
-        hits = probe[(probe["engine"] == opt) & probe["ok"]]["e2e_ms"]
+        hits = probe[(probe["target"] == opt) & probe["ok"]]["e2e_ms"]
         ci = metrics.mean_ci(hits)
         rows += [est(w, "total_s_optimized", totals.get(opt), source=f"{opt} sum of E2E"),
                  est(w, "switch_overhead_s_optimized", opt_load_s,
@@ -302,18 +301,18 @@ class MultiTenant(Workload):
                                                     series="tenants", measure=True))
 
     def summarize(self, records, config):
-        df = frame(records)
-        others = [e for e in df["engine"].unique() if e != BASE]
-        totals = switch_totals(df, others, config, "tenants") if BASE in set(df["engine"]) else []
-        opt = next((r for r in totals if r["engine"] == pick(df["engine"].unique(), "caching", "all")), None)
+        df = metrics.to_frame(records)
+        others = [e for e in df["target"].unique() if e != BASE]
+        totals = switch_totals(df, others, config, "tenants") if BASE in set(df["target"]) else []
+        opt = next((r for r in totals if r["target"] == pick(df["target"].unique(), "caching", "all")), None)
         rows = []
         if opt and "speedup_x" in opt:
-            base = next(r for r in totals if r["engine"] == BASE)
+            base = next(r for r in totals if r["target"] == BASE)
             rows = keep([est(self.name, "speedup_x", opt["speedup_x"], opt["ci_low"], opt["ci_high"],
-                             f"phase0 total / {opt['engine']} total"),
+                             f"phase0 total / {opt['target']} total"),
                          est(self.name, "total_s", base["total_s"], source="phase0 sum of E2E"),
                          est(self.name, "total_s_optimized", opt["total_s"],
-                             source=f"{opt['engine']} sum of E2E")])
-        return {"engines": engine_tables(df), "comparisons": comparisons(df, BASE, others),
+                             source=f"{opt['target']} sum of E2E")])
+        return {"targets": target_tables(df), "comparisons": comparisons(df, BASE, others),
                 "outputs_match": outputs_match(df, BASE, others), "totals": totals,
                 "headline": totals, "estimates": rows}
