@@ -224,4 +224,4 @@ def test_concurrency_sweep_smoke_has_one_row_per_level_and_three_targets(tiny_pa
     match = {r["target"]: r for r in doc["summary"]["outputs_match"]}
     assert match["mlx_lm.server"]["identical_outputs"] == match["mlx_lm.server"]["compared"] == 5
     warm = doc["config"]["treatment"]["warmup"]
-    assert warm["target"] == warm["raw"] == warm["mlx_lm.server"]  # equal treatment, recorded
+    assert warm["engine"] == warm["raw"] == warm["mlx_lm.server"]  # equal treatment, recorded

@@ -75,6 +75,19 @@ def test_breakdown_attribution_and_trace_from_a_run(tiny_path, tmp_path):
     assert hops["diff_ms"].sum() == pytest.approx(delta, abs=1e-3)
     assert abs(diff.set_index("hop").loc["unexplained", "diff_ms"]) < 1e-3
     assert set(hops[~hops["serving"].astype(bool)]["hop"]) == set(T.COMPUTE_HOPS)
+    # the reference's IPC breakdown rows get measured counterparts: sums of phase 0's hops
+    ipc = {r["metric"]: r for r in summary["estimates"] if r["workload"] == "ipc_per_request"}
+    assert set(ipc) == set(H.IPC_HOPS)
+    by_hop = diff.set_index("hop")["diff_ms"]
+    for metric, group in H.IPC_HOPS.items():
+        assert ipc[metric]["measured"] == pytest.approx(by_hop[list(group)].sum(), abs=1e-6), metric
+        assert ipc[metric]["ci_low"] <= ipc[metric]["measured"] <= ipc[metric]["ci_high"]
+    from krmlx.bench.estimates import compare_estimates
+
+    table = compare_estimates([{**r, "smoke": True} for r in summary["estimates"]])["phase1_ipc_breakdown"]
+    row = table.set_index("row").loc["Breakdown: stdio write/read"]
+    assert row["measured"] == pytest.approx(ipc["stdio_ms_mean"]["measured"])
+    assert row["verdict"] == "smoke: not evidence"
     path = H.write_trace(doc, tmp_path / "run.json")
     assert path == tmp_path / "traces" / "run.json"
     trace = json.loads(path.read_text())["traceEvents"]

@@ -8,17 +8,17 @@ Means, not medians, so the parts of a breakdown add up to the whole.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..timeline import COMPUTE_HOPS, TOKEN_HOPS, TTFT_HOPS, WORKER_POINTS, first_point, ttft_hops
+from . import metrics
 
 
 def hop_frame(df: pd.DataFrame, kind: str = "ttft") -> pd.DataFrame:
-    """One row per record with a timeline: engine, trial, request_id, and a column per hop
+    """One row per record with a timeline: target, trial, request_id, and a column per hop
     (ms; 0 where the path has no such hop)."""
     column = "timeline" if kind == "ttft" else "token_hops"
     if column not in df:
@@ -38,16 +38,6 @@ def hop_frame(df: pd.DataFrame, kind: str = "ttft") -> pd.DataFrame:
     return out[["target", "trial", "request_id", *hops]]
 
 
-def _mean_ci(values: np.ndarray, *, seed: int = 0, n_boot: int = 1000) -> tuple[float, float, float]:
-    if values.size == 0:
-        return math.nan, math.nan, math.nan
-    if values.size < 2:
-        return float(values.mean()), math.nan, math.nan
-    idx = np.random.default_rng(seed).integers(0, values.size, size=(n_boot, values.size))
-    lo, hi = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
-    return float(values.mean()), float(lo), float(hi)
-
-
 def breakdown(df: pd.DataFrame) -> list[dict]:
     """Per target and hop: the mean ms spent there for the first token (``phase="ttft"``) and
     per token after it (``phase="token"``), with a 95% bootstrap CI over requests; the
@@ -61,11 +51,24 @@ def breakdown(df: pd.DataFrame) -> list[dict]:
         for engine, part in frame.groupby("target", sort=False):
             whole = float(part[[h for h, _ in hops]].sum(axis=1).mean())
             for hop, label in hops:
-                mean, lo, hi = _mean_ci(part[hop].to_numpy(float))
+                c = metrics.mean_ci(part[hop].to_numpy(float), n_boot=1000)
                 rows.append({"target": engine, "phase": kind, "hop": hop, "label": label,
-                             "mean_ms": mean, "ci_low": lo, "ci_high": hi,
+                             "mean_ms": c["mean"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
                              "whole_ms": whole, "requests": len(part)})
     return rows
+
+
+def _paired(df: pd.DataFrame, base: str, other: str):
+    """The TTFT hop frames of ``base`` and ``other`` over the requests both completed
+    (paired by trial and request id), or None with fewer than 2 pairs."""
+    frame = hop_frame(df, "ttft")
+    if frame.empty or not {base, other} <= set(frame["target"]):
+        return None
+    key = ["trial", "request_id"]
+    a = frame[frame["target"] == base].set_index(key)
+    b = frame[frame["target"] == other].set_index(key)
+    common = a.index.intersection(b.index)
+    return (a.loc[common], b.loc[common]) if len(common) >= 2 else None
 
 
 def attribution(df: pd.DataFrame, base: str, other: str, *, seed: int = 0,
@@ -77,18 +80,13 @@ def attribution(df: pd.DataFrame, base: str, other: str, *, seed: int = 0,
     host's, e.g. the other process's share of the cores). The last row, ``unexplained``, is
     the measured ΔTTFT (of the records' own TTFT) less the hops' sum: nonzero where a
     record's timeline misses points."""
-    frame = hop_frame(df, "ttft")
-    if frame.empty or not {base, other} <= set(frame["target"]):
+    pair = _paired(df, base, other)
+    if pair is None:
         return []
-    key = ["trial", "request_id"]
-    a = frame[frame["target"] == base].set_index(key)
-    b = frame[frame["target"] == other].set_index(key)
-    common = a.index.intersection(b.index)
-    if len(common) < 2:
-        return []
-    a, b = a.loc[common], b.loc[common]
+    a, b = pair
+    common = a.index
     ok = df[df["ok"]]
-    ttft = {e: ok[ok["target"] == e].set_index(key)["ttft_ms"] for e in (base, other)}
+    ttft = {e: ok[ok["target"] == e].set_index(["trial", "request_id"])["ttft_ms"] for e in (base, other)}
     measured = (ttft[other].reindex(common) - ttft[base].reindex(common)).to_numpy(float)
     idx = np.random.default_rng(seed).integers(0, len(common), size=(n_boot, len(common)))
     rows, total = [], np.zeros(len(common))
@@ -106,6 +104,36 @@ def attribution(df: pd.DataFrame, base: str, other: str, *, seed: int = 0,
                  "diff_ms": float(np.nanmean(rest)), "ci_low": float(lo), "ci_high": float(hi),
                  "pairs": len(common)})
     return rows
+
+
+# The reference's per-request IPC breakdown (its "Current IPC Overhead per Request" rows),
+# as sums of the engine's hops over direct's. The reference counts one serialization, one
+# stdio write/read and one deserialization per request; a request through the stdio worker
+# has two of each before its first token (the call going in, the first frame coming back).
+IPC_HOPS = {
+    "serialize_ms_mean": ("client_written", "written"),  # stages + encode the call; encode the frame
+    "stdio_ms_mean": ("worker_read", "received"),  # the pipe to the worker and back
+    "deserialize_ms_mean": ("queued", "yielded"),  # the worker's decode and route; the client's
+    "coordination_ms_mean": ("job_start",),  # the wait in the worker's queue
+}
+IPC_HOPS["ipc_ms_mean"] = tuple(h for hops in IPC_HOPS.values() for h in hops)
+
+
+def grouped(df: pd.DataFrame, base: str, other: str, groups: dict = IPC_HOPS, *,
+            seed: int = 0, n_boot: int = 1000) -> dict:
+    """Per group of hops: (mean, ci_low, ci_high, pairs) of ``other``'s time in those hops
+    minus ``base``'s, per request paired by trial and id (95% bootstrap CI). {} without
+    two pairs."""
+    pair = _paired(df, base, other)
+    if pair is None:
+        return {}
+    a, b = pair
+    out = {}
+    for name, hops in groups.items():
+        d = (b[list(hops)].sum(axis=1) - a[list(hops)].sum(axis=1)).to_numpy(float)
+        c = metrics.mean_ci(d, seed=seed, n_boot=n_boot)
+        out[name] = (c["mean"], c["ci_low"], c["ci_high"], c["n"])
+    return out
 
 
 def trace_events(records: list[dict]) -> dict:

@@ -119,6 +119,9 @@ class Baseline(Workload):
             if t:
                 rows.append(est(w, "total_overhead_s", t["diff"] / 1e3, t["ci_low"] / 1e3,
                                 t["ci_high"] / 1e3, "phase0 total - direct total"))
+            for metric, (mean, lo, hi, n) in hops.grouped(df, DIRECT, BASE).items():
+                rows.append(est("ipc_per_request", metric, mean, lo, hi, n=n,
+                                source=f"phase0 - direct, TTFT hops {' + '.join(hops.IPC_HOPS[metric])}"))
         # each phase alone against phase 0 (its own reference rows), and all of them together
         for engine, metric in GAIN_METRICS.items():
             if engine not in engines:
