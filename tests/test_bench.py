@@ -490,9 +490,9 @@ def test_pool_summarizes_replications_as_one_run_with_trials_kept_whole(tiny_pat
     trials, every record kept and naming its file, and the CI over whole trials that
     neither run has alone (it needs 10). A run with other settings, or --out naming an
     input, is refused with the reason, and the inputs are left as they were."""
-    from krmlx.__main__ import main
     from krmlx.bench.pool import pool_results
     from krmlx.bench.results import read_results, write_results
+    from krmlx.cli import main
     from krmlx.errors import ResultsError
 
     # The first model load in a process loads the system's OpenBLAS, which the env then

@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from krmlx.__main__ import build_parser
+from krmlx.cli import build_parser
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -272,7 +272,7 @@ def commands():
 
 
 def parse_command(line: str) -> None:
-    from krmlx.__main__ import build_parser
+    from krmlx.cli import build_parser
 
     m = COMMAND.match(line)
     argv = shlex.split(m.group(2) or "")

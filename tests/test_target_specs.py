@@ -17,9 +17,10 @@ import psutil
 import pytest
 
 from krmlx import Request, StackConfig
-from krmlx.__main__ import build_parser, serve_config
 from krmlx.bench import make_target
 from krmlx.bench.workloads.base import phase_configs
+from krmlx.cli import build_parser
+from krmlx.cli.serve import serve_config
 from krmlx.errors import ConfigError
 from krmlx.serve import ServerProcess
 from krmlx.stack import PHASES, parse_phases

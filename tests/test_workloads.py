@@ -15,11 +15,11 @@ import sys
 import pandas as pd
 import pytest
 
-from krmlx.__main__ import main
 from krmlx.bench import workloads as W
 from krmlx.bench.results import read_results, write_results
 from krmlx.bench.runner import run_workload, stats_delta, summarize_partial
 from krmlx.bench.targets import DirectTarget, EngineTarget
+from krmlx.cli import main
 from krmlx.errors import ConfigError
 from krmlx.stack import StackConfig
 
@@ -226,7 +226,8 @@ def test_cli_bench_tokenize_flood_smoke(tmp_path, tiny_path):
 
 
 def test_cli_options_map_to_each_workloads_parameters():
-    from krmlx.__main__ import build_parser, workload_params
+    from krmlx.cli import build_parser
+    from krmlx.cli.bench import workload_params
 
     args = build_parser().parse_args(["bench", "suite", "--rate", "1,2.5", "--requests", "5",
                                       "--concurrency", "3", "--max-tokens", "7"])
