@@ -37,6 +37,7 @@ served-minus-direct attribution, the Perfetto trace) is :mod:`krmlx.bench.hops`.
 from __future__ import annotations
 
 import math
+import time
 from statistics import fmean
 
 # (point, the hop that ends there), in the order a request passes them
@@ -115,6 +116,15 @@ def relative(timeline: dict, t0: float) -> dict:
 
     return {k: ([ms(t) for t in v] if isinstance(v, list) else ms(v))
             for k, v in timeline.items() if v is None or isinstance(v, (int, float, list))}
+
+
+def clock_anchor() -> dict:
+    """The wall clock and the timeline's clock read together (``wall_ns``: ``time.time_ns()``,
+    ``perf_counter_s``): a run's config keeps one, so its marks can be placed in wall time
+    (:mod:`krmlx.bench.otel`)."""
+    perf = time.perf_counter()
+    wall = time.time_ns()
+    return {"wall_ns": wall, "perf_counter_s": (perf + time.perf_counter()) / 2}
 
 
 def trimmed(timeline: dict) -> dict:
