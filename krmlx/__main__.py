@@ -13,6 +13,7 @@
     python -m krmlx resummarize RESULTS...
     python -m krmlx pool RESULTS... --out FILE [--summary-only]
     python -m krmlx report RESULTS... [--out DIR]
+    python -m krmlx otel RESULTS... [--endpoint URL]
     python -m krmlx serve [--model M] [--phases phase0|all|LIST] [--scheduler auto|serial|batched|
         batched-staged] [--host 127.0.0.1] [--port N] [--api-key K] [--max-in-flight N]
         [--max-messages N] [--max-prompt-chars N] [--max-prompt-tokens N]
@@ -199,6 +200,10 @@ def run_bench_one(workload, args) -> tuple[int, dict | None]:
     trace = write_trace(doc, path)
     if trace:
         print(f"trace (Perfetto / chrome://tracing): {trace}")
+    if args.otlp:
+        code = export_otel(doc, path, args.otlp)
+        if code:
+            return code, None
     print()
     return 0, doc
 
@@ -233,6 +238,35 @@ def cmd_bench(args) -> int:
         print("estimate vs measured, all workloads" + (" (SMOKE sizes: not evidence)"
                                                         if args.smoke else ""))
         print(format_estimates(estimate_tables(docs, measured_only=True)))
+    return 0
+
+
+def export_otel(doc: dict, name, endpoint: str | None) -> int:
+    """Send one results document's spans over OTLP (krmlx.bench.otel); 1 on failure."""
+    from .bench.otel import export_otlp
+    from .errors import KrmlxError
+
+    try:
+        n = export_otlp(doc, endpoint)
+    except KrmlxError as e:
+        print(f"error: {name}: {e}", file=sys.stderr)
+        return 1
+    print(f"{name}: {n} spans sent over OTLP to {endpoint or 'OTEL_EXPORTER_OTLP_ENDPOINT'}")
+    return 0
+
+
+def cmd_otel(args) -> int:
+    from .bench.results import read_results
+    from .errors import ResultsError
+
+    for path in args.results:
+        try:
+            doc = read_results(path)
+        except ResultsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if code := export_otel(doc, path, args.endpoint):
+            return code
     return 0
 
 
@@ -475,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "check; its numbers carry no verdict (smoke: not evidence)")
     b.add_argument("--out", default="runs", help="folder for the results files")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--otlp", default=None, metavar="URL", help="also send each run's requests "
+                   "as OpenTelemetry spans to this OTLP/HTTP endpoint (needs krmlx[otel])")
     dv = add("divergence", help="where greedy answers differ from the reference's, and the "
              "model's top-2 logit gap there",
              description="For each answer that differs from the reference target's, the first "
@@ -509,6 +545,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--title", default="krmlx report", help="the report's title")
     r.add_argument("--no-reference", dest="reference", action="store_false",
                    help="leave out the sections on the kr-serve-mlx reference's estimates")
+    ot = add("otel", help="send results files' requests as OpenTelemetry spans over OTLP/HTTP",
+             description="Send each request of the results files as OpenTelemetry spans (GenAI "
+             "semantic conventions; a child span per timeline hop) to an OTLP/HTTP endpoint. "
+             "Needs the otel extra: pip install 'krmlx[otel]'.")
+    ot.add_argument("results", nargs="+", help="results files (.json or .json.gz)")
+    ot.add_argument("--endpoint", default=None, metavar="URL",
+                    help="the OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318 (default: the "
+                         "OTEL_EXPORTER_OTLP_ENDPOINT environment variable, else localhost:4318)")
     sv = add("serve", help="serve a model over the OpenAI HTTP API",
              description="Serve one model through krmlx's stack over the OpenAI API (chat and "
              "completions, SSE streaming, /health, /metrics) until SIGINT or SIGTERM.")
@@ -558,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handler = {"doctor": cmd_doctor, "models": cmd_models, "bench": cmd_bench,
                "compare": cmd_compare, "report": cmd_report, "divergence": cmd_divergence,
-               "resummarize": cmd_resummarize, "pool": cmd_pool, "serve": cmd_serve}[args.cmd]
+               "resummarize": cmd_resummarize, "pool": cmd_pool, "serve": cmd_serve,
+               "otel": cmd_otel}[args.cmd]
     return handler(args)
 
 
