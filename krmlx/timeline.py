@@ -26,12 +26,16 @@ Producers and their points:
   ``http_headers`` (the response headers in; on the chain only for servers that send no
   timeline of their own, since krmlx serve sends its headers after its first token),
   ``http_content`` (each content-bearing event parsed: the first is the TTFT).
+- the stub server (:mod:`krmlx.bench.stub`), off the chain: ``stub_received``,
+  ``stub_headers``, ``stub_first``, against which ``bench micro`` calibrates the client's
+  points (:func:`krmlx.bench.workloads.micro.client_hops`).
 
 The first token's hops (:data:`TTFT_HOPS`) telescope: each hop runs from the previous point
 the record has to its own, so a record's hops add up to its TTFT exactly, served or direct.
 Per token after the first (:data:`TOKEN_HOPS`), the decode step and each transit.
 :func:`for_record` is what a request's record keeps. The analysis (per-target breakdown,
-served-minus-direct attribution, the Perfetto trace) is :mod:`krmlx.bench.hops`.
+served-minus-direct attribution, the Perfetto trace) is :mod:`krmlx.bench.hops`; the
+OpenTelemetry spans, :mod:`krmlx.bench.otel`.
 """
 
 from __future__ import annotations
