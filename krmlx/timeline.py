@@ -26,17 +26,22 @@ Producers and their points:
   ``http_headers`` (the response headers in; on the chain only for servers that send no
   timeline of their own, since krmlx serve sends its headers after its first token),
   ``http_content`` (each content-bearing event parsed: the first is the TTFT).
+- the stub server (:mod:`krmlx.bench.stub`), off the chain: ``stub_received``,
+  ``stub_headers``, ``stub_first``, against which ``bench micro`` calibrates the client's
+  points (:func:`krmlx.bench.workloads.micro.client_hops`).
 
 The first token's hops (:data:`TTFT_HOPS`) telescope: each hop runs from the previous point
 the record has to its own, so a record's hops add up to its TTFT exactly, served or direct.
 Per token after the first (:data:`TOKEN_HOPS`), the decode step and each transit.
 :func:`for_record` is what a request's record keeps. The analysis (per-target breakdown,
-served-minus-direct attribution, the Perfetto trace) is :mod:`krmlx.bench.hops`.
+served-minus-direct attribution, the Perfetto trace) is :mod:`krmlx.bench.hops`; the
+OpenTelemetry spans, :mod:`krmlx.bench.otel`.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from statistics import fmean
 
 # (point, the hop that ends there), in the order a request passes them
@@ -115,6 +120,15 @@ def relative(timeline: dict, t0: float) -> dict:
 
     return {k: ([ms(t) for t in v] if isinstance(v, list) else ms(v))
             for k, v in timeline.items() if v is None or isinstance(v, (int, float, list))}
+
+
+def clock_anchor() -> dict:
+    """The wall clock and the timeline's clock read together (``wall_ns``: ``time.time_ns()``,
+    ``perf_counter_s``): a run's config keeps one, so its marks can be placed in wall time
+    (:mod:`krmlx.bench.otel`)."""
+    perf = time.perf_counter()
+    wall = time.time_ns()
+    return {"wall_ns": wall, "perf_counter_s": (perf + time.perf_counter()) / 2}
 
 
 def trimmed(timeline: dict) -> dict:

@@ -21,6 +21,7 @@ from krmlx.bench import make_target, make_workload, run_workload
 from krmlx.bench.targets import DirectTarget, HttpTarget, NotSupported
 from krmlx.errors import ConfigError, KrmlxError
 from krmlx.serve import ServerProcess
+from krmlx.timeline import ttft_hops
 
 MODEL = "tiny"
 PROMPT = Request("Why is the sky blue?", max_tokens=12, id="contract")
@@ -219,6 +220,15 @@ def test_the_http_client_is_calibrated_against_the_stub(tiny_path):
     assert paced["ttft_ms_p50"] >= 20.0 and paced["client_added_ttft_ms_p50"] >= 0
     assert paced["itl_ms_p50"] >= 1.0 and paced["client_cpu_us_per_chunk"] > 0
     assert http["stub:burst"]["wall_us_per_chunk"] > 0
+    # the stub's own points calibrate the client's hops: request out, headers in, first event
+    hops = {(r["target"], r["hop"]): r for r in doc["summary"]["client_hops"]}
+    assert set(hops) == {(f"stub:{n}", h) for n in ("burst", "paced")
+                         for h in ("request", "headers", "first_event")}
+    assert all(r["ci_low"] <= r["p50_ms"] <= r["ci_high"] for r in hops.values())
+    # stamped before it is written: the client parses the first event after
+    assert hops["stub:paced", "request"]["p50_ms"] > 0 and hops["stub:paced", "first_event"]["p50_ms"] > 0
+    stub = next(r for r in doc["records"] if r["target"] == "stub:paced" and r["ok"])
+    assert list(ttft_hops(stub["timeline"])) == ["http_sent", "http_headers", "http_content"]
     stream = {r["target"]: r for r in doc["summary"]["stream"]}
     assert set(stream) == {f"stream:{c}{v}" for c in ("json", "msgpack")
                            for v in ("", "+window64", "+coalesce8")} | {"stream:json+no-timeline"}

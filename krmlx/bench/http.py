@@ -214,17 +214,19 @@ HTTP_POINTS = {"http11.send_request_body.complete": "http_sent",
 def client_timeline(seen: dict, chunks: list, server: dict | None, t0: float, t_end: float) -> dict:
     """The record's ``timeline`` and ``token_hops`` (:mod:`krmlx.timeline`): this client's
     points (request sent, headers in, each content event) and, where the server sent its
-    own timeline (krmlx serve), the server's, on the same clock: taken only when every one
-    of its points lies within this request's own span (a server on another host has
-    another clock), and then without ``http_headers`` on the chain (krmlx serve answers
-    with headers after its first token)."""
+    own timeline (krmlx serve, the stub), the server's, on the same clock: taken only when
+    every one of its points lies within this request's own span (a server on another host
+    has another clock), and then without ``http_headers`` on the chain where the server's
+    reach its first content event (``sse_first``: krmlx serve answers with headers after
+    its first token; the stub's points, :mod:`krmlx.bench.stub`, are off the chain)."""
     mine = {**seen, "http_content": [c.t_s for c in chunks]}
     if isinstance(server, dict):
         token = server.pop("token_hops", {})
         points = [t for v in server.values() for t in (v if isinstance(v, list) else [v])
                   if isinstance(t, (int, float))]
         if points and all(t0 <= t <= t_end for t in points):
-            mine.pop("http_headers", None)
+            if "sse_first" in server:
+                mine.pop("http_headers", None)
             return {"timeline": trimmed(relative({**server, **mine}, t0)), "token_hops": token}
         mine["server_clock"] = None  # the server's points fall outside: not this host's clock
     return {"timeline": trimmed(relative(mine, t0)), "token_hops": {}}

@@ -20,7 +20,8 @@ warm-up each target got and the order rules used. A target that lacks an operati
 (:class:`~krmlx.bench.targets.NotSupported`) is recorded once in ``config["not_supported"]``
 and skipped for it; a target that dies is recorded in ``config["target_errors"]`` and gets
 no more work; records accumulate in ``sink`` as they complete, so an interrupted run keeps
-every finished one.
+every finished one. ``config["clock"]`` (:func:`krmlx.timeline.clock_anchor`, read as the
+run starts) places the records' monotonic times (``t_start_s``, the timelines) in wall time.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..doctor import collect_env, oversubscription_warning
 from ..errors import ConfigError, KrmlxError
 from ..hygiene import DEFAULT_LOAD_LIMIT_CORES, LoadMeter, cpu_seconds, settle
 from ..models import model_bytes, resolve_model
+from ..timeline import clock_anchor
 from ..types import Request
 from .targets import NotSupported, Target, make_target
 
@@ -44,7 +46,8 @@ def record_of(target: str, trial: int, request: Request, completion=None, error=
     """One raw record; TTFT, TPOT, ITL and E2E as the Completion defines them (TPOT per
     output token, :attr:`krmlx.types.Completion.tpot_ms`)."""
     rec = {"workload": workload, "target": target, "trial": trial, "request_id": request.id,
-           "model": request.model, "ok": error is None, "error": None if error is None else
+           "model": request.model, "chat": request.chat, "max_tokens": request.max_tokens,
+           "ok": error is None, "error": None if error is None else
            f"{type(error).__name__}: {error}", "t_start_s": t_start_s}
     if completion is not None:
         c = completion
@@ -508,7 +511,7 @@ async def run_workload(workload, model: str, *, targets=None, phases: str | None
                    "smoke": workload.smoke, "params": workload.params(),
                    "phases": None if targets else (phases or workload.default_phases),
                    "models": workload.models(model), "targets": {}, "stage_stats": {},
-                   "not_supported": [], "target_errors": {}})
+                   "not_supported": [], "target_errors": {}, "clock": clock_anchor()})
     adapted = []
     for t in given:
         try:

@@ -11,6 +11,13 @@ the text ``"tok "`` in its own SSE chunk, ``max_tokens`` of them, then a usage c
 coalesce send them; the usage chunk still counts every token).
 What the client then measures beyond the schedule (TTFT - ttft_ms, each gap - interval_ms,
 its CPU per chunk) is the client's own cost. ``GET /v1/models``, ``GET /health``.
+
+The usage chunk carries the stub's own points (``time.perf_counter()`` seconds, the
+clock the client reads on the same host) as krmlx serve sends its own, in
+``timings.timeline``: ``stub_received`` (the request reached the app), ``stub_headers``
+(the response headers written) and ``stub_first`` (the first content event handed to the
+server to write). Against the client's ``http_headers`` and first ``http_content`` they
+measure the client's own share of its hops (:func:`krmlx.bench.workloads.micro.client_hops`).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ def make_app(ttft_ms: float = 20.0, interval_ms: float = 2.0, tokens_per_event: 
         return JSONResponse({"status": "ok"})
 
     async def complete(request: Request):
+        points = {"stub_received": time.perf_counter()}
         body = await request.json()
         n = int(body.get("max_tokens") or 16)
         opts = body.get("stub") or {}
@@ -45,17 +53,18 @@ def make_app(ttft_ms: float = 20.0, interval_ms: float = 2.0, tokens_per_event: 
         per_event = max(1, int(opts.get("tokens_per_event", tokens_per_event)))
         chat = request.url.path.endswith("/chat/completions")
 
-        def chunk(text: str | None, finish: str | None = None, usage: dict | None = None) -> bytes:
+        def chunk(text: str | None, finish: str | None = None, usage: dict | None = None,
+                  timings: dict | None = None) -> bytes:
             choice = ({"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
                       if chat else {"index": 0, "text": text or "", "finish_reason": finish})
             event = {"id": "stub", "object": "chat.completion.chunk", "model": MODEL_ID,
                      "choices": [] if usage else [choice]}
             if usage:
-                event["usage"] = usage
+                event.update({"usage": usage, "timings": timings})
             return b"data: " + orjson.dumps(event) + b"\n\n"
 
-        async def stream():
-            t0 = time.perf_counter()
+        async def stream():  # starts once the response headers are written
+            t0 = points["stub_headers"] = time.perf_counter()
             events = -(-n // per_event)
             for i in range(events):
                 due = t0 + first + i * gap
@@ -63,8 +72,11 @@ def make_app(ttft_ms: float = 20.0, interval_ms: float = 2.0, tokens_per_event: 
                 if delay > 0:
                     await asyncio.sleep(delay)
                 k = min(per_event, n - i * per_event)
-                yield chunk(TOKEN * k, "length" if i == events - 1 else None)
-            yield chunk(None, usage={"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1})
+                event = chunk(TOKEN * k, "length" if i == events - 1 else None)
+                points.setdefault("stub_first", time.perf_counter())
+                yield event
+            yield chunk(None, usage={"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1},
+                        timings={"timeline": points})
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")

@@ -13,6 +13,7 @@
     python -m krmlx resummarize RESULTS...
     python -m krmlx pool RESULTS... --out FILE [--summary-only]
     python -m krmlx report RESULTS... [--out DIR]
+    python -m krmlx otel RESULTS... [--endpoint URL]
     python -m krmlx serve [--model M] [--phases phase0|all|LIST] [--scheduler auto|serial|batched|
         batched-staged] [--host 127.0.0.1] [--port N] [--api-key K] [--max-in-flight N]
         [--max-messages N] [--max-prompt-chars N] [--max-prompt-tokens N]
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "check; its numbers carry no verdict (smoke: not evidence)")
     b.add_argument("--out", default="runs", help="folder for the results files")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--otlp", default=None, metavar="URL", help="also send each run's requests "
+                   "as OpenTelemetry spans to this OTLP/HTTP endpoint (needs krmlx[otel])")
     dv = add("divergence", help="where greedy answers differ from the reference's, and the "
              "model's top-2 logit gap there",
              description="For each answer that differs from the reference target's, the first "
@@ -177,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--title", default="krmlx report", help="the report's title")
     r.add_argument("--no-reference", dest="reference", action="store_false",
                    help="leave out the sections on the kr-serve-mlx reference's estimates")
+    ot = add("otel", help="send results files' requests as OpenTelemetry spans over OTLP/HTTP",
+             description="Send each request of the results files as OpenTelemetry spans (GenAI "
+             "semantic conventions; a child span per timeline hop) to an OTLP/HTTP endpoint. "
+             "Needs the otel extra: pip install 'krmlx[otel]'.")
+    ot.add_argument("results", nargs="+", help="results files (.json or .json.gz)")
+    ot.add_argument("--endpoint", default=None, metavar="URL",
+                    help="the OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318 (default: the "
+                         "OTEL_EXPORTER_OTLP_ENDPOINT environment variable, else localhost:4318)")
     sv = add("serve", help="serve a model over the OpenAI HTTP API",
              description="Serve one model through krmlx's stack over the OpenAI API (chat and "
              "completions, SSE streaming, /health, /metrics) until SIGINT or SIGTERM.")
@@ -225,7 +236,7 @@ COMMANDS = {"doctor": ("tools", "cmd_doctor"), "models": ("tools", "cmd_models")
             "serve": ("serve", "cmd_serve"), "bench": ("bench", "cmd_bench"),
             "compare": ("files", "cmd_compare"), "divergence": ("files", "cmd_divergence"),
             "resummarize": ("files", "cmd_resummarize"), "pool": ("files", "cmd_pool"),
-            "report": ("files", "cmd_report")}
+            "report": ("files", "cmd_report"), "otel": ("files", "cmd_otel")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from ..bench.workloads import SUITE, WORKLOADS, estimate_tables, make_workload
 from ..doctor import collect_env
 from ..errors import ConfigError, KrmlxError, ModelError
 from ..models import resolve_model
+from .files import export_otel
 
 
 def default_out(out: str, workload: str) -> Path:
@@ -84,6 +85,10 @@ def run_bench_one(workload, args) -> tuple[int, dict | None]:
     trace = write_trace(doc, path)
     if trace:
         print(f"trace (Perfetto / chrome://tracing): {trace}")
+    if args.otlp:
+        code = export_otel(doc, path, args.otlp)
+        if code:
+            return code, None
     print()
     return 0, doc
 

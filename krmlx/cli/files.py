@@ -1,4 +1,4 @@
-"""The commands on results files: compare, divergence, resummarize, pool, report."""
+"""The commands on results files: compare, divergence, resummarize, pool, report, otel."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..bench.otel import export_otlp
 from ..bench.pool import pool_results
 from ..bench.report_text import format_compare
 from ..bench.results import read_results, write_results
@@ -114,4 +115,27 @@ def cmd_report(args) -> int:
         return 2
     print(f"html: {written['html']}\nmarkdown: {written['markdown']}\n"
           f"{len(written['png'])} plots, {len(written['csv'])} CSVs in {args.out}")
+    return 0
+
+
+def export_otel(doc: dict, name, endpoint: str | None) -> int:
+    """Send one results document's spans over OTLP (krmlx.bench.otel); 1 on failure."""
+    try:
+        n = export_otlp(doc, endpoint)
+    except KrmlxError as e:
+        print(f"error: {name}: {e}", file=sys.stderr)
+        return 1
+    print(f"{name}: {n} spans sent over OTLP to {endpoint or 'OTEL_EXPORTER_OTLP_ENDPOINT'}")
+    return 0
+
+
+def cmd_otel(args) -> int:
+    for path in args.results:
+        try:
+            doc = read_results(path)
+        except ResultsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if code := export_otel(doc, path, args.endpoint):
+            return code
     return 0

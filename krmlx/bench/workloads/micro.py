@@ -12,7 +12,8 @@ stack (the workload makes its targets; ``--target`` does not apply):
 - ``http``: the bench's own HTTP client against a stub server that streams prepared tokens
   on a fixed schedule (:mod:`krmlx.bench.stub`): its added TTFT (measured TTFT - the
   stub's first-token delay) and per-token cost (CPU per chunk; each gap - the interval):
-  the floor under any HTTP measurement.
+  the floor under any HTTP measurement; and ``client_hops``: the client's own share of
+  its timeline hops, its marks against the stub's (:func:`client_hops`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 from ...framing import FramerConfig, plain
 from ...stack import StackConfig
+from ...timeline import first_point
 from ...types import Request
 from ...worker.config import WorkerConfig
 from ...worker.protocol import NULL_MODEL
@@ -36,6 +38,14 @@ TOKENIZE_TEXT = ("Photosynthesis turns sunlight, water and carbon dioxide into s
                  "the light reactions in the thylakoid membranes make ATP and NADPH, which the "
                  "Calvin cycle then spends to fix carbon.")
 STUB = {"burst": (0.0, 0.0), "paced": (20.0, 2.0)}  # name -> (ttft_ms, interval_ms)
+# (hop, what it measures, from point, to point); None: the request's start
+CLIENT_HOPS = (
+    ("request", "request start to the stub's receipt: build, send, loopback, server parse",
+     None, "stub_received"),
+    ("headers", "headers written by the stub to parsed by the client", "stub_headers", "http_headers"),
+    ("first_event", "first content event written by the stub to parsed by the client",
+     "stub_first", "http_content"),
+)
 
 
 def framing_variants() -> dict[str, FramerConfig]:
@@ -154,7 +164,8 @@ class Micro(Workload):
             tokenize.append({"target": m["target"], "path": "10 in flight, batched",
                              "mean_us_per_item": m["wall_s"] / self.tokenizes * 1e6,
                              "batches": m.get("batcher.batches")})
-        return {"ping": ping, "stream": stream, "tokenize": tokenize, "http": http_rows(df, ms)}
+        return {"ping": ping, "stream": stream, "tokenize": tokenize, "http": http_rows(df, ms),
+                "client_hops": client_hops(df)}
 
 
 def http_rows(df, ms) -> list[dict]:
@@ -179,6 +190,29 @@ def http_rows(df, ms) -> list[dict]:
             row["client_cpu_us_per_chunk"] = cpu / chunks * 1e6
         out.append(row)
     return out
+
+
+def client_hops(df) -> list[dict]:
+    """Per stub variant and hop of :data:`CLIENT_HOPS`: the median ms from the first point
+    to the second (on the one clock of the host, :mod:`krmlx.bench.stub`) with its 95%
+    bootstrap CI over requests: what the HTTP client itself adds to the hops it records
+    for a server krmlx does not control."""
+    out = []
+    for name in STUB:
+        part = df[(df["target"] == f"stub:{name}") & df["ok"]]
+        timelines = [tl for tl in part.get("timeline", ()) if isinstance(tl, dict)]
+        for hop, label, a, b in CLIENT_HOPS:
+            values = [v for tl in timelines if (v := _between(tl, a, b)) is not None]
+            if values:
+                r = metrics.percentile_ci([[v] for v in values], qs=(50,))
+                out.append({"target": f"stub:{name}", "hop": hop, "label": label, "requests": r["n"],
+                            "p50_ms": r["p50"], "ci_low": r["p50_ci_low"], "ci_high": r["p50_ci_high"]})
+    return out
+
+
+def _between(timeline: dict, a: str | None, b: str) -> float | None:
+    start, end = first_point(timeline, a) if a else 0.0, first_point(timeline, b)
+    return None if start is None or end is None else end - start
 
 
 def _pcts(values) -> dict:
