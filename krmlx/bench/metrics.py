@@ -32,14 +32,13 @@ def to_frame(data) -> pd.DataFrame:
     return df
 
 
-def describe(values) -> dict:
-    """n, mean, p50, p90, p95, max of ``values`` (NaN-free), NaN where empty."""
+def describe(values, qs=(50, 90, 95)) -> dict:
+    """n, mean, the percentiles ``qs`` (:func:`percentiles`) and max of ``values`` (None and
+    NaN dropped), NaN where empty."""
     a = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
-    if a.size == 0:
-        return {"n": 0, **{k: float("nan") for k in STATS[1:]}}
-    return {"n": int(a.size), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
-            "p90": float(np.percentile(a, 90)), "p95": float(np.percentile(a, 95)),
-            "max": float(a.max())}
+    nan = float("nan")
+    return {"n": int(a.size), "mean": float(a.mean()) if a.size else nan, **percentiles(a, qs),
+            "max": float(a.max()) if a.size else nan}
 
 
 def percentile_ci(clusters, qs=PERCENTILES, *, n_boot: int = 1000, seed: int = 0,
@@ -235,7 +234,8 @@ def overhead(df: pd.DataFrame, base: str = "direct", *, seed: int = 0) -> pd.Dat
 # -- helpers for the workloads (krmlx.bench.workloads*) ------------------------------------------
 
 def percentiles(values, qs=(50, 90, 99)) -> dict:
-    """``{"p50": ..., "p90": ..., "p99": ...}`` of ``values`` (None/NaN dropped; NaN if empty)."""
+    """``{"p50": ..., "p90": ..., "p99": ...}`` of ``values`` (None/NaN dropped; NaN if empty):
+    the one point-percentile definition (numpy's linear interpolation)."""
     a = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
     return {f"p{q:g}": float(np.percentile(a, q)) if a.size else float("nan") for q in qs}
 

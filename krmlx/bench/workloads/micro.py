@@ -143,7 +143,7 @@ class Micro(Workload):
     def summarize(self, records, config):
         df = metrics.to_frame(records)
         ms = config.get("measurements", [])
-        ping = [{"target": e, **{f"{k}_us": v * 1e3 for k, v in _pcts(part["e2e_ms"]).items()}}
+        ping = [{"target": e, **_pcts_us(part["e2e_ms"])}
                 for e, part in df[df["kind"] == "ping"].groupby("target", sort=False)]
         stream = []
         for name in [t for t in config.get("targets", {}) if t.startswith("stream:")]:
@@ -215,11 +215,7 @@ def _between(timeline: dict, a: str | None, b: str) -> float | None:
     return None if start is None or end is None else end - start
 
 
-def _pcts(values) -> dict:
-    a = np.asarray(values, dtype=float)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean())} if a.size else {}
-
-
 def _pcts_us(values_ms) -> dict:
-    return {f"{k}_us": v * 1e3 for k, v in _pcts(values_ms).items()}
+    """p50, p90, p99, mean and max of ``values_ms`` in µs (empty: {})."""
+    d = metrics.describe(values_ms, (50, 90, 99))
+    return {f"{k}_us": v * 1e3 for k, v in d.items() if k != "n"} if d["n"] else {}
