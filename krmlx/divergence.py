@@ -79,6 +79,26 @@ def _ids(record: dict, tokenizer) -> tuple[list[int], str]:
     return list(tokenizer.encode(record.get("output_text", ""), add_special_tokens=False)), "text"
 
 
+def text_difference(tokenizer, ids, text: str) -> tuple[int | None, int | None]:
+    """Where ``text`` (an answer known only as text) parts from the answer of token ``ids``:
+    (the first token of ``ids`` whose text ``text`` does not continue, the first token of
+    ``text``'s rest there, or None if it has none); (None, None) when the texts are equal.
+    Re-encoding ``text`` and comparing ids would report a split where the tokenizer merges
+    what the model produced as two tokens (``'\\n' '\\n'`` re-encoded as ``'\\n\\n'``)."""
+    done, whole = "", 0  # the text of ids[:whole], the longest prefix that text continues
+    for i in range(len(ids)):
+        upto = tokenizer.decode(list(ids[:i + 1]))
+        if upto.endswith("\ufffd"):  # a character cut between tokens: judge it whole
+            continue
+        if not text.startswith(upto):
+            break
+        done, whole = upto, i + 1
+    if whole == len(ids) and text == done:
+        return None, None
+    rest = tokenizer.encode(text[len(done):], add_special_tokens=False) if len(text) > len(done) else []
+    return whole, (rest[0] if rest else None)
+
+
 def divergences(doc: dict, model, tokenizer, *, reference: str = "direct",
                 others: list[str] | None = None) -> tuple[list[dict], dict]:
     """(rows, summary) comparing ``reference``'s answers with each other target's in results
@@ -109,7 +129,11 @@ def divergences(doc: dict, model, tokenizer, *, reference: str = "direct",
             a, _ = _ids(ref, tokenizer)
             b, source = _ids(first[(other, rid)], tokenizer)
             s["compared"] += 1
-            pos = first_difference(a, b)
+            if source == "text":  # compare as text, from the reference's tokens
+                pos, theirs = text_difference(tokenizer, a, first[(other, rid)].get("output_text", ""))
+            else:
+                pos = first_difference(a, b)
+                theirs = b[pos] if pos is not None and pos < len(b) else None
             if pos is None:
                 s["identical"] += 1
                 continue
@@ -117,7 +141,7 @@ def divergences(doc: dict, model, tokenizer, *, reference: str = "direct",
             prompt = encode_prompt(tokenizer, Request(question, max_tokens=max_tokens).to_params())
             row = {"target": other, "request_id": rid, "ids_from": source,
                    "reference_token": a[pos] if pos < len(a) else None,
-                   **logit_gap(model, tokenizer, prompt, a, pos, b[pos] if pos < len(b) else None)}
+                   **logit_gap(model, tokenizer, prompt, a, pos, theirs)}
             rows.append(row)
     return rows, summary
 

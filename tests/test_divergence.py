@@ -64,3 +64,20 @@ def test_concurrency_wave_ids_map_back_to_their_questions():
     synthetic = {"config": {"workload": "concurrency", "params": {"prompts": "synthetic"}}}
     assert question_of(synthetic, "c64-051", qs) is None
     assert question_of({"config": {"workload": "baseline"}}, "c2-001", qs) is None
+
+
+def test_an_answer_known_as_text_is_compared_as_text(tiny_path):
+    """A server's answer comes as text; re-encoded, two newline tokens may merge into one.
+    Equal texts are identical, and a real split is placed at the reference's token."""
+    from krmlx.divergence import text_difference
+
+    _, tok = models.load(tiny_path)
+    nl = tok.encode("\n", add_special_tokens=False)
+    ids = tok.encode("Blue sky", add_special_tokens=False) + nl + nl + tok.encode("Red", add_special_tokens=False)
+    text = tok.decode(ids)
+    assert text_difference(tok, ids, text) == (None, None)
+    cut = len(tok.encode("Blue sky", add_special_tokens=False))
+    head = tok.decode(ids[:cut])
+    pos, theirs = text_difference(tok, ids, head + " green")
+    assert pos == cut and theirs == tok.encode(" green", add_special_tokens=False)[0]
+    assert text_difference(tok, ids, head) == (cut, None)  # the server stopped there

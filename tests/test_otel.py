@@ -85,9 +85,9 @@ def receiver():
 
 
 def test_a_run_arrives_as_one_trace_per_request_with_its_hops(tiny_path, receiver, tmp_path):
-    from krmlx.cli import main
     from krmlx.bench import export_otlp, make_workload, run_workload
     from krmlx.bench.results import write_results
+    from krmlx.cli import main
 
     before = time.time_ns()
     doc = asyncio.run(run_workload(make_workload("baseline", smoke=True, questions=4, max_tokens=6,
