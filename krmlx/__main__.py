@@ -412,7 +412,7 @@ def cmd_serve(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .serve.settings import DEFAULT_SERVE_MAX_TOKENS
-    from .worker.config import SCHEDULERS
+    from .worker.schedulers import SCHEDULERS
 
     p = argparse.ArgumentParser(prog="krmlx", description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter,

@@ -113,8 +113,7 @@ def test_auto_handoff_keeps_the_waiting_prompts_prefill_groups_whole(tiny_path, 
     from mlx_lm import load
 
     from krmlx import gen
-    from krmlx.worker.auto import AutoScheduler
-    from krmlx.worker.scheduler import GenerateJob, StreamOut
+    from krmlx.worker.schedulers import AutoScheduler, GenerateJob, StreamOut
     from krmlx.worker.server import ModelEntry
 
     model, tokenizer = load(str(tiny_path))
@@ -167,8 +166,7 @@ def test_auto_batches_a_request_that_arrives_while_the_first_prompt_is_encoded(
     from mlx_lm import load
 
     from krmlx import gen
-    from krmlx.worker.auto import AutoScheduler
-    from krmlx.worker.scheduler import GenerateJob, StreamOut
+    from krmlx.worker.schedulers import AutoScheduler, GenerateJob, StreamOut
     from krmlx.worker.server import ModelEntry
 
     model, tokenizer = load(str(tiny_path))

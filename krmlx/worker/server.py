@@ -53,7 +53,7 @@ from .protocol import (
     ready_frame,
     result_frame,
 )
-from .scheduler import GenerateJob, StreamOut, make_scheduler
+from .schedulers import GenerateJob, StreamOut, make_scheduler
 
 log = logging.getLogger("krmlx.worker")
 DESYNC_EXIT_CODE = 4  # the worker left because its stdin could not be read on
