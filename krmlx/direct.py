@@ -66,19 +66,13 @@ class DirectEngine(BaseEngine):
                                 max_tokens=request.max_tokens,
                                 temperature=request.temperature, seed=request.seed,
                                 top_p=request.top_p)
-        index = 0
+        run = gen.TokenRun(steps)
         try:
-            while True:
-                try:
-                    token, text = next(steps)
-                except StopIteration as stop:
-                    finish, tail = stop.value
-                    yield Done(finish, len(prompt_ids), tail, {"timeline": timeline})
-                    return
+            for index, (token, text) in enumerate(run):
                 now = time.perf_counter()
                 sampled.append(now)
                 yield Chunk(token, text, index, now)
-                index += 1
+            yield Done(run.finish, len(prompt_ids), run.tail, {"timeline": timeline})
         finally:
             steps.close()
 

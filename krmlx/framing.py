@@ -3,7 +3,7 @@
 :class:`FramerConfig` is the framing phase (seed Phase 5) as data. The same object is the
 StreamFramer stage's config (:mod:`krmlx.stages.framer`, which observes streams), what the
 engine hands the worker client, and what the worker applies to each stream
-(:class:`krmlx.worker.scheduler.StreamOut`):
+(:class:`krmlx.worker.schedulers.stream.StreamOut`):
 
 - ``codec``: the wire codec, ``"msgpack"`` (length-prefixed binary) or ``"json"`` (lines);
 - ``coalesce_tokens`` / ``coalesce_ms``: after the first token (never held, so TTFT is not

@@ -1,7 +1,10 @@
 """The generation loop shared by the direct baseline and the worker.
 
 Both paths run exactly this code (mlx-lm's ``generate_step`` plus its streaming
-detokenizer), so any difference between them is the serving layer, not the loop.
+detokenizer: :func:`iter_tokens`, read through :class:`TokenRun`; the continuous batch
+shares its per-token step, :func:`next_text`), so any difference between them is the
+serving layer, not the loop. Prompts become token ids here too (:func:`encode_prompt`,
+checked against the model's :class:`PromptLimits`).
 """
 
 from __future__ import annotations
@@ -134,6 +137,47 @@ def make_sampler(temperature: float, seed: int | None, top_p: float = 1.0):
     return _make(temp=float(temperature), top_p=float(top_p))
 
 
+def next_text(detok, token: int, *, eos: bool = False, last: bool = False) -> str:
+    """One sampled token through a streaming detokenizer: the text it releases. An EOS is
+    not added (it ends the text, unyielded); an EOS or a stream's last token finalizes it.
+    The per-token step of every loop, :func:`iter_tokens`'s and the continuous batch's."""
+    if not eos:
+        detok.add_token(token)
+    if eos or last:
+        detok.finalize()
+    return detok.last_segment
+
+
+class TokenRun:
+    """The one token loop: pull :func:`iter_tokens`'s tokens while ``go()`` allows (asked
+    before each step; None: always)::
+
+        run = TokenRun(steps, go=lambda: not cancelled.is_set())
+        for token, text in run:
+            ...                      # hand the token on; a ``break`` leaves the rest unread
+        run.finish, run.tail         # how it ended ("stop", "length", "cancelled")
+
+    ``stopped`` is True when ``go()`` ended it (``finish`` is then "cancelled", ``tail``
+    empty). The direct baseline, the worker's serial and solo paths and a group's followers
+    all read their tokens through it. Closing ``steps`` stays the caller's job."""
+
+    def __init__(self, steps: Iterator[tuple[int, str]], go: Callable[[], bool] | None = None):
+        self.steps, self.go = steps, go
+        self.finish: str | None = None
+        self.tail = ""
+        self.stopped = False
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        while self.go is None or self.go():
+            try:
+                token, text = next(self.steps)
+            except StopIteration as stop:
+                self.finish, self.tail = stop.value
+                return
+            yield token, text
+        self.finish, self.tail, self.stopped = "cancelled", "", True
+
+
 class _PrefillCancelled(Exception):
     """Raised between prefill chunks (through mlx-lm's progress callback) to stop there."""
 
@@ -185,13 +229,9 @@ def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
             if on_draft is not None and draft:
                 on_draft(bool(draft[0]))
             if token in eos:
-                detok.finalize()
-                return "stop", detok.last_segment
-            detok.add_token(token)
+                return "stop", next_text(detok, token, eos=True)
             n += 1
-            if n == max_tokens:
-                detok.finalize()
-            yield token, detok.last_segment
+            yield token, next_text(detok, token, last=n == max_tokens)
             if n == max_tokens:
                 return "length", ""
         detok.finalize()

@@ -9,7 +9,7 @@ Producers and their points:
 
 - :class:`krmlx.direct.DirectEngine`: ``encoded`` (chat template and tokenizer done), per
   token ``sampled``;
-- the worker (:class:`krmlx.worker.scheduler.StreamOut`, on when ``WorkerConfig.timeline``):
+- the worker (:class:`krmlx.worker.schedulers.stream.StreamOut`, on when ``WorkerConfig.timeline``):
   ``worker_read`` (the call's bytes read from the pipe), ``queued`` (decoded and routed,
   its job queued), ``job_start`` (the compute thread took it), ``encoded``, per token
   ``sampled`` and ``written`` (its frame encoded, the pipe write starting);

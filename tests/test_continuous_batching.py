@@ -113,9 +113,8 @@ def test_auto_handoff_keeps_the_waiting_prompts_prefill_groups_whole(tiny_path, 
     from mlx_lm import load
 
     from krmlx import gen
-    from krmlx.worker.auto import AutoScheduler
-    from krmlx.worker.scheduler import GenerateJob, StreamOut
-    from krmlx.worker.server import ModelEntry
+    from krmlx.worker.registry import ModelEntry
+    from krmlx.worker.schedulers import AutoScheduler, GenerateJob, StreamOut
 
     model, tokenizer = load(str(tiny_path))
     entry = ModelEntry("tiny", model, tokenizer, limits=gen.PromptLimits.of(model, tokenizer))
@@ -167,9 +166,8 @@ def test_auto_batches_a_request_that_arrives_while_the_first_prompt_is_encoded(
     from mlx_lm import load
 
     from krmlx import gen
-    from krmlx.worker.auto import AutoScheduler
-    from krmlx.worker.scheduler import GenerateJob, StreamOut
-    from krmlx.worker.server import ModelEntry
+    from krmlx.worker.registry import ModelEntry
+    from krmlx.worker.schedulers import AutoScheduler, GenerateJob, StreamOut
 
     model, tokenizer = load(str(tiny_path))
     entry = ModelEntry("tiny", model, tokenizer, limits=gen.PromptLimits.of(model, tokenizer))

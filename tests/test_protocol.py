@@ -5,7 +5,9 @@ import orjson
 import pytest
 
 from krmlx.errors import FrameTooLarge, ProtocolDesync, ProtocolError
+from krmlx.worker.handlers import HANDLERS
 from krmlx.worker.protocol import (
+    METHODS,
     JsonCodec,
     MsgpackCodec,
     call_frame,
@@ -13,6 +15,11 @@ from krmlx.worker.protocol import (
 )
 
 CODECS = [JsonCodec, MsgpackCodec]
+
+
+def test_every_method_has_one_handler_or_is_the_read_loops_own():
+    assert set(HANDLERS) | {"generate", "shutdown"} == set(METHODS)
+    assert not set(HANDLERS) & {"generate", "shutdown"}
 
 
 @pytest.mark.parametrize("codec_cls", CODECS)

@@ -24,7 +24,8 @@ from krmlx.cli.serve import serve_config
 from krmlx.errors import ConfigError
 from krmlx.serve import ServerProcess
 from krmlx.stack import PHASES, parse_phases
-from krmlx.worker.config import SCHEDULERS, WorkerConfig
+from krmlx.worker.config import WorkerConfig
+from krmlx.worker.schedulers import SCHEDULERS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny"

@@ -33,7 +33,7 @@ import sys
 
 from ..blas import reexec_under_blas
 from ..serve.settings import DEFAULT_SERVE_MAX_TOKENS
-from ..worker.config import SCHEDULERS
+from ..worker.schedulers import SCHEDULERS
 
 
 class HelpFormatter(argparse.HelpFormatter):

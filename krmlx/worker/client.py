@@ -1,9 +1,10 @@
-"""WorkerClient: spawns the worker and speaks its protocol; implements the Service protocol.
+"""WorkerClient: speaks the worker's protocol; implements the Service protocol.
 
-- spawns ``python -m krmlx.worker`` (asyncio subprocess protocol: frames are decoded and
-  routed in the event loop's read callback) with this process's environment, so it runs on
-  the same BLAS (or on OpenBLAS with ``fast_blas=True``, :func:`krmlx.blas.blas_env`), and
-  waits for its ``ready`` frame, which says which BLAS the worker got;
+The process itself (spawn, environment, stderr, kill and reap) is a
+:class:`~krmlx.worker.process.WorkerProcess`; this module holds the calls:
+
+- starts the process and waits for its ``ready`` frame, which says which BLAS the
+  worker got;
 - routes reply frames to callers by request id; ``generate`` streams
   :class:`~krmlx.types.Chunk` items then a :class:`~krmlx.types.Done`;
 - a consumer that stops early (``aclose()``) makes the client send ``cancel``;
@@ -34,17 +35,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..blas import blas_env
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
 from ..errors import (
     BadRequest,
     CallTimeout,
@@ -53,6 +50,7 @@ from ..errors import (
     KrmlxError,
     ProtocolDesync,
     ProtocolError,
+    TransientError,
     WorkerCrashed,
     WorkerUnresponsive,
 )
@@ -60,6 +58,7 @@ from ..framing import PLAIN
 from ..service import Call
 from ..types import Chunk, Done
 from .config import WorkerConfig
+from .process import WorkerProcess
 from .protocol import (
     ack_frame,
     call_frame,
@@ -126,35 +125,10 @@ class _OneShot:
             self._coro.close()
 
 
-class _Protocol(asyncio.SubprocessProtocol):
-    """Routes the worker's stdout straight from the event loop's read callback (no reader
-    task, no StreamReader: one task wakeup per reply instead of two)."""
-
-    def __init__(self, client: WorkerClient):
-        self.client = client
-        self.exited = asyncio.get_running_loop().create_future()
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        if fd == 1:
-            self.client._on_stdout(data)
-        else:
-            self.client._on_stderr(data)
-
-    def pipe_connection_lost(self, fd: int, exc) -> None:
-        if fd == 1:
-            self.client._on_stdout_closed()
-
-    def process_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
-        self.client._on_exit()
-
-
 class WorkerClient:
     name = "worker"
 
     RELOAD_BACKOFF_S = 0.05  # the first wait between reload attempts (doubles each time)
-    STDOUT_EOF_GRACE_S = 1.0  # stdout closed: how long the process gets to exit by itself
 
     def __init__(self, config: WorkerConfig | None = None, *, env: dict | None = None,
                  python: str = sys.executable):
@@ -168,39 +142,36 @@ class WorkerClient:
         self.timeout_s = self.config.timeout_s
         self.env = env
         self.python = python
-        self.transport: asyncio.SubprocessTransport | None = None
-        self._protocol: _Protocol | None = None
-        self._stdin = None
-        self.pid: int | None = None
+        self.process = WorkerProcess(self.config, env=env, python=python,
+                                     on_stdout=self._on_stdout, on_exit=self._on_exit,
+                                     on_lost=self._give_up)
         self.ready: dict = {}
         self.resident: dict[str, dict] = {}  # model -> load params, replayed after a restart
         self.stats: dict[str, Any] = {"calls": 0, "restarts": 0, "crashes": 0, "protocol_errors": 0,
                                       "unresponsive": 0, "stalled_streams": 0}
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
-        self._stderr_buf = b""
         self._pending: dict[int, _Inbox] = {}
         self._next_id = 1
         self._dead: WorkerCrashed | None = None
         self._starting = False  # a (re)start is under way: not alive until it has finished
-        self._expected_exit = False  # the client itself killed the worker (not a crash)
         self._start_lock: asyncio.Lock | None = None
         self._closed = False
         self.last_worker_error: str | None = None  # an error frame of id -1 (a bad frame, a desync)
-        self._last_heard = 0.0  # monotonic time of the worker's last output
         self._watchdog: asyncio.Task | None = None
         self._stalls: dict[int, tuple[int, float]] = {}  # stream id -> (frames taken, since)
-        self._tmpdir: str | None = None  # mlx.launch's TMPDIR while its group runs
+
+    @property
+    def transport(self) -> asyncio.SubprocessTransport | None:
+        return self.process.transport
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def stderr_tail(self) -> collections.deque[str]:
+        return self.process.stderr_tail
 
     # -- lifecycle -------------------------------------------------------------------------
-    def _argv(self) -> list[str]:
-        argv = self.config.argv(self.python)
-        if self.distributed is not None:
-            from .launch import free_port_range
-
-            d = self.distributed
-            return d.argv(self.python, argv, d.port or free_port_range(d.ranks))
-        return argv
-
     @property
     def alive(self) -> bool:
         """True when calls can go to the worker: it runs, and no (re)start is under way
@@ -233,67 +204,45 @@ class WorkerClient:
     async def _reload(self) -> None:
         """Load the models that were resident into a fresh worker (start lock held).
 
-        A transient error is retried (``reload_attempts`` tries in all, with a short
-        backoff); if a reload still fails, the worker is killed, so that it is not left
-        alive without a model the stages above think is resident: the next call
-        restarts it and tries again."""
-        from ..errors import TransientError
-
+        A transient error is retried (``reload_attempts`` tries in all, waiting
+        ``RELOAD_BACKOFF_S``, then twice as long each time); if a reload still fails, the
+        worker is killed, so that it is not left alive without a model the stages above
+        think is resident: the next call restarts it and tries again."""
         for model, params in list(self.resident.items()):
-            for attempt in range(1, self.config.reload_attempts + 1):
-                try:
-                    await self._unary(Call("load_model", params, model), internal=True)
-                    break
-                except TransientError as e:
-                    if attempt < self.config.reload_attempts and self._dead is None:
-                        log.warning("reload of %r after a restart failed (%s); retrying", model, e)
-                        await asyncio.sleep(self.RELOAD_BACKOFF_S * 2 ** (attempt - 1))
-                        continue
-                    await self._abandon(f"reload of {model!r} after a restart failed: {e}")
-                    raise
-                except BaseException as e:
-                    await self._abandon(f"reload of {model!r} after a restart failed: {e}")
-                    raise
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(self.config.reload_attempts),
+                wait=wait_exponential(multiplier=self.RELOAD_BACKOFF_S),
+                retry=retry_if_exception(lambda e: isinstance(e, TransientError) and self._dead is None),
+                before_sleep=lambda state, model=model: log.warning(
+                    "reload of %r after a restart failed (%s); retrying", model,
+                    state.outcome.exception()),
+                reraise=True)
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._unary(Call("load_model", params, model), internal=True)
+            except BaseException as e:
+                await self._abandon(f"reload of {model!r} after a restart failed: {e}")
+                raise
 
     async def _abandon(self, reason: str) -> None:
         """Kill a worker that can't serve (e.g. its models did not reload): mark it dead
         first, so no call reaches it, and reap it; the next call starts a new one."""
         if self._dead is None:
             self._dead = WorkerCrashed(reason)
-        transport, protocol = self.transport, self._protocol
-        if transport is None:
+        if self.transport is None:
             return
-        if transport.get_returncode() is None:
-            self._expected_exit = True
-            self._hard_kill(transport)
-        await protocol.exited
+        self.process.hard_kill()
+        await self.process.wait()
 
     async def _spawn(self) -> None:
-        # The worker runs on the BLAS this process runs on (the CLI re-executes itself under
-        # OpenBLAS when it can), so the direct baseline and the worker compare like for like;
-        # fast_blas=True forces OpenBLAS for the worker alone.
-        env = blas_env(self.env) if self.config.fast_blas else dict(os.environ if self.env is None else self.env)
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        if self.distributed is not None and self.distributed.launcher == "mlx.launch":
-            # mlx.launch writes each rank's pidfile (and a hostfile copy) with mktemp and
-            # leaves them when the group ends: give it a folder of its own, removed in _kill
-            self._tmpdir = env["TMPDIR"] = tempfile.mkdtemp(prefix="krmlx-mlx-launch-")
+        """Start the process and wait for its ready frame (the handshake, id 0)."""
         self.codec = make_codec(self.config.wire_codec, self.config.max_frame_bytes)
         self._dead = None  # `alive` stays False until start() clears _starting
         self.last_worker_error = None
-        self._expected_exit = False
         ready = _Inbox()
         self._pending[0] = ready  # the handshake frame has id 0
-        loop = asyncio.get_running_loop()
-        self.transport, self._protocol = await loop.subprocess_exec(
-            lambda: _Protocol(self), *self._argv(), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            start_new_session=self.distributed is not None)
-        self._stdin = self.transport.get_pipe_transport(0)
-        self.pid = self.transport.get_pid()
-        self._last_heard = time.monotonic()
+        await self.process.spawn()
         try:
             frame = await asyncio.wait_for(ready.get(), self.config.ready_timeout_s)
             if isinstance(frame, BaseException):
@@ -315,7 +264,7 @@ class WorkerClient:
         """Close: open calls end with EngineClosed, the worker is asked to shut down and
         given ``close_timeout_s`` to exit, then killed; always reaped."""
         was_alive = self.alive and not self._closed
-        self._closed = True
+        self._closed = self.process.closing = True
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self.transport is None:
@@ -331,32 +280,10 @@ class WorkerClient:
     async def _kill(self, grace_s: float = 0.5) -> None:
         """Make sure the process is gone and reaped (``grace_s`` to exit on its own before a
         SIGKILL); fail whatever is still pending."""
-        transport, protocol = self.transport, self._protocol
-        if transport is None:
+        if self.transport is None:
             return
-        if transport.get_returncode() is None:
-            try:
-                await asyncio.wait_for(asyncio.shield(protocol.exited), grace_s)
-            except TimeoutError:
-                self._expected_exit = True
-                self._hard_kill(transport)
-        await protocol.exited
-        transport.close()
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
+        await self.process.kill(grace_s)
         self._fail_all(WorkerCrashed("worker was closed"))
-
-    def _hard_kill(self, transport) -> None:
-        """SIGKILL the worker; a distributed group's whole process group (its launcher and
-        every local rank: they all share the session the client started it in)."""
-        if self.distributed is not None:
-            try:
-                os.killpg(transport.get_pid(), signal.SIGKILL)
-                return
-            except ProcessLookupError:
-                pass
-        transport.kill()
 
     async def __aenter__(self) -> WorkerClient:
         return await self.start()
@@ -366,7 +293,6 @@ class WorkerClient:
 
     # -- from the worker (event loop callbacks) -------------------------------------------
     def _on_stdout(self, data: bytes) -> None:
-        self._last_heard = time.monotonic()
         t_in = time.perf_counter()  # when these frames' bytes arrived (the timeline's "received")
         for frame in self.codec.feed(data):
             if isinstance(frame, ProtocolError):
@@ -393,41 +319,13 @@ class WorkerClient:
         if self._dead is None:
             self._dead = WorkerCrashed(reason)
         self._fail_all(error(reason) if error is not WorkerCrashed else self._dead)
-        transport = self.transport
-        if transport is not None and transport.get_returncode() is None:
-            self._expected_exit = True
-            self._hard_kill(transport)
-
-    def _on_stderr(self, data: bytes) -> None:
-        lines = (self._stderr_buf + data).split(b"\n")
-        self._stderr_buf = lines.pop()[-4096:]
-        for line in lines:
-            text = line.decode(errors="replace").rstrip()
-            self.stderr_tail.append(text)
-            if os.environ.get("KRMLX_WORKER_STDERR"):
-                print(text, file=sys.stderr)
-
-    def _on_stdout_closed(self) -> None:
-        """The worker's stdout closed: nothing more can come. Its exit normally follows at
-        once (and ``_on_exit`` says with what code); a process that stays (a group's
-        launcher that is stopped or stuck after rank 0, which holds the pipe, left) is
-        given up after ``STDOUT_EOF_GRACE_S``, so pending calls never wait on it."""
-        transport = self.transport
-        if self._closed or transport is None or transport.get_returncode() is not None:
-            return
-
-        def check():
-            if self.transport is transport and transport.get_returncode() is None:
-                self._give_up(f"worker pid {self.pid} closed its stdout but had not exited "
-                              f"{self.STDOUT_EOF_GRACE_S:g} s later; killed, the next call "
-                              "restarts it")
-
-        asyncio.get_running_loop().call_later(self.STDOUT_EOF_GRACE_S, check)
+        self.process.hard_kill()
 
     def _on_exit(self) -> None:
-        code = self.transport.get_returncode() if self.transport else None
-        self.stats["crashes"] += not (self._closed or self._expected_exit)
-        why = f"{self._dead}; " if self._expected_exit and self._dead is not None else ""
+        code = self.process.returncode
+        killed = self.process.killed
+        self.stats["crashes"] += not (self._closed or killed)
+        why = f"{self._dead}; " if killed and self._dead is not None else ""
         said = f"; it last said {self.last_worker_error}" if self.last_worker_error else ""
         self._dead = WorkerCrashed(
             f"{why}worker pid {self.pid} exited with code {code}{said}"
@@ -454,10 +352,10 @@ class WorkerClient:
             now = time.monotonic()
             if (cfg.liveness_timeout_s and self._dead is None and self.transport is not None
                     and self._pending and 0 not in self._pending  # not during the handshake
-                    and now - self._last_heard > cfg.liveness_timeout_s):
+                    and now - self.process.last_heard > cfg.liveness_timeout_s):
                 self.stats["unresponsive"] += 1
                 self._give_up(f"worker pid {self.pid} sent nothing, not even a heartbeat, for "
-                              f"{now - self._last_heard:.1f} s (liveness_timeout_s="
+                              f"{now - self.process.last_heard:.1f} s (liveness_timeout_s="
                               f"{cfg.liveness_timeout_s:g}): it is hung or stopped; killed, the "
                               "next call restarts it", WorkerUnresponsive)
             if cfg.stall_timeout_s:
@@ -505,7 +403,7 @@ class WorkerClient:
             raise FrameTooLarge(f"{frame.get('method', frame['kind'])}: frame of {len(data)} bytes "
                                 f"exceeds the limit of {self.codec.max_frame_bytes}")
         t = time.perf_counter()
-        self._stdin.write(data)
+        self.process.write(data)
         return t
 
     def call(self, call: Call) -> AsyncIterator[Any]:

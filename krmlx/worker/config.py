@@ -15,7 +15,7 @@ Fields (validated on creation; ConfigError names the field):
   window) or None for a frame per token without a window; a framer layer in the stack
   sets it;
 - ``scheduler``: ``auto`` (the default: one stream on the serial path, two or more in the
-  continuous batch, :mod:`krmlx.worker.auto`; ``serial`` when a draft, prompt-cache reuse
+  continuous batch, :mod:`krmlx.worker.schedulers.auto`; ``serial`` when a draft, prompt-cache reuse
   or a group of ranks asks for it), ``serial`` (one generation at a time), ``batched``
   (continuous batching) or ``batched-staged`` (staged admission);
 - ``timeout_s``: default whole-call deadline (None: none); per call, ``Call.timeout_s``;
@@ -50,8 +50,8 @@ from .faults import FaultPlan
 from .launch import DistributedConfig
 from .prompt_cache import PromptCacheConfig
 from .protocol import CODECS
+from .schedulers import SCHEDULERS
 
-SCHEDULERS = ("auto", "serial", "batched", "batched-staged")  # the only list of scheduler names
 DEFAULT_LIVENESS_TIMEOUT_S = 10.0
 DEFAULT_STALL_TIMEOUT_S = 10.0
 HEARTBEATS_PER_LIVENESS = 5

@@ -46,6 +46,8 @@ import time
 
 import orjson
 
+from .. import gen
+
 log = logging.getLogger("krmlx.worker.group")
 GROUP_BROKEN_EXIT_CODE = 3  # rank 0 left: a collective failed (a rank died) or a step failed halfway
 
@@ -197,17 +199,12 @@ def follow(group, load, doorbell: int | None = None) -> None:
 
 def follow_generate(group, model_tok: tuple, cmd: dict) -> None:
     """The same generation as rank 0's, step for step, until rank 0 stops it or it ends."""
-    from .. import gen
-
     model, tokenizer = model_tok
     steps = gen.iter_tokens(model, tokenizer, cmd["prompt_ids"], max_tokens=cmd["max_tokens"],
                             temperature=cmd["temperature"], seed=cmd["seed"],
                             top_p=cmd.get("top_p", 1.0))
     try:
-        while step_flag(group):
-            try:
-                next(steps)
-            except StopIteration:
-                return
+        for _ in gen.TokenRun(steps, lambda: step_flag(group)):
+            pass
     finally:
         steps.close()

@@ -21,25 +21,28 @@ nothing to prefill), so the prompts that were waiting keep mlx-lm's prefill grou
 
 A solo stream's prefill is not interrupted: a job arriving during it waits for its first
 token (one prefill), then both are batched. The null model and unloaded models go the
-serial way, as in :class:`~krmlx.worker.scheduler.BatchScheduler`.
+serial way, as in :class:`~krmlx.worker.schedulers.batch.BatchScheduler`.
 """
 
 from __future__ import annotations
 
 import time
 
-from .. import gen
-from .protocol import NULL_MODEL
-from .scheduler import BatchScheduler, GenerateJob, _Active, encode_job, job_may_start
+from ... import gen
+from .batch import Active, BatchScheduler
+from .stream import GenerateJob, encode_job, job_may_start
 
 
 def on_gpu() -> bool:
-    import mlx.core as mx
+    import mlx.core as mx  # MLX only where MLX work runs (the client imports this package)
 
     return mx.default_device() == mx.gpu
 
 
 class AutoScheduler(BatchScheduler):
+    """One stream solo on the serial path, two or more in the continuous batch (above);
+    ``solo_runs`` and ``handoffs`` count the solo streams and those handed to the batch."""
+
     name = "auto"
 
     def __init__(self, on_error, *, staged: bool | None = None, **kw):
@@ -49,18 +52,9 @@ class AutoScheduler(BatchScheduler):
         self.handoffs = 0
 
     def _admit(self, job: GenerateJob) -> None:
-        if self._active or self._waiting or not self._jobs.empty():
+        if self._busy():
             return super()._admit(job)
         self._solo(job)
-
-    def _generate_waiting(self) -> bool:
-        """Whether a generation that would join the batch waits in the queue (other jobs,
-        such as a load or an unload, wait for the solo stream, as on the serial path)."""
-        if self._jobs.empty():
-            return False
-        with self._jobs.mutex:
-            return any(isinstance(j, GenerateJob) and j.entry.id != NULL_MODEL
-                       and not j.entry.unloaded for j in self._jobs.queue)
 
     def _solo(self, job: GenerateJob) -> None:
         from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
@@ -69,7 +63,7 @@ class AutoScheduler(BatchScheduler):
         if not job_may_start(job):
             return
         prompt_ids = encode_job(job)
-        if self._generate_waiting():
+        if self._waiting_generation():
             # another request came while this prompt was encoded (a wave's requests arrive
             # a few ms apart): both go to the batch, prefilled in one group, as on
             # ``batched``, whose own admission has the same window
@@ -86,27 +80,19 @@ class AutoScheduler(BatchScheduler):
         entry.refs += 1
         handed = False
         try:
-            while True:
-                if out.cancelled.is_set():
-                    out.finish("cancelled", len(prompt_ids))
-                    return
-                try:
-                    token, text = next(steps)
-                except StopIteration as stop:
-                    finish, tail = stop.value
-                    out.finish(finish, len(prompt_ids), tail)
-                    return
+            run = gen.TokenRun(steps, lambda: not out.cancelled.is_set())
+            for token, text in run:
                 out.put(token, text)
-                if (self._generate_waiting() and not out.cancelled.is_set()
+                # a load or an unload waiting in the queue waits for the solo stream, as on
+                # the serial path; a generation takes it into the batch
+                if (self._waiting_generation() and not out.cancelled.is_set()
                         and out.tokens < params["max_tokens"] and can_trim_prompt_cache(cache)):
                     steps.close()  # the cache now holds every token up to ``token``
                     trim_prompt_cache(cache, 1)
                     left = params["max_tokens"] - out.tokens
                     sampler = gen.make_sampler(temperature, seed, params.get("top_p", 1.0))
-                    batch = self._generator(entry)
-                    (uid,) = batch.insert([[token]], max_tokens=[left], caches=[cache],
-                                          samplers=[sampler])
-                    self._active[(entry.id, uid)] = _Active(out, entry, detok, len(prompt_ids))
+                    batch = self._insert(Active(out, entry, detok, len(prompt_ids)), [token],
+                                         left, sampler, cache)
                     self.handoffs += 1
                     handed = True
                     # Move it into the decode batch now, before the waiting prompts are
@@ -117,6 +103,7 @@ class AutoScheduler(BatchScheduler):
                     # for auto's 0.87x of ``batched``'s throughput at 64 streams on an H200).
                     self._advance(entry.id, batch)
                     return
+            out.finish(run.finish, len(prompt_ids), run.tail)
         finally:
             steps.close()
             if not handed:
