@@ -61,11 +61,12 @@ class DirectEngine(BaseEngine):
     async def _generate(self, request: Request):
         prompt_ids = gen.encode_prompt(self.tokenizer, request.to_params(), self.limits)
         sampled: list[float] = []
-        timeline = {"encoded": time.perf_counter(), "sampled": sampled}
+        prefill: list[float] = []
+        timeline = {"encoded": time.perf_counter(), "prefill": prefill, "sampled": sampled}
         steps = gen.iter_tokens(self.model, self.tokenizer, prompt_ids,
                                 max_tokens=request.max_tokens,
                                 temperature=request.temperature, seed=request.seed,
-                                top_p=request.top_p)
+                                top_p=request.top_p, prefill=prefill)
         run = gen.TokenRun(steps)
         try:
             for index, (token, text) in enumerate(run):

@@ -80,6 +80,18 @@ def oversubscription_warning(cores_usable: int | None, worker_blas_threads: int 
             "for the worker to trade its matmul speed for the caller's latency")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; else the platform's word for it)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def collect_env(*, load_interval_s: float = 0.2) -> dict:
     import mlx.core as mx
     import psutil
@@ -90,6 +102,7 @@ def collect_env(*, load_interval_s: float = 0.2) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "cpu_model": cpu_model(),
         "mlx": _version("mlx"),
         "mlx_lm": _version("mlx-lm"),
         "krmlx": _version("krmlx"),
@@ -111,7 +124,7 @@ def collect_env(*, load_interval_s: float = 0.2) -> dict:
 def format_env(env: dict) -> str:
     blas = env["blas"]
     lines = [
-        f"python      {env['python']} ({env['machine']})",
+        f"python      {env['python']} ({env['machine']}, {env.get('cpu_model', '?')})",
         f"mlx         {env['mlx']}   mlx-lm {env['mlx_lm']}   krmlx {env['krmlx']}",
         f"device      {env['device']}",
         f"blas        {blas['kind']} ({blas['library']})",

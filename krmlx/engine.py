@@ -63,7 +63,7 @@ class Engine(BaseEngine):
 
     def stream(self, request: Request) -> ChunkStream:
         self._require()
-        call = Call("generate", request.to_params(), request.model or self.model_name)
+        call = Call("generate", request.to_params(), request.model or self.model_name, marks={})
         return ChunkStream(self.service.call(call))
 
     async def complete(self, request: Request) -> Completion:
@@ -74,7 +74,7 @@ class Engine(BaseEngine):
         self._require()
         t0 = time.perf_counter()
         call = Call("generate", request.to_params(), request.model or self.model_name,
-                    buffered=True)
+                    buffered=True, marks={})
         return await complete_stream(ChunkStream(self.service.call(call)), t0, request.id)
 
     async def tokenize(self, text: str, *, add_special_tokens: bool = False,

@@ -25,7 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ConfigError
-from .worker.protocol import CODECS
+
+CODECS = ("json", "msgpack")  # how frames are encoded on the pipe
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ checked against the model's :class:`PromptLimits`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -187,7 +188,7 @@ def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
                 prompt_cache=None, draft_model=None, num_draft_tokens: int = 3,
                 on_draft=None, prefill_step: int = DEFAULT_PREFILL_STEP,
                 cancelled: Callable[[], bool] | None = None,
-                detok=None) -> Iterator[tuple[int, str]]:
+                detok=None, prefill: list | None = None) -> Iterator[tuple[int, str]]:
     """Yield ``(token_id, new_text)`` per generated token; return the finish reason.
 
     Stops at an EOS token ("stop", the EOS itself is not yielded) or after
@@ -198,7 +199,9 @@ def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
     long prompt abandoned by its caller costs at most one more chunk. (Speculative
     decoding prefills in its own loop, without that check.) ``detok``: the streaming
     detokenizer to use (a fresh one by default; a caller that hands the stream on passes its
-    own, so the text goes on where it stopped).
+    own, so the text goes on where it stopped). ``prefill``: a list that gets the time
+    (``perf_counter``) the prefill starts and each of its chunks ends (the timeline's
+    ``prefill`` point; not for speculative decoding).
     """
     import mlx.core as mx
     from mlx_lm.generate import generate_step, speculative_generate_step
@@ -210,6 +213,8 @@ def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
     sampler = make_sampler(temperature, seed, top_p)
 
     def between_chunks(done: int, total: int) -> None:
+        if prefill is not None:
+            prefill.append(time.perf_counter())
         if cancelled is not None and done < total and cancelled():
             raise _PrefillCancelled
 

@@ -22,6 +22,9 @@ Producers and their points:
   app), ``serve_ready`` (its body read, validated, prompt encoded, slot taken: the engine
   call), the engine's timeline above, ``sse_first`` (the first content event handed to
   the SSE writer), sent in the ``include_usage`` chunk's ``timings.timeline``;
+- the stages and the worker client, on the caller's side: ``stage:<name>`` as each one's
+  ``call`` is entered (:func:`krmlx.service.mark`; ``stage:client`` for the worker
+  client), which split the way out to ``client_written`` (:func:`stage_hops`);
 - the bench's HTTP client (:mod:`krmlx.bench.http`): ``http_sent`` (the request written),
   ``http_headers`` (the response headers in; on the chain only for servers that send no
   timeline of their own, since krmlx serve sends its headers after its first token),
@@ -109,6 +112,23 @@ def token_hops(timeline: dict) -> dict:
             continue
         out[point] = fmean(b - a for a, b in zip(timeline[prev][1:], ts[1:], strict=True))
         prev = point
+    return out
+
+
+def stage_hops(timeline: dict) -> dict:
+    """The request's way out (the timeline's start to ``client_written``) split by the
+    ``stage:<name>`` points the stages and the worker client stamp on entry (a relative
+    timeline, ms): ``caller`` (start to the first stage), each stage (its entry to the
+    next one's), ``stage:client`` (the client's routing and the frame's encode, to the
+    pipe write). {} without those points. The parts add up to the ``client_written`` point."""
+    end = timeline.get("client_written")
+    points = sorted((t, k) for k, t in timeline.items()
+                    if k.startswith("stage:") and isinstance(t, (int, float)))
+    if end is None or not points:
+        return {}
+    out = {"caller": points[0][0]}
+    for (t, k), (t_next, _) in zip(points, [*points[1:], (end, None)], strict=True):
+        out[k] = t_next - t
     return out
 
 

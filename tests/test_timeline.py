@@ -99,6 +99,28 @@ def test_breakdown_attribution_and_trace_from_a_run(tiny_path, tmp_path):
     assert all(e["dur"] >= 0 for e in slices) and len(slices) >= 4 * (2 + 9)
 
 
+def test_the_way_out_is_split_by_stage(tiny_path):
+    """Every stage stamps its entry on the call's timeline, so the way out to the worker's
+    pipe splits by stage, in stack order, and the parts add up to it."""
+    from krmlx.bench import make_workload, run_workload
+
+    doc = asyncio.run(run_workload(make_workload("baseline", smoke=True, questions=3, max_tokens=4,
+                                                 warmup=False), "tiny", targets=["direct", "engine:all"]))
+    for r in doc["records"]:
+        split = T.stage_hops(r["timeline"])
+        if r["target"] == "direct":
+            assert split == {}
+            continue
+        order = [k for _, k in sorted((t, k) for k, t in r["timeline"].items() if k.startswith("stage:"))]
+        assert order == ["stage:retry", "stage:breaker", "stage:model_cache", "stage:batcher",
+                         "stage:framer", "stage:client"]
+        assert all(v >= 0 for v in split.values())
+        assert sum(split.values()) == pytest.approx(r["timeline"]["client_written"], abs=1e-3)
+    rows = pd.DataFrame(doc["summary"]["stage_hops"])
+    assert set(rows["target"]) == {"all"} and set(rows["stage"]) == {"caller", *order}
+    assert (rows["requests"] == 3).all() and (rows["ci_low"] <= rows["mean_ms"]).all()
+
+
 def test_http_targets_get_client_hops_and_krmlx_serve_its_own(tiny_path):
     """Over HTTP the client's hops (request sent, headers in, first content event) are on
     every target; krmlx serve adds its own and its engine's on the same clock, so its hops
@@ -153,3 +175,25 @@ def test_plots_of_the_breakdown_and_one_request(tiny_path):
     assert isinstance(plots.waterfall({"target": "x"}), Figure)  # no timeline: says so
     tables = H.tables(doc["summary"])
     assert len(tables) == 3 and all(len(t) for t in tables.values())
+
+
+def test_a_long_prompt_marks_each_prefill_chunk(tiny_path):
+    """The prefill runs in chunks of 512 tokens: the timeline keeps its start and each
+    chunk's end, between the prompt's encode and the first token, on the direct path and
+    the worker's serial path alike; the trace shows them as slices."""
+    from krmlx import models
+    from krmlx.bench.prompts import prompt_of_length
+
+    _, tok = models.load(tiny_path)
+    req = Request(prompt_of_length(tok, 1200, chat=False), max_tokens=3, chat=False)
+
+    async def go():
+        config = StackConfig(worker=WorkerConfig(scheduler="serial"))
+        async with DirectEngine(tiny_path) as direct, Engine(tiny_path, config) as served:
+            return [await e.complete(req) for e in (direct, served)]
+
+    for c in asyncio.run(go()):
+        tl = c.extra["timeline"]
+        chunks = tl["prefill"]
+        assert len(chunks) == 4  # the start, then 512 + 512 + the rest but one (the first step's)
+        assert tl["encoded"] <= chunks[0] and chunks == sorted(chunks) and chunks[-1] <= tl["sampled"][0]

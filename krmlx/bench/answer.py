@@ -39,6 +39,7 @@ LABELS = {
     "comparisons": "pairwise comparisons",
     "collectives": "collectives of the distributed group",
     "headline": "headline",
+    "stage_hops": "the way out to the worker's pipe, by stage (mean ms)",
 }
 TOK_S_NOTE = ("tok/s: output tokens over the target's own request time (the sum of its E2E), "
               "what a client sees one request at a time; tok/s (wall): output tokens over the "

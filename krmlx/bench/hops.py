@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..timeline import COMPUTE_HOPS, TOKEN_HOPS, TTFT_HOPS, WORKER_POINTS, first_point, ttft_hops
+from ..timeline import (
+    COMPUTE_HOPS,
+    TOKEN_HOPS,
+    TTFT_HOPS,
+    WORKER_POINTS,
+    first_point,
+    stage_hops,
+    ttft_hops,
+)
 from . import metrics
 
 
@@ -55,6 +63,22 @@ def breakdown(df: pd.DataFrame) -> list[dict]:
                 rows.append({"target": engine, "phase": kind, "hop": hop, "label": label,
                              "mean_ms": c["mean"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
                              "whole_ms": whole, "requests": len(part)})
+    return rows
+
+
+def stage_breakdown(df: pd.DataFrame) -> list[dict]:
+    """Per target and stage: the mean ms of the way out to the worker's pipe spent there
+    (:func:`krmlx.timeline.stage_hops`: ``caller``, each ``stage:<name>``, ``stage:client``),
+    with a 95% bootstrap CI over requests; [] for targets without stages' points."""
+    if "timeline" not in df:
+        return []
+    rows = []
+    for target, part in df[df["ok"]].groupby("target", sort=False):
+        split = pd.DataFrame([stage_hops(t) for t in part["timeline"] if isinstance(t, dict)])
+        for stage in split.columns:
+            c = metrics.mean_ci(split[stage].to_numpy(float), n_boot=1000)
+            rows.append({"target": target, "stage": stage, "mean_ms": c["mean"],
+                         "ci_low": c["ci_low"], "ci_high": c["ci_high"], "requests": c["n"]})
     return rows
 
 
@@ -138,8 +162,8 @@ def grouped(df: pd.DataFrame, base: str, other: str, groups: dict = IPC_HOPS, *,
 
 def trace_events(records: list[dict]) -> dict:
     """A Chrome / Perfetto trace (``{"traceEvents": [...]}``, opens in ui.perfetto.dev): a
-    process per target's caller and one per its worker, a slice per TTFT hop and per decode
-    step, and one flow per request from the caller's call to the worker and back."""
+    process per target's caller and one per its worker, a slice per TTFT hop, per prefill
+    chunk and per decode step, and one flow per request from the caller's call to the worker and back."""
     events, pids, flow = [], {}, 0
 
     def pid(name: str) -> int:
@@ -168,6 +192,12 @@ def trace_events(records: list[dict]) -> dict:
                            "ts": t0 + prev * 1e3, "dur": max(0.0, (t - prev) * 1e3),
                            "args": {"request": name}})
             prev = t
+        chunks = [t for t in tl.get("prefill") or [] if t is not None]
+        for i in range(1, len(chunks)):  # the prefill's chunks, beside the prefill hop
+            events.append({"ph": "X", "name": "prefill chunk", "cat": "prefill", "pid": worker,
+                           "tid": 2, "ts": t0 + chunks[i - 1] * 1e3,
+                           "dur": max(0.0, (chunks[i] - chunks[i - 1]) * 1e3),
+                           "args": {"request": name, "chunk": i}})
         sampled = tl.get("sampled") or []
         for i in range(1, len(sampled)):
             events.append({"ph": "X", "name": "decode step", "cat": "token", "pid": worker,

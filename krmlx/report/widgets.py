@@ -23,9 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..bench.verdicts import OVERHEAD_CAPTION
-from ..framing import FramerConfig
+from ..framing import CODECS, FramerConfig
 from ..stack import PHASES, StackConfig
-from ..worker.protocol import CODECS
 
 GIB = 2**30
 

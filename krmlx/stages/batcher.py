@@ -30,8 +30,8 @@ Place in the stack: below the model layer (``model_cache`` or ``single_model``, 
 sure the model is resident for each caller before the call is held here), above the
 framer and the worker client (the rules are in :mod:`krmlx.stack`).
 
-Which methods batch, and into what, is the protocol's method table
-(:data:`krmlx.worker.protocol.METHODS`, each method's ``batching``).
+Which methods batch, and into what, is the table of calls
+(:data:`krmlx.service.METHODS`, each method's ``batching``).
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ from typing import Any
 
 from .. import clock as _clock
 from ..errors import CallTimeout, ConfigError, ProtocolError
-from ..service import Call, Service, Stage, unary
-from ..worker.protocol import METHODS
+from ..service import METHODS, Call, Service, Stage, unary
 
 MAX_WINDOW_MS = 10.0
 BATCHABLE = {name: m.batching for name, m in METHODS.items() if m.batching is not None}

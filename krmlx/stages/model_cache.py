@@ -62,8 +62,7 @@ from typing import Any
 
 from .. import clock as _clock
 from ..errors import ConfigError, ModelError, UnknownModel
-from ..service import Call, Service, Stage, unary
-from ..worker.protocol import NULL_MODEL
+from ..service import NULL_MODEL, Call, Service, Stage, unary
 
 log = logging.getLogger(__name__)
 UNMANAGED_MODELS = frozenset({NULL_MODEL})  # the worker's always-resident synthetic model

@@ -55,7 +55,7 @@ from ..errors import (
     WorkerUnresponsive,
 )
 from ..framing import PLAIN
-from ..service import Call
+from ..service import Call, mark
 from ..types import Chunk, Done
 from .config import WorkerConfig
 from .process import WorkerProcess
@@ -407,6 +407,7 @@ class WorkerClient:
         return t
 
     def call(self, call: Call) -> AsyncIterator[Any]:
+        mark(call, "stage:client")
         return self._call(call) if call.streaming else _OneShot(self._unary(call))
 
     async def _unary(self, call: Call, *, internal: bool = False):
@@ -484,7 +485,8 @@ class WorkerClient:
                     done = Done(*read_done(frame))
                     if isinstance(done.info.get("timeline"), dict):  # the client's hops join the worker's
                         done.info["timeline"].update(client_written=t_written, received=received,
-                                                     yielded=yielded, done_received=frame.get("t_in"))
+                                                     yielded=yielded, done_received=frame.get("t_in"),
+                                                     **(call.marks or {}))
                     yield done
                     return
                 elif kind == "result":

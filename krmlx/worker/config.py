@@ -45,11 +45,10 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import ConfigError
-from ..framing import FramerConfig
+from ..framing import CODECS, FramerConfig
 from .faults import FaultPlan
 from .launch import DistributedConfig
 from .prompt_cache import PromptCacheConfig
-from .protocol import CODECS
 from .schedulers import SCHEDULERS
 
 DEFAULT_LIVENESS_TIMEOUT_S = 10.0

@@ -10,7 +10,7 @@ jobs queued before it: a load or an unload looks its model up only then).
 
 ``generate`` (a stream) and ``shutdown`` (the end of the read loop) are the read loop's
 own (:mod:`krmlx.worker.server`); every other method of
-:data:`~krmlx.worker.protocol.METHODS` has a handler here.
+:data:`~krmlx.service.METHODS` has a handler here.
 """
 
 from __future__ import annotations

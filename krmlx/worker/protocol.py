@@ -39,7 +39,6 @@ must give the pipe up (the worker exits; the client restarts it).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 import msgpack
 import orjson
@@ -59,68 +58,14 @@ from ..errors import (
     WorkerError,
     WorkerUnresponsive,
 )
+from ..framing import CODECS
+from ..service import METHODS, NULL_MODEL  # noqa: F401 (the calls; the worker reads them here)
 
 VERSION = 1
 DEFAULT_MAX_FRAME_BYTES = 8 * 2**20
-CODECS = ("json", "msgpack")
 KINDS = frozenset({"call", "ack", "ready", "result", "token", "done", "error", "heartbeat"})
-NULL_MODEL = "null"  # always resident in a worker: synthetic tokens without MLX (stream costs)
 _LEN = struct.Struct(">I")
 TOKEN_MARK = "t"  # msgpack carries token frames as the array ["t", id, tokens]
-
-
-# -- methods -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Batching:
-    """How the Batcher stage groups a method: into ``method``, collecting each call's
-    ``item`` param into the list param ``items``; calls group by model and ``flags``."""
-
-    method: str
-    item: str
-    items: str
-    flags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Method:
-    """One worker method: its params (name -> (types, required)), whether it needs a
-    ``model``, where the worker runs it (``inline`` in the read loop, ``aux`` on the
-    tokenizer thread, ``compute`` on the MLX thread), whether it streams, and how the
-    Batcher may batch it."""
-
-    params: dict
-    needs_model: bool = False
-    runs: str = "inline"
-    streaming: bool = False
-    batching: Batching | None = None
-
-
-METHODS: dict[str, Method] = {
-    "ping": Method({}),
-    "stats": Method({}),
-    "shutdown": Method({}),
-    "list_models": Method({}),
-    "cancel": Method({"target": (int, True)}),
-    "group_probe": Method({"hidden": (int, False), "iters": (int, False)}, runs="compute"),
-    "load_model": Method({"trust_remote_code": (bool, False), "draft": (str, False)},
-                         needs_model=True, runs="compute"),
-    "unload_model": Method({}, needs_model=True, runs="compute"),
-    "tokenize": Method({"text": (str, True), "add_special_tokens": (bool, False)},
-                       needs_model=True, runs="aux",
-                       batching=Batching("batch_tokenize", "text", "texts", ("add_special_tokens",))),
-    "detokenize": Method({"ids": (list, True)}, needs_model=True, runs="aux"),
-    "batch_tokenize": Method({"texts": (list, True), "add_special_tokens": (bool, False)},
-                             needs_model=True, runs="aux"),
-    "check_draft": Method({"draft": (str, True)}, needs_model=True, runs="aux",
-                          batching=Batching("batch_check_draft", "draft", "drafts")),
-    "batch_check_draft": Method({"drafts": (list, True)}, needs_model=True, runs="aux"),
-    "generate": Method({"prompt": (str, False), "prompt_ids": (list, False),
-                        "messages": (list, False), "max_tokens": (int, True),
-                        "temperature": ((int, float), False), "top_p": ((int, float), False),
-                        "chat": (bool, False), "system": (str, False), "seed": (int, False)},
-                       needs_model=True, runs="compute", streaming=True),
-}
 
 
 # -- errors ------------------------------------------------------------------------------------

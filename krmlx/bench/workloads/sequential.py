@@ -89,6 +89,7 @@ class Baseline(Workload):
             out["hops_vs_direct"] = [row for n in names if n != DIRECT
                                      for row in hops.attribution(df, DIRECT, n)]
         out["hops"] = hops.breakdown(df)
+        out["stage_hops"] = hops.stage_breakdown(df)
         others = [e for e in names if e not in (BASE, DIRECT)]
         out["comparisons"] = comparisons(df, BASE, others) if BASE in names else []
         out["outputs_match_phase0"] = outputs_match(df, BASE, others) if BASE in names else []

@@ -75,7 +75,8 @@ class AutoScheduler(BatchScheduler):
         steps = gen.iter_tokens(entry.model, entry.tokenizer, prompt_ids,
                                 max_tokens=params["max_tokens"], temperature=temperature,
                                 seed=seed, top_p=params.get("top_p", 1.0), prompt_cache=cache,
-                                cancelled=out.cancelled.is_set, detok=detok)
+                                cancelled=out.cancelled.is_set, detok=detok,
+                                prefill=out.points("prefill"))
         self.solo_runs += 1
         entry.refs += 1
         handed = False

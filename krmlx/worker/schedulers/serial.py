@@ -113,7 +113,8 @@ def run_generate(job: GenerateJob) -> None:
                             temperature=temperature, seed=seed, top_p=params.get("top_p", 1.0),
                             prompt_cache=cache, draft_model=job.draft.model if job.draft else None,
                             on_draft=drafts.append,
-                            cancelled=out.cancelled.is_set if group is None else None)
+                            cancelled=out.cancelled.is_set if group is None else None,
+                            prefill=out.points("prefill"))
     if group is None:
         run = gen.TokenRun(steps, lambda: not out.cancelled.is_set())
     else:  # before each step: the other ranks learn of a cancel

@@ -61,6 +61,11 @@ class StreamOut:
         if self.timeline is not None:
             self.timeline[hop] = time.perf_counter()
 
+    def points(self, name: str) -> list | None:
+        """The list this stream's timeline keeps under ``name`` (for points a callee
+        appends, such as the prefill's chunks), or None when it keeps no timeline."""
+        return None if self.timeline is None else self.timeline.setdefault(name, [])
+
     def ack(self, n: int) -> None:
         self._acked += n
 
