@@ -200,8 +200,9 @@ def iter_tokens(model, tokenizer, prompt_ids: list[int], *, max_tokens: int,
     decoding prefills in its own loop, without that check.) ``detok``: the streaming
     detokenizer to use (a fresh one by default; a caller that hands the stream on passes its
     own, so the text goes on where it stopped). ``prefill``: a list that gets the time
-    (``perf_counter``) the prefill starts and each of its chunks ends (the timeline's
-    ``prefill`` point; not for speculative decoding).
+    (``perf_counter``) the prefill starts, each of its chunks ends and the first token is
+    evaluated (mlx-lm's progress callback; the timeline's ``prefill`` point; not for
+    speculative decoding).
     """
     import mlx.core as mx
     from mlx_lm.generate import generate_step, speculative_generate_step

@@ -178,8 +178,8 @@ def test_plots_of_the_breakdown_and_one_request(tiny_path):
 
 
 def test_a_long_prompt_marks_each_prefill_chunk(tiny_path):
-    """The prefill runs in chunks of 512 tokens: the timeline keeps its start and each
-    chunk's end, between the prompt's encode and the first token, on the direct path and
+    """The prefill runs in chunks of 512 tokens: the timeline keeps its start, each
+    chunk's end and the first token's evaluation, between the prompt's encode and the first token, on the direct path and
     the worker's serial path alike; the trace shows them as slices."""
     from krmlx import models
     from krmlx.bench.prompts import prompt_of_length
@@ -195,5 +195,7 @@ def test_a_long_prompt_marks_each_prefill_chunk(tiny_path):
     for c in asyncio.run(go()):
         tl = c.extra["timeline"]
         chunks = tl["prefill"]
-        assert len(chunks) == 4  # the start, then 512 + 512 + the rest but one (the first step's)
+        # the start, the ends of 512 + 512 + the rest but one token, then the first token
+        # evaluated (the last prompt token goes with the first step)
+        assert len(chunks) == 5
         assert tl["encoded"] <= chunks[0] and chunks == sorted(chunks) and chunks[-1] <= tl["sampled"][0]
