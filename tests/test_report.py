@@ -241,7 +241,8 @@ def test_panel_runs(tiny_path, tmp_path):
 
 # --- the answer first: summary paragraph, labels, rounding, the reference once ---------
 
-H200_BASELINE = Path(__file__).resolve().parents[1] / "results/gpu/h200-r18c/baseline-20261207-060317.json.gz"
+ROOT = Path(__file__).resolve().parents[1]
+H200_BASELINE = ROOT / "results/gpu/h200-r18c/baseline-20261207-060317.json.gz"
 
 
 def test_report_opens_with_the_answer(report, doc):
@@ -264,6 +265,23 @@ def test_summary_paragraph_of_a_real_run_carries_ci_and_verdict():
     # the file's phase0 row: total -0.734 % [-4.17, +2.92], TTFT +0.080 ms [-0.954, +1.20]
     assert "phase0: total time -0.7 [-4.2, +2.9] % (unresolved), TTFT +0.1 [-1.0, +1.2] ms (level)" in text
     assert "3 trial(s)" in text and "smoke" not in text and "phase0 150/150 vs direct" in text
+
+
+def test_a_one_trial_run_says_what_its_cis_leave_out():
+    """One trial's CIs cover the requests, not the runs: the paragraph says so and names
+    the A/A control, unless the run has one (or is a smoke run, which carries no verdict)."""
+    from krmlx.bench.answer import ONE_TRIAL_NOTE, summary_paragraph
+    from krmlx.bench.results import read_results
+
+    one = read_results(ROOT / "results/cpu/2026-12-07/smollm2/baseline-20261207-214218.json.gz")
+    assert one["config"]["trials"] == 1 and ONE_TRIAL_NOTE in summary_paragraph(one)
+    three = read_results(ROOT / "results/cpu/2026-12-07/after-restructure/baseline-20261207-212032.json.gz")
+    assert ONE_TRIAL_NOTE not in summary_paragraph(three)
+    with_aa = {**one, "summary": {**one["summary"], "overhead": [*one["summary"]["overhead"],
+                                                                 {"target": "direct~aa"}]}}
+    assert ONE_TRIAL_NOTE not in summary_paragraph(with_aa)
+    smoke = {**one, "config": {**one["config"], "smoke": True}}
+    assert ONE_TRIAL_NOTE not in summary_paragraph(smoke)
 
 
 def test_report_labels_rounding_and_reference_once(report, results_file, tmp_path):

@@ -41,6 +41,9 @@ LABELS = {
     "headline": "headline",
     "stage_hops": "the way out to the worker's pipe, by stage (mean ms)",
 }
+ONE_TRIAL_NOTE = ("One trial: its CIs cover the spread between requests, not between runs of "
+                  "the whole workload on this host; run --trials 3 --param aa=1 to see that "
+                  "spread (an A/A copy of direct measured beside the rest).")
 TOK_S_NOTE = ("tok/s: output tokens over the target's own request time (the sum of its E2E), "
               "what a client sees one request at a time; tok/s (wall): output tokens over the "
               "trial's wall time from first start to last end, which in an interleaved run "
@@ -148,6 +151,9 @@ def summary_paragraph(doc: dict) -> str:
     if summary.get("overhead"):
         sentences.append("Against direct (served minus direct, 95% CI, verdict at ±1 point of "
                          "total time / ±2 ms of TTFT): " + "; ".join(_overhead_parts(summary["overhead"], smoke)) + ".")
+        if not smoke and cfg.get("trials") == 1 and not any(
+                str(r.get("target", "")).endswith("~aa") for r in summary["overhead"]):
+            sentences.append(ONE_TRIAL_NOTE)
     if summary.get("overhead_by_length"):
         sentences.append("Against direct by prompt length (95% CI, over whole trials where there "
                          "are 10 or more): " + " | ".join(_length_parts(summary["overhead_by_length"], smoke)) + ".")
