@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,6 +61,7 @@ class ManagedProcess:
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None if log_path is None else Path(log_path)
         self._log = None
+        self._tmp: str | None = None  # the server's TMPDIR: what it leaves there goes with it
 
     @property
     def url(self) -> str:
@@ -88,13 +90,15 @@ class ManagedProcess:
             self.log_path, self._log = Path(name), os.fdopen(fd, "wb")
         else:
             self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._tmp = tempfile.mkdtemp(prefix="krmlx-server-tmp-")
+        env = {**self.environ(), "TMPDIR": self._tmp}
         try:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=self._log,
-                                         stderr=subprocess.STDOUT, env=self.environ(),
-                                         start_new_session=True)
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
         except OSError as e:
             self._log.close()
             self._log = None
+            shutil.rmtree(self._tmp, ignore_errors=True)
             raise ServerStartError(f"{self.name}: could not start {self.argv()[0]!r}: {e}") from None
         try:
             self._wait_ready()
@@ -156,6 +160,9 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # its children too, if anything is left
         proc.wait()
+        if self._tmp is not None:  # temp files the server (or a library of its) left behind
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -223,3 +223,16 @@ def test_tpot_is_per_token_whichever_producer_and_however_many_tokens_an_event_c
         assert rec["tpot_ms"] == done.tpot_ms
     # per event it would be 3x larger: 11 gaps of tokens, not 2 of events
     assert coalesced.tpot_ms < (coalesced.e2e_ms - coalesced.ttft_ms) / 2 / 2
+
+
+def test_a_managed_server_gets_its_own_tmpdir_removed_when_it_stops(tmp_path):
+    """What a server (or a library of its) leaves in its TMPDIR goes when krmlx stops it."""
+    from krmlx.process import ManagedProcess, free_port
+
+    port = free_port()
+    with ManagedProcess([sys.executable, "-m", "krmlx.bench.stub", "--port", str(port)], port=port,
+                        health_path="/v1/models", name="stub") as p:
+        tmp = Path(psutil.Process(p.pid).environ()["TMPDIR"])
+        assert tmp.is_dir() and tmp.name.startswith("krmlx-server-tmp-")
+        (tmp / "left-behind").write_text("x")
+    assert not tmp.exists()
