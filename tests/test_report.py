@@ -309,3 +309,11 @@ def test_numbers_with_their_ci(args, text):
     from krmlx.bench.answer import with_ci
 
     assert with_ci(*args) == text
+
+
+@pytest.mark.parametrize(("x", "text"), [(0.9996, "1.00"), (99.96, "100"), (9.996, "10.0"),
+                                         (1.234, "1.23"), (0.01234, "0.0123"), (-0.9996, "-1.00")])
+def test_three_significant_digits_when_rounding_carries(x, text):
+    from krmlx.bench.answer import sig
+
+    assert sig(x) == text

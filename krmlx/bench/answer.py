@@ -67,6 +67,8 @@ def sig(x, *, signed: bool = False) -> str:
         return ""
     x = float(x)
     decimals = 0 if x == 0 or abs(x) >= 100 else max(0, 2 - math.floor(math.log10(abs(x))))
+    if decimals and abs(round(x, decimals)) >= 10 ** (math.floor(math.log10(abs(x))) + 1):
+        decimals -= 1  # rounding carried into the next power of ten (0.9996 -> 1.00, not 1.000)
     text = f"{x:+.{decimals}f}" if signed else f"{x:.{decimals}f}"
     return text
 
