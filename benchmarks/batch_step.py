@@ -91,12 +91,16 @@ def time_plain(model, toks, steps: int) -> dict:
             "plain_pipelined_ms": ms(total[1:]), "plain_wait_ms": ms(waits[1:])}
 
 
-def batch_generator(model, toks, steps: int):
-    """A BatchGenerator with every sequence of ``toks`` past its prefill, decoding."""
+def batch_generator(model, toks, steps: int, lean: bool = False):
+    """A BatchGenerator with every sequence of ``toks`` past its prefill, decoding (``lean``:
+    with krmlx's decode step, :mod:`krmlx.worker.schedulers.step`)."""
     from mlx_lm.generate import BatchGenerator
 
-    gen = BatchGenerator(model, max_tokens=steps * 3 + 8, completion_batch_size=max(len(toks), 32),
-                         prefill_batch_size=len(toks))
+    from krmlx.worker.schedulers import step
+
+    make = step.batch_generator if lean else BatchGenerator
+    gen = make(model, max_tokens=steps * 3 + 8, completion_batch_size=max(len(toks), 32),
+               prefill_batch_size=len(toks))
     gen.insert(toks, max_tokens=[steps * 3 + 8] * len(toks))
     while len(gen._generation_batch) < len(toks):  # prefill until all decode
         gen.next()
@@ -105,8 +109,8 @@ def batch_generator(model, toks, steps: int):
     return gen
 
 
-def time_batchgen(model, toks, steps: int) -> dict:
-    gen = batch_generator(model, toks, steps)
+def time_batchgen(model, toks, steps: int, lean: bool = False) -> dict:
+    gen = batch_generator(model, toks, steps, lean)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -114,7 +118,70 @@ def time_batchgen(model, toks, steps: int) -> dict:
         times.append(time.perf_counter() - t0)
         assert len(responses) == len(toks), "a sequence left the batch early"
     gen.close()
-    return {"batchgen_ms": 1e3 * statistics.median(times)}
+    return {f"batchgen{'_lean' if lean else ''}_ms": 1e3 * statistics.median(times)}
+
+
+class NoDecodeMask:
+    """While active, a BatchKVCache gives no mask to a one-token (decode) step: right when no
+    row is padded, as here (every prompt of a size has the same length). It shows what the
+    array mask costs: with one, attention cannot take MLX's fused decode kernel."""
+
+    def __enter__(self):
+        from mlx_lm.models.cache import BatchKVCache
+
+        self.cls, self.orig = BatchKVCache, BatchKVCache.make_mask
+        orig = self.orig
+        self.cls.make_mask = lambda c, N, **kw: None if N == 1 else orig(c, N, **kw)
+
+    def __exit__(self, *exc):
+        self.cls.make_mask = self.orig
+
+
+def time_batchcache(model, toks, steps: int) -> dict:
+    """The plain pipelined loop (forward, normalise, argmax) on the BatchKVCache a
+    BatchGenerator built, without the generator's machinery: what the batch cache and its
+    per-step mask cost over a plain KVCache."""
+    gen = batch_generator(model, toks, steps)
+    gb = gen._generation_batch
+    cache, y = gb.prompt_cache, gb._next_tokens
+    total = []
+    t_last = time.perf_counter()
+    for _ in range(steps):
+        logits = model(y[:, None], cache=cache)[:, -1, :]
+        nxt = mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True), axis=-1)
+        mx.async_eval(nxt)
+        y.tolist()
+        now = time.perf_counter()
+        total.append(now - t_last)
+        t_last, y = now, nxt
+    gen.close()
+    return {"batchcache_ms": 1e3 * statistics.median(total[1:])}
+
+
+def time_sdpa(model, b: int, kv_len: int) -> dict:
+    """One decode-shaped attention call per layer (the model's heads and dtype) chained in
+    one graph, without and with a boolean mask of the batch's shape: the mask's cost alone."""
+    a = model.args
+    heads, kv_heads = a.num_attention_heads, a.num_key_value_heads
+    dim = getattr(a, "head_dim", None) or a.hidden_size // heads
+    dtype = model.layers[0].self_attn.q_proj.weight.dtype
+    q = mx.random.normal((b, heads, 1, dim)).astype(dtype)
+    k = mx.random.normal((b, kv_heads, kv_len, dim)).astype(dtype)
+    v = mx.random.normal((b, kv_heads, kv_len, dim)).astype(dtype)
+    mask = mx.ones((b, 1, 1, kv_len), dtype=mx.bool_)
+    mx.eval(q, k, v, mask)
+    out = {}
+    for name, m in (("sdpa_nomask_ms", None), ("sdpa_mask_ms", mask)):
+        times = []
+        for _ in range(12):
+            t0 = time.perf_counter()
+            x = q
+            for _ in model.layers:
+                x = mx.fast.scaled_dot_product_attention(x, k, v, scale=dim ** -0.5, mask=m)
+            mx.eval(x)
+            times.append(time.perf_counter() - t0)
+        out[name] = 1e3 * statistics.median(times[2:])
+    return out
 
 
 class Timed:
@@ -177,8 +244,18 @@ def measure(model, batches, steps: int, prompt_tokens: int, floor_ms: float) -> 
         # warm-up: every shape once, untimed (the first use of a shape compiles on a GPU)
         time_plain(model, toks, 4)
         time_batchgen(model, toks, 4)
+        time_batchgen(model, toks, 4, lean=True)
+        time_batchcache(model, toks, 4)
+        with NoDecodeMask():
+            time_batchcache(model, toks, 4)
+            time_batchgen(model, toks, 4)
         row = {"batch": b, **time_plain(model, toks, steps), **time_batchgen(model, toks, steps),
-               **split_batchgen(model, toks, steps)}
+               **time_batchgen(model, toks, steps, lean=True), **time_batchcache(model, toks, steps)}
+        with NoDecodeMask():
+            row["batchcache_nomask_ms"] = time_batchcache(model, toks, steps)["batchcache_ms"]
+            row["batchgen_nomask_ms"] = time_batchgen(model, toks, steps)["batchgen_ms"]
+        row.update(split_batchgen(model, toks, steps))
+        row.update(time_sdpa(model, b, prompt_tokens + steps))
         row["batchgen_over_plain_pipelined"] = row["batchgen_ms"] / row["plain_pipelined_ms"]
         row["floor_ms"] = floor_ms
         row["floor_fraction_plain"] = floor_ms / row["plain_pipelined_ms"]

@@ -223,3 +223,76 @@ def test_concurrency_sweep_smoke_has_one_row_per_level_and_three_targets(tiny_pa
     assert match["mlx_lm.server"]["identical_outputs"] == match["mlx_lm.server"]["compared"] == 5
     warm = doc["config"]["treatment"]["warmup"]
     assert warm["engine"] == warm["raw"] == warm["mlx_lm.server"]  # equal treatment, recorded
+
+
+def _decode(make, model, prompts, max_tokens, samplers=None):
+    """Every prompt through a BatchGenerator built by ``make``; the second half joins after
+    a few steps (a batch that grows, then shrinks as streams end). Tokens per uid."""
+    batch = make(model, completion_batch_size=16, prefill_batch_size=4)
+    half = len(prompts) // 2
+    kw = {} if samplers is None else {"samplers": samplers[:half]}
+    uids = batch.insert(prompts[:half], max_tokens=max_tokens[:half], **kw)
+    out: dict[int, list[int]] = {}
+    steps = 0
+    while True:
+        responses = batch.next()[1]
+        steps += 1
+        if steps == 3:
+            kw = {} if samplers is None else {"samplers": samplers[half:]}
+            uids += batch.insert(prompts[half:], max_tokens=max_tokens[half:], **kw)
+        for r in responses:
+            out.setdefault(r.uid, []).append(r.token)
+        if steps > 3 and not responses:
+            break
+    batch.close()
+    return [out[u] for u in uids]
+
+
+def test_lean_decode_step_gives_mlx_lm_tokens(tiny_path):
+    """krmlx's decode step (no per-row log-probabilities; rows sampled per distinct sampler)
+    against mlx-lm's own, same model, prompts of different lengths, per-request lengths."""
+    import mlx.core as mx
+    from mlx_lm.generate import BatchGenerator
+
+    from krmlx.models import load
+    from krmlx.worker.schedulers import step
+
+    model, tok = load(tiny_path)
+    prompts = [tok.encode(q.question) for q in load_questions()[0][:8]]
+    assert len({len(p) for p in prompts}) > 1  # left padding in play
+    lengths = [5, 12, 3, 20, 7, 9, 15, 2]
+    want = _decode(BatchGenerator, model, prompts, lengths)
+    got = _decode(step.batch_generator, model, prompts, lengths)
+    assert got == want
+    assert [len(t) for t in got] == lengths
+
+    # two samplers in one batch: each row still gets its own sampler's token
+    lowest = lambda lp: mx.argmin(lp, axis=-1)  # noqa: E731 - a deterministic second sampler
+    greedy = lambda lp: mx.argmax(lp, axis=-1)  # noqa: E731
+    samplers = [greedy if i % 3 else lowest for i in range(8)]
+    want = _decode(BatchGenerator, model, prompts, lengths, samplers)
+    got = _decode(step.batch_generator, model, prompts, lengths, samplers)
+    assert got == want
+
+
+def test_sample_rows_calls_each_sampler_once_in_row_order():
+    import mlx.core as mx
+
+    from krmlx.worker.schedulers.step import sample_rows
+
+    calls = []
+
+    def sampler(name, fn):
+        def s(lp):
+            calls.append((name, lp.shape[0]))
+            return fn(lp, axis=-1)
+        return s
+
+    hi, lo = sampler("hi", mx.argmax), sampler("lo", mx.argmin)
+    lp = mx.array([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3], [0.0, 0.3, 0.7], [0.4, 0.1, 0.5]])
+    got = sample_rows(lp, [hi, lo, None, lo], fallback=hi).tolist()
+    assert got == [1, 1, 2, 1]
+    assert sorted(calls) == [("hi", 2), ("lo", 2)]
+    calls.clear()
+    assert sample_rows(lp, [lo] * 4, fallback=hi).tolist() == [2, 1, 0, 1]
+    assert calls == [("lo", 4)]

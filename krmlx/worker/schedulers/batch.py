@@ -1,5 +1,6 @@
 """BatchScheduler (``scheduler="batched"`` and ``"batched-staged"``): continuous batching
-on mlx-lm's BatchGenerator, one per model, on the compute thread.
+on mlx-lm's BatchGenerator (with krmlx's decode step, :mod:`.step`), one per model, on the
+compute thread.
 
 :class:`Active` (one stream in a batch) and the protected methods listed in
 :class:`BatchScheduler`'s docstring are the interface a subclass builds on
@@ -125,15 +126,15 @@ class BatchScheduler:
 
     def _generator(self, entry):
         if entry.id not in self._gens:
-            from mlx_lm.generate import BatchGenerator  # mlx-lm only where MLX work runs
+            from .step import batch_generator  # mlx-lm only where MLX work runs
 
             eos = sorted(entry.tokenizer.eos_token_ids)
             # prefill in chunks of DEFAULT_PREFILL_STEP: between chunks the batch decodes a
             # step, so one long prompt stalls the other streams by at most one chunk
-            batch = BatchGenerator(entry.model, stop_tokens=[[t] for t in eos],
-                                   completion_batch_size=self.completion_batch_size,
-                                   prefill_batch_size=self.prefill_batch_size,
-                                   prefill_step_size=gen.DEFAULT_PREFILL_STEP)
+            batch = batch_generator(entry.model, stop_tokens=[[t] for t in eos],
+                                    completion_batch_size=self.completion_batch_size,
+                                    prefill_batch_size=self.prefill_batch_size,
+                                    prefill_step_size=gen.DEFAULT_PREFILL_STEP)
             self._gens[entry.id] = (batch, entry)
         return self._gens[entry.id][0]
 

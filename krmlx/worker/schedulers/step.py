@@ -1,0 +1,60 @@
+"""The continuous batch's decode step: mlx-lm's BatchGenerator with krmlx's own
+:class:`LeanGenerationBatch` (imported where MLX work runs, never by the CLI).
+
+mlx-lm's ``GenerationBatch._step`` splits the step's log-probabilities into one array per
+sequence and evaluates them every step, for callers that read them; krmlx never does. The
+lean step keeps everything a token depends on (the forward pass, the normalisation, the
+sampler: greedy tokens stay bit-identical) and drops the per-sequence split, and samples
+rows that share a sampler in one call (mlx-lm batches only when *every* row shares one).
+``benchmarks/batch_step.py`` measures it beside mlx-lm's own step.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator, GenerationBatch
+
+
+class LeanGenerationBatch(GenerationBatch):
+    """A GenerationBatch whose step builds and evaluates only what the next tokens need."""
+
+    def _step(self):
+        if any(self.logits_processors):
+            raise ValueError("the lean decode step takes no logits processors")
+        inputs = self._current_tokens = self._next_tokens
+        self._current_logprobs = []  # extend() appends to it: keep nothing across steps
+        logits = self.model(inputs[:, None], cache=self.prompt_cache)[:, -1, :]
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        self._next_tokens = sample_rows(logprobs, self.samplers, self.fallback_sampler)
+        self._next_logprobs = [None] * len(self.uids)
+        mx.async_eval(self._next_tokens)  # the next step runs while the host reads these
+        tokens = inputs.tolist()
+        for seq, t in zip(self.tokens, tokens, strict=True):
+            seq.append(t)
+        return tokens, [None] * len(tokens)
+
+
+def sample_rows(logprobs, samplers, fallback):
+    """One sampler call per distinct sampler (not per row): rows that share one are sampled
+    together, then put back in row order."""
+    rows = [fallback if s is None else s for s in (samplers or [None] * logprobs.shape[0])]
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(rows):
+        groups.setdefault(id(s), []).append(i)
+    if len(groups) == 1:
+        return rows[0](logprobs)
+    order, parts = [], []
+    for idx in groups.values():
+        parts.append(rows[idx[0]](logprobs[mx.array(idx)]))
+        order.extend(idx)
+    inverse = [0] * len(order)
+    for pos, i in enumerate(order):
+        inverse[i] = pos
+    return mx.concatenate(parts)[mx.array(inverse)]
+
+
+def batch_generator(model, **kwargs) -> BatchGenerator:
+    """A BatchGenerator (``kwargs`` as mlx-lm's) that decodes with :class:`LeanGenerationBatch`."""
+    gen = BatchGenerator(model, **kwargs)
+    gen._generation_batch = LeanGenerationBatch.empty(gen.model, gen.sampler)
+    return gen
