@@ -1,7 +1,7 @@
 """Where a batched decode step's time goes, per batch size, beside the weight-streaming floor.
 
 For each batch size B (``--batches``), B prompts of ``--prompt-tokens`` random tokens are
-prefilled, then ``--steps`` decode steps are timed four ways on the same model:
+prefilled, then ``--steps`` decode steps are timed several ways on the same model:
 
 - ``plain_eval``: ``model(y, cache)`` + argmax, evaluated at once (``mx.eval``): the time to
   build the graph in Python (``build_ms``) and to evaluate it on the device (``eval_ms``,
@@ -11,6 +11,14 @@ prefilled, then ``--steps`` decode steps are timed four ways on the same model:
   token (``wait_ms``: what the host blocks on; near zero when the device is the bottleneck);
 - ``batchgen``: mlx-lm's ``BatchGenerator.next()`` with the B sequences decoding (what
   krmlx's ``batched`` and ``auto`` schedulers run), per step;
+- ``batchgen_lean``: the same with krmlx's decode step
+  (:mod:`krmlx.worker.schedulers.step`, what krmlx's schedulers run);
+- ``batchcache``: the plain pipelined loop on the BatchKVCache a BatchGenerator built
+  (left-padding aware, a mask array every step), without the generator's machinery;
+  ``*_nomask``: ``batchcache`` and ``batchgen`` with that decode mask left out (right here:
+  a size's prompts have one length, so no row is padded);
+- ``sdpa_mask`` / ``sdpa_nomask``: one decode-shaped attention call per layer, alone, with
+  and without a boolean mask: the mask's own cost;
 - ``split``: one more run of those steps with the model's forward call, ``mx.eval`` and
   ``mx.async_eval`` timed: the step split into the forward graph build, the per-step
   synchronisation (waiting for the device), the asynchronous submit, and the rest of the
@@ -21,7 +29,10 @@ no step can beat ``weight_bytes / bandwidth`` (bandwidth measured here with a la
 elementwise kernel). Each row gives ``floor_fraction`` = floor / step.
 
     python benchmarks/batch_step.py --model llama-3.2-3b --out results/gpu/batch-step.json
-    python benchmarks/batch_step.py --model mini --batches 1,2,4,8,16 --steps 32   # the CPU
+    python benchmarks/batch_step.py --model mini --steps 32 --repeats 3   # the CPU (on OpenBLAS)
+
+``--repeats R`` measures every size R times in turn; ``rows`` holds the medians, ``runs``
+every measurement.
 """
 
 from __future__ import annotations
@@ -29,11 +40,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import mlx.core as mx
-import numpy as np
+from krmlx.blas import reexec_under_blas
+
+if __name__ == "__main__":  # on the CPU, on OpenBLAS as the worker runs: before mlx loads
+    reexec_under_blas(sys.argv)
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
 
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -273,6 +290,8 @@ def main() -> int:
     p.add_argument("--batches", default=",".join(map(str, DEFAULT_BATCHES)))
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="measure every size this many times over (in turn); rows hold medians")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     from krmlx.doctor import collect_env, memory_bandwidth_gbs
@@ -285,10 +304,14 @@ def main() -> int:
     floor_ms = wbytes / (bw * 1e9) * 1e3
     print(f"model {a.model}: {wbytes / 1e9:.3f} GB of weights; bandwidth {bw:.0f} GB/s; "
           f"floor {floor_ms:.3f} ms per step on {mx.default_device()}", flush=True)
-    rows = measure(model, [int(x) for x in a.batches.split(",")], a.steps, a.prompt_tokens, floor_ms)
+    runs = [measure(model, [int(x) for x in a.batches.split(",")], a.steps, a.prompt_tokens, floor_ms)
+            for _ in range(a.repeats)]
+    rows = [{k: (statistics.median(r[k] for r in same) if isinstance(v, float) else v)
+             for k, v in same[0].items()} for same in zip(*runs, strict=True)]
     doc = {"benchmark": "batch_step", "env": collect_env(), "model": a.model,
            "model_bytes": model_bytes(path), "weight_bytes": wbytes, "bandwidth_gbs": bw,
-           "steps": a.steps, "prompt_tokens": a.prompt_tokens, "rows": rows}
+           "steps": a.steps, "prompt_tokens": a.prompt_tokens, "repeats": a.repeats,
+           "rows": rows, "runs": runs}
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(doc, indent=1))
