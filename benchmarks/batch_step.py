@@ -12,7 +12,9 @@ prefilled, then ``--steps`` decode steps are timed several ways on the same mode
 - ``batchgen``: mlx-lm's ``BatchGenerator.next()`` with the B sequences decoding (what
   krmlx's ``batched`` and ``auto`` schedulers run), per step;
 - ``batchgen_lean``: the same with krmlx's decode step
-  (:mod:`krmlx.worker.schedulers.step`, what krmlx's schedulers run);
+  (:mod:`krmlx.worker.schedulers.step`, what krmlx's schedulers run; here no row is padded,
+  so it runs without a mask); ``batchgen_lean_padded``: with prompts 0-6 tokens shorter
+  than the longest, so rows are padded and the mask is back;
 - ``batchcache``: the plain pipelined loop on the BatchKVCache a BatchGenerator built
   (left-padding aware, a mask array every step), without the generator's machinery;
   ``*_nomask``: ``batchcache`` and ``batchgen`` with that decode mask left out (right here:
@@ -126,7 +128,7 @@ def batch_generator(model, toks, steps: int, lean: bool = False):
     return gen
 
 
-def time_batchgen(model, toks, steps: int, lean: bool = False) -> dict:
+def time_batchgen(model, toks, steps: int, lean: bool = False, key: str | None = None) -> dict:
     gen = batch_generator(model, toks, steps, lean)
     times = []
     for _ in range(steps):
@@ -135,7 +137,7 @@ def time_batchgen(model, toks, steps: int, lean: bool = False) -> dict:
         times.append(time.perf_counter() - t0)
         assert len(responses) == len(toks), "a sequence left the batch early"
     gen.close()
-    return {f"batchgen{'_lean' if lean else ''}_ms": 1e3 * statistics.median(times)}
+    return {key or f"batchgen{'_lean' if lean else ''}_ms": 1e3 * statistics.median(times)}
 
 
 class NoDecodeMask:
@@ -262,12 +264,15 @@ def measure(model, batches, steps: int, prompt_tokens: int, floor_ms: float) -> 
         time_plain(model, toks, 4)
         time_batchgen(model, toks, 4)
         time_batchgen(model, toks, 4, lean=True)
+        padded = [t[: len(t) - i % 7] for i, t in enumerate(toks)]  # rows left-padded 0..6
+        time_batchgen(model, padded, 4, lean=True)
         time_batchcache(model, toks, 4)
         with NoDecodeMask():
             time_batchcache(model, toks, 4)
             time_batchgen(model, toks, 4)
         row = {"batch": b, **time_plain(model, toks, steps), **time_batchgen(model, toks, steps),
-               **time_batchgen(model, toks, steps, lean=True), **time_batchcache(model, toks, steps)}
+               **time_batchgen(model, toks, steps, lean=True), **time_batchcache(model, toks, steps),
+               **time_batchgen(model, padded, steps, lean=True, key="batchgen_lean_padded_ms")}
         with NoDecodeMask():
             row["batchcache_nomask_ms"] = time_batchcache(model, toks, steps)["batchcache_ms"]
             row["batchgen_nomask_ms"] = time_batchgen(model, toks, steps)["batchgen_ms"]

@@ -225,11 +225,13 @@ def test_concurrency_sweep_smoke_has_one_row_per_level_and_three_targets(tiny_pa
     assert warm["engine"] == warm["raw"] == warm["mlx_lm.server"]  # equal treatment, recorded
 
 
-def _decode(make, model, prompts, max_tokens, samplers=None):
+def _decode(make, model, prompts, max_tokens, samplers=None, gens=None):
     """Every prompt through a BatchGenerator built by ``make``; the second half joins after
     a few steps (a batch that grows, then shrinks as streams end). Tokens per uid."""
     batch = make(model, completion_batch_size=16, prefill_batch_size=4)
-    half = len(prompts) // 2
+    if gens is not None:
+        gens.append(batch)
+    half = max(1, len(prompts) // 2)
     kw = {} if samplers is None else {"samplers": samplers[:half]}
     uids = batch.insert(prompts[:half], max_tokens=max_tokens[:half], **kw)
     out: dict[int, list[int]] = {}
@@ -237,7 +239,7 @@ def _decode(make, model, prompts, max_tokens, samplers=None):
     while True:
         responses = batch.next()[1]
         steps += 1
-        if steps == 3:
+        if steps == 3 and prompts[half:]:
             kw = {} if samplers is None else {"samplers": samplers[half:]}
             uids += batch.insert(prompts[half:], max_tokens=max_tokens[half:], **kw)
         for r in responses:
@@ -262,9 +264,22 @@ def test_lean_decode_step_gives_mlx_lm_tokens(tiny_path):
     assert len({len(p) for p in prompts}) > 1  # left padding in play
     lengths = [5, 12, 3, 20, 7, 9, 15, 2]
     want = _decode(BatchGenerator, model, prompts, lengths)
-    got = _decode(step.batch_generator, model, prompts, lengths)
+    gens = []
+    got = _decode(step.batch_generator, model, prompts, lengths, gens=gens)
     assert got == want
     assert [len(t) for t in got] == lengths
+    # padded rows keep the mask; once the last long stream runs alone it has none
+    skipped = gens[0]._generation_batch.masks_skipped
+    assert 0 < skipped < sum(lengths) // 2
+
+    # no row padded (one prompt; four of one length): every decode step runs without a mask
+    same = [prompts[0], prompts[0][::-1], prompts[0][1:] + prompts[0][:1], prompts[0]]
+    for group in ([prompts[3]], same):
+        n = [9] * len(group)
+        gens = []
+        assert _decode(step.batch_generator, model, group, n, gens=gens) == \
+            _decode(BatchGenerator, model, group, n)
+        assert gens[0]._generation_batch.masks_skipped > 0
 
     # two samplers in one batch: each row still gets its own sampler's token
     lowest = lambda lp: mx.argmin(lp, axis=-1)  # noqa: E731 - a deterministic second sampler

@@ -6,6 +6,11 @@ sequence and evaluates them every step, for callers that read them; krmlx never 
 lean step keeps everything a token depends on (the forward pass, the normalisation, the
 sampler: greedy tokens stay bit-identical) and drops the per-sequence split, and samples
 rows that share a sampler in one call (mlx-lm batches only when *every* row shares one).
+When no row of the batch is left-padded (one stream, or streams whose histories line up),
+the decode step passes attention no mask: the mask mlx-lm's BatchKVCache builds is then
+all true, and without it attention can take MLX's fused decode kernel (with an array mask
+MLX's CUDA backend falls back to unfused attention). Any padded row brings the mask back.
+
 ``benchmarks/batch_step.py`` measures it beside mlx-lm's own step.
 """
 
@@ -13,17 +18,55 @@ from __future__ import annotations
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, GenerationBatch
+from mlx_lm.models.cache import BatchKVCache
+
+
+def _no_decode_mask(N: int, **_):
+    if N != 1:
+        raise AssertionError("the decode step's cache got a prompt")
+    return None
 
 
 class LeanGenerationBatch(GenerationBatch):
     """A GenerationBatch whose step builds and evaluates only what the next tokens need."""
+
+    _unpadded: bool | None = None  # no row left-padded (None: not known since the last change)
+    masks_skipped = 0  # decode steps that ran without a mask
+
+    def extend(self, batch):
+        super().extend(batch)
+        self._unpadded = None
+
+    def filter(self, keep):
+        super().filter(keep)
+        self._unpadded = None
+
+    def _mask_free(self) -> bool:
+        """Whether this batch's decode mask would be all true: its caches are plain
+        BatchKVCaches (no window) and no row is left-padded. Read once per change."""
+        if self._unpadded is None:
+            c = self.prompt_cache
+            self._unpadded = bool(c) and all(type(x) is BatchKVCache for x in c) and \
+                not c[0].left_padding.any().item()
+        return self._unpadded
+
+    def _forward(self, inputs):
+        if not self._mask_free():
+            return self.model(inputs[:, None], cache=self.prompt_cache)
+        first = self.prompt_cache[0]  # the model asks the first layer's cache for the mask
+        first.make_mask = _no_decode_mask
+        try:
+            self.masks_skipped += 1
+            return self.model(inputs[:, None], cache=self.prompt_cache)
+        finally:
+            del first.make_mask
 
     def _step(self):
         if any(self.logits_processors):
             raise ValueError("the lean decode step takes no logits processors")
         inputs = self._current_tokens = self._next_tokens
         self._current_logprobs = []  # extend() appends to it: keep nothing across steps
-        logits = self.model(inputs[:, None], cache=self.prompt_cache)[:, -1, :]
+        logits = self._forward(inputs)[:, -1, :]
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         self._next_tokens = sample_rows(logprobs, self.samplers, self.fallback_sampler)
         self._next_logprobs = [None] * len(self.uids)
