@@ -311,3 +311,37 @@ def test_sample_rows_calls_each_sampler_once_in_row_order():
     calls.clear()
     assert sample_rows(lp, [lo] * 4, fallback=hi).tolist() == [2, 1, 0, 1]
     assert calls == [("lo", 4)]
+
+
+def _script(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_batch_step_and_mlx_repro_run_small(tiny_path):
+    """benchmarks/batch_step.py's rows (every variant timed, the floor fraction) and
+    benchmarks/mlx_repro.py's two reproductions, at a tiny size."""
+    from krmlx.models import load
+
+    bs = _script("batch_step")
+    model, _ = load(tiny_path)
+    rows = bs.measure(model, [1, 2], steps=3, prompt_tokens=6, floor_ms=1.0)
+    assert [r["batch"] for r in rows] == [1, 2]
+    for r in rows:
+        for key in ("plain_pipelined_ms", "batchgen_ms", "batchgen_lean_ms", "batchgen_lean_padded_ms",
+                    "batchcache_ms", "batchcache_nomask_ms", "batchgen_nomask_ms", "sdpa_mask_ms",
+                    "sdpa_nomask_ms", "split_forward_build_ms"):
+            assert r[key] > 0, key
+        assert r["floor_fraction_batchgen"] == pytest.approx(1.0 / r["batchgen_ms"])
+
+    repro = _script("mlx_repro")
+    repro.LAYERS, repro.HIDDEN, repro.FFN = 2, 64, 128
+    att = repro.attention(2, kv_len=8)
+    assert att["sdpa_mask_ms"] > 0 and att["sdpa_nomask_ms"] > 0
+    assert [r["m"] for r in repro.mlp_matmuls((1, 2))] == [1, 2]
