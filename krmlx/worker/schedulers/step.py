@@ -23,7 +23,7 @@ from mlx_lm.models.cache import BatchKVCache
 
 def _no_decode_mask(N: int, **_):
     if N != 1:
-        raise AssertionError("the decode step's cache got a prompt")
+        raise RuntimeError(f"a decode step with {N} tokens per row")
     return None
 
 
