@@ -143,7 +143,7 @@ def time_batchgen(model, toks, steps: int, lean: bool = False, key: str | None =
 class NoDecodeMask:
     """While active, a BatchKVCache gives no mask to a one-token (decode) step: right when no
     row is padded, as here (every prompt of a size has the same length). It shows what the
-    array mask costs: with one, attention cannot take MLX's fused decode kernel."""
+    array mask costs the step."""
 
     def __enter__(self):
         from mlx_lm.models.cache import BatchKVCache
