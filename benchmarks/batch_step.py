@@ -117,7 +117,7 @@ def batch_generator(model, toks, steps: int, lean: bool = False):
 
     from krmlx.worker.schedulers import step
 
-    make = step.batch_generator if lean else BatchGenerator
+    make = step.LeanBatchGenerator if lean else BatchGenerator
     gen = make(model, max_tokens=steps * 3 + 8, completion_batch_size=max(len(toks), 32),
                prefill_batch_size=len(toks))
     gen.insert(toks, max_tokens=[steps * 3 + 8] * len(toks))

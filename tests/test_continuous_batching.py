@@ -265,11 +265,11 @@ def test_lean_decode_step_gives_mlx_lm_tokens(tiny_path):
     lengths = [5, 12, 3, 20, 7, 9, 15, 2]
     want = _decode(BatchGenerator, model, prompts, lengths)
     gens = []
-    got = _decode(step.batch_generator, model, prompts, lengths, gens=gens)
+    got = _decode(step.LeanBatchGenerator, model, prompts, lengths, gens=gens)
     assert got == want
     assert [len(t) for t in got] == lengths
     # padded rows keep the mask; once the last long stream runs alone it has none
-    skipped = gens[0]._generation_batch.masks_skipped
+    skipped = gens[0].masks_skipped
     assert 0 < skipped < sum(lengths) // 2
 
     # no row padded (one prompt; four of one length): every decode step runs without a mask
@@ -277,16 +277,16 @@ def test_lean_decode_step_gives_mlx_lm_tokens(tiny_path):
     for group in ([prompts[3]], same):
         n = [9] * len(group)
         gens = []
-        assert _decode(step.batch_generator, model, group, n, gens=gens) == \
+        assert _decode(step.LeanBatchGenerator, model, group, n, gens=gens) == \
             _decode(BatchGenerator, model, group, n)
-        assert gens[0]._generation_batch.masks_skipped > 0
+        assert gens[0].masks_skipped > 0
 
     # two samplers in one batch: each row still gets its own sampler's token
     lowest = lambda lp: mx.argmin(lp, axis=-1)  # noqa: E731 - a deterministic second sampler
     greedy = lambda lp: mx.argmax(lp, axis=-1)  # noqa: E731
     samplers = [greedy if i % 3 else lowest for i in range(8)]
     want = _decode(BatchGenerator, model, prompts, lengths, samplers)
-    got = _decode(step.batch_generator, model, prompts, lengths, samplers)
+    got = _decode(step.LeanBatchGenerator, model, prompts, lengths, samplers)
     assert got == want
 
 
@@ -345,3 +345,22 @@ def test_batch_step_and_mlx_repro_run_small(tiny_path):
     att = repro.attention(2, kv_len=8)
     assert att["sdpa_mask_ms"] > 0 and att["sdpa_nomask_ms"] > 0
     assert [r["m"] for r in repro.mlp_matmuls((1, 2))] == [1, 2]
+
+
+def test_batched_worker_counts_its_unmasked_steps(tiny_path):
+    """The worker's stats say how many batch steps ran without a mask: every decode step of
+    a stream alone, only some in a wave of prompts of different lengths (rows padded)."""
+    questions = load_questions()[0][:8]
+
+    async def go():
+        async with Engine("tiny", StackConfig.phases(scheduler="batched")) as eng:
+            await eng.complete(Request(questions[0].question, max_tokens=20))
+            alone = (await eng.client.worker_stats())["scheduler_counts"]
+            await asyncio.gather(*(eng.complete(Request(q.question, max_tokens=20)) for q in questions))
+            wave = (await eng.client.worker_stats())["scheduler_counts"]
+            return alone, wave
+
+    alone, wave = run(go())
+    assert alone["unmasked_steps"] >= alone["steps"] - 2 > 0  # all but the prefill's steps
+    steps, unmasked = wave["steps"] - alone["steps"], wave["unmasked_steps"] - alone["unmasked_steps"]
+    assert 0 <= unmasked < steps - 2  # padded rows: the mask is back for most of the wave

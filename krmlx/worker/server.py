@@ -275,7 +275,8 @@ class Worker:
                 "rss_max_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                 "injected": dict(self.faults.injected), "scheduler": self.scheduler.name,
                 "scheduler_counts": {k: getattr(self.scheduler, k) for k in
-                                     ("steps", "prefills", "solo_runs", "handoffs") if hasattr(self.scheduler, k)},
+                                     ("steps", "prefills", "unmasked_steps", "solo_runs", "handoffs")
+                                     if hasattr(self.scheduler, k)},
                 "prompt_cache": dict(self.prompt_cache.stats) if self.prompt_cache else None,
                 "group": dict(self.group.stats) if self.group else None}
 

@@ -71,6 +71,7 @@ class BatchScheduler:
         self._waiting: list[tuple] = []  # staged: (job, prompt_ids, sampler) not yet inserted
         self.steps = 0
         self.prefills = 0  # steps that prefilled prompts (each stalls the decoding streams)
+        self.unmasked_steps = 0  # steps whose decode ran without a mask (no row padded)
 
     @property
     def active(self) -> int:
@@ -126,15 +127,15 @@ class BatchScheduler:
 
     def _generator(self, entry):
         if entry.id not in self._gens:
-            from .step import batch_generator  # mlx-lm only where MLX work runs
+            from .step import LeanBatchGenerator  # mlx-lm only where MLX work runs
 
             eos = sorted(entry.tokenizer.eos_token_ids)
             # prefill in chunks of DEFAULT_PREFILL_STEP: between chunks the batch decodes a
             # step, so one long prompt stalls the other streams by at most one chunk
-            batch = batch_generator(entry.model, stop_tokens=[[t] for t in eos],
-                                    completion_batch_size=self.completion_batch_size,
-                                    prefill_batch_size=self.prefill_batch_size,
-                                    prefill_step_size=gen.DEFAULT_PREFILL_STEP)
+            batch = LeanBatchGenerator(entry.model, stop_tokens=[[t] for t in eos],
+                                       completion_batch_size=self.completion_batch_size,
+                                       prefill_batch_size=self.prefill_batch_size,
+                                       prefill_step_size=gen.DEFAULT_PREFILL_STEP)
             self._gens[entry.id] = (batch, entry)
         return self._gens[entry.id][0]
 
@@ -209,6 +210,7 @@ class BatchScheduler:
         """One step of a model's BatchGenerator: its tokens go to their streams, those that
         ended finish; if the step fails, every request of that model fails with the error
         (its generator is dropped) and the scheduler keeps serving the others."""
+        skipped = batch.masks_skipped
         try:
             prompted, responses = batch.next()
         except Exception as e:  # noqa: BLE001 - fail this model's requests, keep serving
@@ -220,6 +222,7 @@ class BatchScheduler:
             return
         self.steps += 1
         self.prefills += any(not p.end_of_prompt for p in prompted)
+        self.unmasked_steps += batch.masks_skipped - skipped
         for r in responses:
             key = (model_id, r.uid)
             a = self._active.get(key)

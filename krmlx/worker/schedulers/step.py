@@ -11,7 +11,8 @@ the decode step passes attention no mask: the mask mlx-lm's BatchKVCache builds 
 all true, and on MLX's CUDA backend attention with a mask array took 2.4-6.3x as long as
 without (docs/decode-step.md). Any padded row brings the mask back.
 
-``benchmarks/batch_step.py`` measures it beside mlx-lm's own step.
+``benchmarks/batch_step.py`` measures it beside mlx-lm's own step; the batch scheduler
+counts its unmasked steps (``unmasked_steps`` in the worker's stats).
 """
 
 from __future__ import annotations
@@ -96,8 +97,14 @@ def sample_rows(logprobs, samplers, fallback):
     return mx.concatenate(parts)[mx.array(inverse)]
 
 
-def batch_generator(model, **kwargs) -> BatchGenerator:
-    """A BatchGenerator (``kwargs`` as mlx-lm's) that decodes with :class:`LeanGenerationBatch`."""
-    gen = BatchGenerator(model, **kwargs)
-    gen._generation_batch = LeanGenerationBatch.empty(gen.model, gen.sampler)
-    return gen
+class LeanBatchGenerator(BatchGenerator):
+    """mlx-lm's BatchGenerator (same arguments) decoding with :class:`LeanGenerationBatch`."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(model, **kwargs)
+        self._generation_batch = LeanGenerationBatch.empty(self.model, self.sampler)
+
+    @property
+    def masks_skipped(self) -> int:
+        """Decode steps run without a mask so far (no row padded)."""
+        return self._generation_batch.masks_skipped
