@@ -78,6 +78,28 @@ def prefill(model, toks: list[list[int]]):
     return y, cache
 
 
+def pipelined(model, y, cache, steps: int, normalise: bool = False):
+    """``steps`` decode steps in stream_generate's order (the next step is built and
+    submitted before the host reads the current tokens); per step, the wall time and the
+    host's wait for the tokens. ``normalise``: argmax over log-probabilities, as
+    BatchGenerator takes it."""
+    total, waits = [], []
+    t_last = time.perf_counter()
+    for _ in range(steps):
+        logits = model(y[:, None], cache=cache)[:, -1, :]
+        if normalise:
+            logits = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        nxt = mx.argmax(logits, axis=-1)
+        mx.async_eval(nxt)
+        t0 = time.perf_counter()
+        y.tolist()  # the host needs the current tokens (stop checks, streaming)
+        now = time.perf_counter()
+        waits.append(now - t0)
+        total.append(now - t_last)
+        t_last, y = now, nxt
+    return total, waits
+
+
 def time_plain(model, toks, steps: int) -> dict:
     """Unpipelined steps (build, then eval) and pipelined ones (stream_generate's order)."""
     y, cache = prefill(model, toks)
@@ -93,17 +115,7 @@ def time_plain(model, toks, steps: int) -> dict:
         y = nxt
     y, cache = prefill(model, toks)
     mx.async_eval(y)
-    total, waits = [], []
-    t_last = time.perf_counter()
-    for _ in range(steps):
-        nxt = mx.argmax(model(y[:, None], cache=cache)[:, -1, :], axis=-1)
-        mx.async_eval(nxt)
-        t0 = time.perf_counter()
-        y.tolist()  # the host needs the current tokens (stop checks, streaming)
-        now = time.perf_counter()
-        waits.append(now - t0)
-        total.append(now - t_last)
-        t_last, y = now, nxt
+    total, waits = pipelined(model, y, cache, steps)
     ms = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
     return {"plain_build_ms": ms(build), "plain_eval_ms": ms(evals),
             "plain_unpipelined_ms": ms([a + b for a, b in zip(build, evals, strict=True)]),
@@ -162,45 +174,22 @@ def time_batchcache(model, toks, steps: int) -> dict:
     per-step mask cost over a plain KVCache."""
     gen = batch_generator(model, toks, steps)
     gb = gen._generation_batch
-    cache, y = gb.prompt_cache, gb._next_tokens
-    total = []
-    t_last = time.perf_counter()
-    for _ in range(steps):
-        logits = model(y[:, None], cache=cache)[:, -1, :]
-        nxt = mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True), axis=-1)
-        mx.async_eval(nxt)
-        y.tolist()
-        now = time.perf_counter()
-        total.append(now - t_last)
-        t_last, y = now, nxt
+    total, _ = pipelined(model, gb._next_tokens, gb.prompt_cache, steps, normalise=True)
     gen.close()
     return {"batchcache_ms": 1e3 * statistics.median(total[1:])}
 
 
 def time_sdpa(model, b: int, kv_len: int) -> dict:
-    """One decode-shaped attention call per layer (the model's heads and dtype) chained in
-    one graph, without and with a boolean mask of the batch's shape: the mask's cost alone."""
+    """One decode-shaped attention call per layer (the model's heads and dtype), without and
+    with a boolean mask: the mask's cost alone, as ``benchmarks/mlx_repro.py`` times it."""
+    from mlx_repro import attention  # this script's neighbour (benchmarks/ is on sys.path)
+
     a = model.args
-    heads, kv_heads = a.num_attention_heads, a.num_key_value_heads
-    dim = getattr(a, "head_dim", None) or a.hidden_size // heads
-    dtype = model.layers[0].self_attn.q_proj.weight.dtype
-    q = mx.random.normal((b, heads, 1, dim)).astype(dtype)
-    k = mx.random.normal((b, kv_heads, kv_len, dim)).astype(dtype)
-    v = mx.random.normal((b, kv_heads, kv_len, dim)).astype(dtype)
-    mask = mx.ones((b, 1, 1, kv_len), dtype=mx.bool_)
-    mx.eval(q, k, v, mask)
-    out = {}
-    for name, m in (("sdpa_nomask_ms", None), ("sdpa_mask_ms", mask)):
-        times = []
-        for _ in range(12):
-            t0 = time.perf_counter()
-            x = q
-            for _ in model.layers:
-                x = mx.fast.scaled_dot_product_attention(x, k, v, scale=dim ** -0.5, mask=m)
-            mx.eval(x)
-            times.append(time.perf_counter() - t0)
-        out[name] = 1e3 * statistics.median(times[2:])
-    return out
+    heads = a.num_attention_heads
+    row = attention(b, kv_len, heads=heads, kv_heads=a.num_key_value_heads,
+                    dim=getattr(a, "head_dim", None) or a.hidden_size // heads,
+                    layers=len(model.layers), dtype=model.layers[0].self_attn.q_proj.weight.dtype)
+    return {k: row[k] for k in ("sdpa_nomask_ms", "sdpa_mask_ms")}
 
 
 class Timed:

@@ -35,16 +35,20 @@ def ms(fn, n: int = 30) -> float:
     return 1e3 * statistics.median(times)
 
 
-def attention(b: int, kv_len: int = 96) -> dict:
-    q = mx.random.normal((b, HEADS, 1, DIM)).astype(mx.bfloat16)
-    k, v = (mx.random.normal((b, KV_HEADS, kv_len, DIM)).astype(mx.bfloat16) for _ in "kv")
+def attention(b: int, kv_len: int = 96, *, heads: int = HEADS, kv_heads: int = KV_HEADS,
+              dim: int = DIM, layers: int | None = None, dtype=mx.bfloat16) -> dict:
+    """``layers`` (default: ``LAYERS``) decode-shaped attention calls chained in one graph,
+    without and with a boolean mask of the batch's shape (``benchmarks/batch_step.py`` calls
+    it with its model's shapes)."""
+    q = mx.random.normal((b, heads, 1, dim)).astype(dtype)
+    k, v = (mx.random.normal((b, kv_heads, kv_len, dim)).astype(dtype) for _ in "kv")
     mask = mx.ones((b, 1, 1, kv_len), dtype=mx.bool_)
     mx.eval(q, k, v, mask)
 
     def chain(m):
         x = q
-        for _ in range(LAYERS):
-            x = mx.fast.scaled_dot_product_attention(x, k, v, scale=DIM ** -0.5, mask=m)
+        for _ in range(LAYERS if layers is None else layers):
+            x = mx.fast.scaled_dot_product_attention(x, k, v, scale=dim ** -0.5, mask=m)
         return x
 
     return {"batch": b, "sdpa_nomask_ms": ms(lambda: chain(None)), "sdpa_mask_ms": ms(lambda: chain(mask))}

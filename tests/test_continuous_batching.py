@@ -313,23 +313,24 @@ def test_sample_rows_calls_each_sampler_once_in_row_order():
     assert calls == [("lo", 4)]
 
 
-def _script(name):
+def _script(name, monkeypatch):
     import importlib.util
     from pathlib import Path
 
     path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as when the script runs: its neighbours import
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def test_batch_step_and_mlx_repro_run_small(tiny_path):
+def test_batch_step_and_mlx_repro_run_small(tiny_path, monkeypatch):
     """benchmarks/batch_step.py's rows (every variant timed, the floor fraction) and
     benchmarks/mlx_repro.py's two reproductions, at a tiny size."""
     from krmlx.models import load
 
-    bs = _script("batch_step")
+    bs = _script("batch_step", monkeypatch)
     model, _ = load(tiny_path)
     rows = bs.measure(model, [1, 2], steps=3, prompt_tokens=6, floor_ms=1.0)
     assert [r["batch"] for r in rows] == [1, 2]
@@ -340,7 +341,7 @@ def test_batch_step_and_mlx_repro_run_small(tiny_path):
             assert r[key] > 0, key
         assert r["floor_fraction_batchgen"] == pytest.approx(1.0 / r["batchgen_ms"])
 
-    repro = _script("mlx_repro")
+    repro = _script("mlx_repro", monkeypatch)
     repro.LAYERS, repro.HIDDEN, repro.FFN = 2, 64, 128
     att = repro.attention(2, kv_len=8)
     assert att["sdpa_mask_ms"] > 0 and att["sdpa_nomask_ms"] > 0
